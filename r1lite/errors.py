@@ -1,0 +1,19 @@
+"""r1lite's own exceptions: raised deep, caught once at the CLI layer and printed as one line."""
+
+
+class R1liteError(Exception):
+    """A problem the user can fix (bad flag, bad recipe, missing file); the CLI exits with code 2."""
+
+    exit_code = 2
+
+
+class RecipeError(R1liteError):
+    """The recipe or an override does not validate."""
+
+
+class DataError(R1liteError):
+    """An input data file is missing or has the wrong layout."""
+
+
+class ModelError(R1liteError):
+    """A model cannot be found, loaded or placed on the requested device."""

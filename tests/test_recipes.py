@@ -1,0 +1,81 @@
+"""Recipe resolution: profiles, overrides, and one-line errors that name the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from r1lite.errors import RecipeError
+from r1lite.hardware import Hardware, pick_profile
+from r1lite.recipes import load_recipe, to_yaml
+
+
+def test_profile_merges_over_base():
+    base = load_recipe("countdown")
+    cpu = load_recipe("countdown", "cpu")
+    assert base.model.name == "Qwen/Qwen2.5-3B" and base.quantization.mode == "nf4"
+    assert cpu.model.name == "smollm2-135m-instruct" and cpu.quantization.mode == "none"
+    assert cpu.grpo.loss_type == base.grpo.loss_type  # untouched keys survive the merge
+    assert cpu.run_name == "countdown-cpu"
+
+
+def test_overrides_are_typed():
+    r = load_recipe("countdown", "cpu", ["grpo.max_steps=3", "data.num_counts=[4]", "grpo.trl.warmup_ratio=0.1"])
+    assert r.grpo.max_steps == 3 and r.data.num_counts == [4] and r.grpo.trl == {"warmup_ratio": 0.1}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["grpo.max_stesp=3"], "unknown key 'grpo.max_stesp'; did you mean 'grpo.max_steps'?"),
+        (["gpro.beta=0"], "unknown key 'gpro.beta'; did you mean 'grpo'?"),
+        (["sft.learning_rate=fast"], "sft.learning_rate: Input should be a valid number"),
+        (["grpo.max_steps"], "needs the form key.path=value"),
+        (["grpo.micro_batch_size=7"], "micro_batch_size (7) must divide"),
+        (["quantization.mode=int4"], "quantization.mode: Input should be 'nf4', 'fp4', 'int8' or 'none'"),
+    ],
+)
+def test_bad_overrides(overrides, message):
+    with pytest.raises(RecipeError) as e:
+        load_recipe("countdown", "cpu", overrides)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_key_in_file_names_closest(tmp_path):
+    (tmp_path / "bad.yaml").write_text("name: bad\nsft:\n  learnig_rate: 0.1\n")
+    with pytest.raises(RecipeError, match=r"unknown key 'sft.learnig_rate'; did you mean 'sft.learning_rate'\?"):
+        load_recipe(str(tmp_path / "bad.yaml"))
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(RecipeError, match="did you mean 'countdown'"):
+        load_recipe("countdwn")
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(str(tmp_path / "none.yaml"))
+    (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(str(tmp_path / "broken.yaml"))
+    with pytest.raises(RecipeError, match="no profile 'gpu-8gb'"):
+        load_recipe("countdown", "gpu-8gb")
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    r = load_recipe("countdown", "gpu-24gb")
+    (tmp_path / "resolved.yaml").write_text(to_yaml(r))
+    assert load_recipe(str(tmp_path / "resolved.yaml")) == r
+
+
+@pytest.mark.parametrize(
+    ("cuda", "gib", "expected"),
+    [
+        (False, 0, "cpu"),
+        (True, 11.6, "gpu-12gb"),
+        (True, 15.6, "gpu-16gb"),
+        (True, 23.6, "gpu-24gb"),
+        (True, 79.2, "gpu-80gb"),
+        (True, 139.8, "gpu-80gb"),
+        (True, 7.8, "gpu-12gb"),
+    ],
+)
+def test_profile_detection(cuda, gib, expected):
+    available = ["cpu", "gpu-12gb", "gpu-16gb", "gpu-24gb", "gpu-80gb"]
+    assert pick_profile(available, Hardware(cuda, "GPU" if cuda else None, gib, gib)) == expected
