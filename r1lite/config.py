@@ -110,7 +110,9 @@ class GRPOConfig(Section):
     micro_batch_size: int = Field(8, ge=1, description="completions per forward/backward pass")
     learning_rate: float = Field(1e-5, gt=0, description="AdamW learning rate for the adapter")
     beta: float = Field(0.0, ge=0, description="KL coefficient; 0 skips the reference model")
-    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field("dr_grpo", description="TRL loss normalisation")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo"] = Field(
+        "dr_grpo", description="TRL loss: dr_grpo (no length bias), dapo (TRL default), grpo, bnpo, cispo, sapo"
+    )
     temperature: float = Field(1.0, gt=0, description="sampling temperature during rollouts")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
     top_k: int = Field(0, ge=0, description="0: off")
@@ -123,6 +125,12 @@ class GRPOConfig(Section):
         description="generation backend: engine (ours, CUDA default), trl (HF generate), "
         "vllm (TRL's vLLM mode; untested here); auto: engine on CUDA, trl on CPU",
     )
+    rollout_merge: Literal["auto", "merged", "unmerged"] = Field(
+        "auto",
+        description="engine only: merge LoRA into a dense working copy for decoding (auto: when it fits "
+        "in free GPU memory), or decode the (4-bit) model + LoRA unmerged",
+    )
+    rollout_compile: bool = Field(True, description="engine only: capture the decode step (CUDA graphs) on CUDA")
     eval_every: int = Field(50, ge=0, description="steps between held-out evals; 0: off")
     eval_examples: int = Field(64, ge=1, description="held-out problems per periodic eval")
     save_every: int = Field(50, ge=1, description="steps between checkpoints (for --resume)")

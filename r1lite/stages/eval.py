@@ -1,0 +1,191 @@
+"""Eval: generate on held-out problems and score them — accuracy, pass@k, format, length, search.
+
+    >>> summary = run(recipe, run_dir, label="base")                  # the recipe's base model
+    >>> summary = run(recipe, run_dir, adapter="runs/x/grpo/adapter", label="final")
+
+Greedy decoding gives accuracy; `eval.pass_k > 0` also samples k completions per problem at
+`eval.temperature` and reports pass@1 (mean sample accuracy) and pass@k. Per-example completions
+and scores go to `eval/<label>.jsonl`, the summary to `eval/<label>.json`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from math import comb
+from pathlib import Path
+from typing import Any
+
+from r1lite import ui
+from r1lite.config import Recipe
+from r1lite.fileio import write_json, write_jsonl
+from r1lite.rewards import get_reward
+from r1lite.tasks import countdown
+
+METRICS = ("accuracy", "format_rate", "mean_reward", "mean_length", "search_rate")
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    sample: bool = False,
+    temperature: float = 1.0,
+    n: int = 1,
+    desc: str = "eval",
+) -> list[list[tuple[str, int]]]:
+    """Completions for each prompt: n (text, token count) pairs per prompt, batched with left padding."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    out: list[list[tuple[str, int]]] = []
+    batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
+    for batch in ui.track(batches, len(batches), desc):
+        # tokenized exactly as TRL tokenizes GRPO prompts, so eval sees what training saw
+        enc = tokenizer(text=batch, return_tensors="pt", padding=True).to(device)
+        kwargs = (
+            {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
+            if sample
+            else {"do_sample": False}
+        )
+        with torch.no_grad():
+            seqs = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=n,
+                pad_token_id=tokenizer.pad_token_id,
+                **kwargs,
+            )
+        gen = seqs[:, enc["input_ids"].shape[1] :]
+        stops = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+        for i in range(0, gen.shape[0], n):
+            group = []
+            for row in gen[i : i + n].tolist():
+                length = next((k + 1 for k, t in enumerate(row) if t in stops), len(row))
+                group.append((tokenizer.decode(row[:length], skip_special_tokens=True), length))
+            out.append(group)
+    return out
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al., 2021)."""
+    return 1.0 if n - c < k else 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def score(examples: list[dict[str, Any]], completions: list[tuple[str, int]], reward: str) -> list[dict[str, Any]]:
+    correct, tinyzero, fmt = get_reward(reward), get_reward("countdown_tinyzero"), get_reward("think_format")
+    rows = []
+    for ex, (text, length) in zip(examples, completions, strict=True):
+        ok, why = correct(text, ex["nums"], ex["target"])
+        rows.append(
+            {
+                "nums": ex["nums"],
+                "target": ex["target"],
+                "completion": text,
+                "length": length,
+                "correct": ok == 1.0,
+                "reason": why,
+                "reward": tinyzero(text, ex["nums"], ex["target"])[0],
+                "format": fmt(text)[0] == 1.0,
+                "search": countdown.shows_search(text),
+            }
+        )
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
+    mean = lambda key: statistics.fmean(float(r[key]) for r in rows)  # noqa: E731
+    return {
+        "accuracy": mean("correct"),
+        "format_rate": mean("format"),
+        "mean_reward": mean("reward"),
+        "mean_length": mean("length"),
+        "search_rate": mean("search"),
+        "examples": len(rows),
+    }
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    examples: list[dict[str, Any]],
+    recipe: Recipe,
+    max_new_tokens: int | None = None,
+    desc: str = "eval",
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Greedy (and optionally sampled) eval of a loaded model on `examples`."""
+    cfg = recipe.eval
+    prompts = [countdown.render_prompt(e["nums"], e["target"], recipe.data.prompt_format, tokenizer) for e in examples]
+    max_new = max_new_tokens or cfg.max_new_tokens
+    greedy = [g[0] for g in generate(model, tokenizer, prompts, max_new, cfg.batch_size, desc=desc)]
+    rows = score(examples, greedy, cfg.reward)
+    summary = summarize(rows)
+    if cfg.pass_k:
+        sampled = generate(
+            model,
+            tokenizer,
+            prompts,
+            max_new,
+            max(1, cfg.batch_size // cfg.pass_k),
+            sample=True,
+            temperature=cfg.temperature,
+            n=cfg.pass_k,
+            desc=f"{desc} pass@{cfg.pass_k}",
+        )
+        hits = []
+        for ex, row, group in zip(examples, rows, sampled, strict=True):
+            scored = score([ex] * len(group), group, cfg.reward)
+            row["samples"] = [{"completion": s["completion"], "correct": s["correct"]} for s in scored]
+            hits.append(sum(s["correct"] for s in scored))
+        summary["pass@1"] = statistics.fmean(h / cfg.pass_k for h in hits)
+        summary[f"pass@{cfg.pass_k}"] = statistics.fmean(pass_at_k(cfg.pass_k, h, cfg.pass_k) for h in hits)
+    return summary, rows
+
+
+def run(
+    recipe: Recipe, run_dir: Path, model_path: str | None = None, adapter: str | None = None, label: str = "final"
+) -> dict[str, Any]:
+    """Evaluate the recipe's model (+ adapter) on the test split and write eval/<label>.{jsonl,json}."""
+    from r1lite.models import load_for_inference, load_tokenizer, resolve_model
+    from r1lite.stages import data
+
+    examples = data.load_split(recipe.data, "test")[: recipe.eval.examples]
+    path = model_path or resolve_model(recipe.model.name)
+    tokenizer = load_tokenizer(path, recipe.model.revision)
+    model = load_for_inference(path, recipe.model, recipe.quantization, adapter)
+    start = time.monotonic()
+    summary, rows = evaluate(model, tokenizer, examples, recipe, desc=f"eval {label}")
+    summary = {
+        "label": label,
+        "model": recipe.model.name,
+        "adapter": adapter,
+        **summary,
+        "seconds": round(time.monotonic() - start, 1),
+    }
+    write_jsonl(run_dir / "eval" / f"{label}.jsonl", rows)
+    write_json(run_dir / "eval" / f"{label}.json", summary)
+    ui.log(
+        f"eval {label}: accuracy {summary['accuracy']:.1%}, format {summary['format_rate']:.1%}, "
+        f"mean length {summary['mean_length']:.0f} tokens"
+    )
+    return summary
+
+
+def comparison_table(before: dict[str, Any], after: dict[str, Any]) -> Any:
+    """A rich table of base vs trained metrics with the change."""
+    from rich.table import Table
+
+    table = Table(
+        "metric", before.get("label", "before"), after.get("label", "after"), "change", title="Countdown held-out eval"
+    )
+    keys = [k for k in (*METRICS, *sorted(k for k in after if k.startswith("pass@"))) if k in before and k in after]
+    for key in keys:
+        b, a = before[key], after[key]
+        if key == "mean_length":
+            table.add_row(key, f"{b:.0f}", f"{a:.0f}", f"{a - b:+.0f}")
+        else:
+            table.add_row(key, f"{b:.1%}", f"{a:.1%}", f"{(a - b) * 100:+.1f} pt")
+    return table

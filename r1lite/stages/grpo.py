@@ -1,0 +1,189 @@
+"""GRPO: reinforcement learning on Countdown rewards with a (4-bit) policy and a LoRA adapter.
+
+    >>> adapter = run(recipe, Path("runs/countdown-cpu"))            # -> .../grpo/adapter
+    >>> adapter = run(recipe, run_dir, resume=True)                    # continue from the last checkpoint
+
+TRL's GRPOTrainer does the algorithm (group advantages, clipped policy-gradient loss, logging,
+checkpoints); this module only wires the recipe into it: the dataset of rendered prompts, the
+weighted reward functions, the optional SFT adapter to start from, the rollout backend, and a
+periodic held-out eval. Checkpoints every `grpo.save_every` steps make `--resume` possible.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from r1lite import ui
+from r1lite.config import Recipe
+from r1lite.fileio import append_jsonl
+from r1lite.tasks import countdown
+
+ADAPTER = "adapter"
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    """The newest checkpoint whose trainer state was written (the Trainer writes that file last)."""
+    done = [p for p in (out / "trainer").glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def build_dataset(recipe: Recipe, tokenizer: Any) -> list[dict[str, Any]]:
+    from r1lite.stages import data
+
+    return [
+        {
+            "prompt": countdown.render_prompt(e["nums"], e["target"], recipe.data.prompt_format, tokenizer),
+            "nums": e["nums"],
+            "target": e["target"],
+        }
+        for e in data.load_split(recipe.data, "train")
+    ]
+
+
+class PeriodicEval(TrainerCallback):
+    """Greedy accuracy on a held-out slice every `every` steps, logged next to the training metrics."""
+
+    def __init__(self, recipe: Recipe, tokenizer: Any, path: Path, every: int) -> None:
+        from r1lite.stages import data
+
+        self.recipe, self.tokenizer, self.path, self.every = recipe, tokenizer, path, every
+        self.examples = data.load_split(recipe.data, "test")[: recipe.grpo.eval_examples]
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if not self.every or state.global_step % self.every or model is None:
+            return
+        from r1lite.stages.eval import evaluate
+
+        was_training = model.training
+        model.eval()
+        summary, _ = evaluate(
+            model,
+            self.tokenizer,
+            self.examples,
+            self.recipe,
+            max_new_tokens=self.recipe.grpo.max_completion_length,
+            desc=f"eval @ {state.global_step}",
+        )
+        if was_training:
+            model.train()
+        append_jsonl(
+            self.path, {"stage": "grpo", "step": state.global_step, **{f"eval/{k}": v for k, v in summary.items()}}
+        )
+        ui.log(f"grpo step {state.global_step}: held-out accuracy {summary['accuracy']:.1%}")
+
+
+def rollout_backend(recipe: Recipe, on_cuda: bool) -> str:
+    choice = recipe.grpo.rollout
+    if choice == "auto":
+        return "engine" if on_cuda else "trl"
+    return choice
+
+
+def trainer_args(recipe: Recipe, out: Path, on_cuda: bool, backend: str) -> Any:
+    from trl import GRPOConfig
+
+    g = recipe.grpo
+    total = g.prompts_per_step * g.num_generations
+    return GRPOConfig(
+        output_dir=str(out / "trainer"),
+        max_steps=g.max_steps,
+        per_device_train_batch_size=g.micro_batch_size,
+        gradient_accumulation_steps=total // g.micro_batch_size,
+        num_generations=g.num_generations,
+        learning_rate=g.learning_rate,
+        beta=g.beta,
+        loss_type=g.loss_type,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        top_k=g.top_k,
+        max_completion_length=g.max_completion_length,
+        reward_weights=[r.weight for r in g.rewards],
+        use_vllm=backend == "vllm",
+        gradient_checkpointing=recipe.model.gradient_checkpointing,
+        bf16=on_cuda and recipe.model.dtype in ("auto", "bfloat16"),
+        logging_steps=g.log_every,
+        save_strategy="steps",
+        save_steps=g.save_every,
+        save_total_limit=2,
+        report_to=[],
+        seed=recipe.seed,
+        use_cpu=not on_cuda,
+        disable_tqdm=not ui.is_live(),
+        **g.trl,
+    )
+
+
+def build_trainer(
+    recipe: Recipe, run_dir: Path, init_adapter: Path | None = None, callbacks: list | None = None
+) -> Any:
+    """A ready GRPOTrainer for the recipe (used by `run` and by the benchmark)."""
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    from r1lite.models import load_model, load_tokenizer, lora_config, pick_device, resolve_model
+    from r1lite.rewards import trl_reward_funcs
+    from r1lite.tracking import MetricsCallback
+
+    out = run_dir / "grpo"
+    path = resolve_model(recipe.model.name)
+    tokenizer = load_tokenizer(path, recipe.model.revision)
+    on_cuda = pick_device(recipe.model) == "cuda"
+    backend = rollout_backend(recipe, on_cuda)
+    model = load_model(path, recipe.model, recipe.quantization)
+    peft_config = lora_config(recipe.lora)
+    if init_adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+        peft_config = None
+    rollout_func = None
+    if backend == "engine":
+        from r1lite.rollout import make_rollout_func
+
+        rollout_func = make_rollout_func(recipe)
+    ui.log(
+        f"grpo: {recipe.model.name} ({recipe.quantization.mode}), rollouts by {backend}, "
+        f"{recipe.grpo.prompts_per_step} prompts x {recipe.grpo.num_generations} completions per step"
+        + (f", starting from {init_adapter}" if init_adapter else "")
+    )
+    return GRPOTrainer(
+        model=model,
+        reward_funcs=trl_reward_funcs([r.name for r in recipe.grpo.rewards]),
+        args=trainer_args(recipe, out, on_cuda, backend),
+        train_dataset=Dataset.from_list(build_dataset(recipe, tokenizer)),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        rollout_func=rollout_func,
+        callbacks=[
+            MetricsCallback(out / "metrics.jsonl", "grpo"),
+            PeriodicEval(recipe, tokenizer, out / "metrics.jsonl", recipe.grpo.eval_every),
+            *(callbacks or []),
+        ],
+    )
+
+
+def run(
+    recipe: Recipe, run_dir: Path, init_adapter: Path | None = None, resume: bool = False, callbacks: list | None = None
+) -> Path:
+    """Train with GRPO; returns `run_dir/grpo/adapter`. Without `resume`, old checkpoints are cleared."""
+    from r1lite.models import atomic_dir
+
+    out = run_dir / "grpo"
+    checkpoint = last_checkpoint(out) if resume else None
+    if not resume and (out / "trainer").exists():
+        shutil.rmtree(out / "trainer")
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    if resume and checkpoint is None:
+        ui.log("grpo: --resume given but no checkpoint found; starting from step 0")
+    trainer = build_trainer(recipe, run_dir, init_adapter, callbacks)
+    if checkpoint is not None:
+        ui.log(f"grpo: resuming from {checkpoint.name}")
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with atomic_dir(out / ADAPTER) as tmp:
+        trainer.model.save_pretrained(tmp)
+        trainer.processing_class.save_pretrained(tmp)
+    return out / ADAPTER

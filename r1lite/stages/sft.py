@@ -1,0 +1,84 @@
+"""LoRA SFT warm-up: teach the answer format and a search pattern from solver-made traces.
+
+    >>> adapter = run(recipe, Path("runs/countdown-cpu"))     # -> runs/countdown-cpu/sft/adapter
+
+TRL's SFTTrainer on a prompt/completion dataset, so the loss covers the completion (the trace)
+only; the base may be 4-bit (QLoRA). The traces come from `countdown.make_trace`, seeded by the
+recipe, so a rerun with the same recipe trains on the same text.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from r1lite import ui
+from r1lite.config import Recipe
+from r1lite.fileio import write_text
+from r1lite.tasks import countdown
+
+ADAPTER = "adapter"
+
+
+def build_dataset(recipe: Recipe, tokenizer: Any) -> list[dict[str, str]]:
+    """Prompt/completion pairs: the recipe's prompt template and a reasoning trace ending in the answer."""
+    from r1lite.stages import data
+
+    rng = random.Random(recipe.seed)
+    rows = []
+    for ex in data.load_split(recipe.data, "train")[: recipe.sft.examples]:
+        prompt = countdown.render_prompt(ex["nums"], ex["target"], recipe.data.prompt_format, tokenizer)
+        trace = countdown.make_trace(ex["nums"], ex["target"], rng, recipe.sft.max_dead_ends)
+        rows.append({"prompt": prompt, "completion": trace})
+    return rows
+
+
+def run(recipe: Recipe, run_dir: Path) -> Path:
+    """Train a LoRA adapter on traces; returns `run_dir/sft/adapter` (written atomically)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from r1lite.models import atomic_dir, load_model, load_tokenizer, lora_config, pick_device, resolve_model
+    from r1lite.tracking import MetricsCallback
+
+    cfg, out = recipe.sft, run_dir / "sft"
+    path = resolve_model(recipe.model.name)
+    tokenizer = load_tokenizer(path, recipe.model.revision)
+    rows = build_dataset(recipe, tokenizer)
+    ui.log(f"sft: {len(rows)} traces on {recipe.model.name} ({recipe.quantization.mode}), LoRA r={recipe.lora.r}")
+    model = load_model(path, recipe.model, recipe.quantization)
+    on_cuda = pick_device(recipe.model) == "cuda"
+    args = SFTConfig(
+        output_dir=str(out / "trainer"),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        gradient_checkpointing=recipe.model.gradient_checkpointing,
+        bf16=on_cuda and recipe.model.dtype in ("auto", "bfloat16"),
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=recipe.seed,
+        use_cpu=not on_cuda,
+        disable_tqdm=not ui.is_live(),
+        **cfg.trl,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=lora_config(recipe.lora),
+        callbacks=[MetricsCallback(out / "metrics.jsonl", "sft")],
+    )
+    trainer.train()
+    with atomic_dir(out / ADAPTER) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    write_text(out / "sample.txt", rows[0]["prompt"] + rows[0]["completion"] + "\n")
+    return out / ADAPTER

