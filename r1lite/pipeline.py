@@ -69,14 +69,25 @@ def final_adapter(recipe: Recipe, root: Path) -> Path | None:
 
 
 def run(recipe: Recipe, resume: bool = False, grpo_callbacks: list | None = None) -> dict[str, Any]:
-    """Run every stage that is not already done; returns the base and final eval summaries."""
-    from r1lite.stages import data, eval, grpo, sft
+    """Run every stage that is not already done; returns the summary written to summary.json."""
+    from r1lite.tracking import open_tracker
 
     root = run_dir(recipe)
     root.mkdir(parents=True, exist_ok=True)
+    tracker = open_tracker(recipe, root)
+    try:
+        return _run(recipe, root, resume, grpo_callbacks, tracker)
+    finally:
+        tracker.finish()
+
+
+def _run(recipe: Recipe, root: Path, resume: bool, grpo_callbacks: list | None, tracker: Any) -> dict[str, Any]:
+    from r1lite.environment import describe
     from r1lite.recipes import to_yaml
+    from r1lite.stages import data, eval, grpo, sft
 
     write_text(root / "config.yaml", to_yaml(recipe))
+    write_json(root / "hardware.json", describe())
     fps, state = fingerprints(recipe), load_state(root)
     sft_adapter = root / "sft" / "adapter"
     adapter = final_adapter(recipe, root)
@@ -89,18 +100,24 @@ def run(recipe: Recipe, resume: bool = False, grpo_callbacks: list | None = None
                 "rerun without --resume to start GRPO over"
             )
         write_json(marker, {"fingerprint": fps["grpo"]})
-        grpo.run(recipe, root, sft_adapter if recipe.sft.enabled else None, resume=resume, callbacks=grpo_callbacks)
+        init = sft_adapter if recipe.sft.enabled else None
+        grpo.run(recipe, root, init, resume=resume, callbacks=grpo_callbacks, tracker=tracker)
 
     plan: list[tuple[str, bool, list[Path], Callable[[], Any]]] = [
         ("data", True, [], lambda: data.run(recipe.data)),
-        ("eval_base", True, [root / "eval" / "base.json"], lambda: eval.run(recipe, root, label="base")),
-        ("sft", recipe.sft.enabled, [sft_adapter], lambda: sft.run(recipe, root)),
+        (
+            "eval_base",
+            True,
+            [root / "eval" / "base.json"],
+            lambda: eval.run(recipe, root, label="base", tracker=tracker),
+        ),
+        ("sft", recipe.sft.enabled, [sft_adapter], lambda: sft.run(recipe, root, tracker)),
         ("grpo", recipe.grpo.enabled, [root / "grpo" / "adapter"], grpo_stage),
         (
             "eval_final",
             True,
             [root / "eval" / "final.json"],
-            lambda: eval.run(recipe, root, adapter=str(adapter) if adapter else None, label="final"),
+            lambda: eval.run(recipe, root, adapter=str(adapter) if adapter else None, label="final", tracker=tracker),
         ),
     ]
     for stage, enabled, outputs, action in plan:
@@ -118,5 +135,36 @@ def run(recipe: Recipe, resume: bool = False, grpo_callbacks: list | None = None
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         write_json(root / "stages.json", state)
+    return write_summary(recipe, root, tracker)
+
+
+def write_summary(recipe: Recipe, root: Path, tracker: Any = None) -> dict[str, Any]:
+    """summary.json: final metrics, before/after, per-stage wall time and cost."""
+    from r1lite.cost import cost_for_run
+
+    state = load_state(root)
+    hardware = read_json(root / "hardware.json") if (root / "hardware.json").is_file() else {}
     before, after = (read_json(root / "eval" / f"{k}.json") for k in ("base", "final"))
-    return {"run_dir": str(root), "base": before, "final": after, "stages": state}
+    cost = cost_for_run(recipe, {k: v["seconds"] for k, v in state.items()}, hardware)
+    summary = {
+        "run": recipe.run_name,
+        "run_dir": str(root),
+        "base": before,
+        "final": after,
+        "stages": state,
+        "cost": cost,
+        "hardware": hardware,
+    }
+    write_json(root / "summary.json", summary)
+    if tracker is not None:
+        tracker.summary(
+            {
+                "final/accuracy": after["accuracy"],
+                "base/accuracy": before["accuracy"],
+                "final/format_rate": after["format_rate"],
+                "cost/usd": cost["total"]["usd"],
+                "cost/gpu_hours": cost["total"]["gpu_hours"],
+                "cost/wall_seconds": cost["total"]["seconds"],
+            }
+        )
+    return summary

@@ -53,15 +53,30 @@ def completion_text(completion: Any) -> str:
     return completion[-1]["content"] if completion else ""
 
 
-def trl_reward_funcs(names: Sequence[str]) -> list[Callable[..., list[float]]]:
-    """Wrap registered rewards in TRL's `(completions, **columns) -> list[float]` form, named for logging."""
-    funcs = []
-    for name in names:
-        fn = get_reward(name)
+class TRLReward:
+    """A registered reward in TRL's `(completions, **columns) -> list[float]` form, named for logging.
 
-        def wrapped(completions: list[Any], nums: list, target: list, _fn: RewardFn = fn, **_: Any) -> list[float]:
-            return [_fn(completion_text(c), n, t)[0] for c, n, t in zip(completions, nums, target, strict=True)]
+    It keeps the first completion of its latest batch, with reward and reason, in `last_sample`
+    for the live view and the W&B completions table.
+    """
 
-        wrapped.__name__ = name
-        funcs.append(wrapped)
-    return funcs
+    def __init__(self, name: str) -> None:
+        self.__name__, self.fn = name, get_reward(name)
+        self.last_sample: dict[str, Any] | None = None
+
+    def __call__(self, completions: list[Any], nums: list, target: list, **_: Any) -> list[float]:
+        texts = [completion_text(c) for c in completions]
+        scored = [self.fn(c, n, t) for c, n, t in zip(texts, nums, target, strict=True)]
+        if scored:
+            self.last_sample = {
+                "completion": texts[0],
+                "nums": list(nums[0]),
+                "target": target[0],
+                "reward": scored[0][0],
+                "reason": scored[0][1],
+            }
+        return [reward for reward, _ in scored]
+
+
+def trl_reward_funcs(names: Sequence[str]) -> list[TRLReward]:
+    return [TRLReward(name) for name in names]

@@ -42,6 +42,7 @@ class RolloutSettings:
     merge: str = "auto"  # auto | merged | unmerged
     compile: bool = True  # capture the decode step on CUDA
     reserve_gib: float = 1.0  # memory left free when deciding whether the merged copy fits
+    stop_at_eos: bool = True  # benchmarks turn this off so every completion has full length
 
 
 @dataclass
@@ -182,6 +183,8 @@ class RolloutEngine:
         eos = base_model_of(model).generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
         self.eos_ids = sorted({*eos, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])})
+        if not settings.stop_at_eos:
+            self.eos_ids = []
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos_ids or [0])[0]
         self._compiled: dict[int, Any] = {}
         self.last_choice = ""
@@ -342,9 +345,8 @@ def settings_from_recipe(recipe: Any) -> RolloutSettings:
     )
 
 
-def make_rollout_func(recipe: Any) -> Any:
+def make_rollout_func(settings: RolloutSettings) -> Any:
     """A `rollout_func(prompts, trainer)` for GRPOTrainer that generates with our engine."""
-    settings = settings_from_recipe(recipe)
     state: dict[str, Any] = {}
 
     def rollout_func(prompts: list[Any], trainer: Any) -> dict[str, Any]:

@@ -31,7 +31,7 @@ def is_live() -> bool:
 
 def log(message: str) -> None:
     if not _state["quiet"]:
-        console.print(message)
+        console.print(message, soft_wrap=True)
 
 
 def make_progress() -> Progress:

@@ -129,7 +129,7 @@ def test_grpo_loss_matches_stock_trl_on_a_fixed_batch(tiny, tmp_path):
     from trl import GRPOConfig, GRPOTrainer
 
     from r1lite.recipes import load_recipe
-    from r1lite.rollout import make_rollout_func
+    from r1lite.rollout import make_rollout_func, settings_from_recipe
 
     def length_reward(completions, **_):
         return [float(len(c)) for c in completions]
@@ -164,7 +164,7 @@ def test_grpo_loss_matches_stock_trl_on_a_fixed_batch(tiny, tmp_path):
 
     batch = [data[0], data[0], data[1], data[1]]
     results = []
-    for rollout in (None, make_rollout_func(recipe)):
+    for rollout in (None, make_rollout_func(settings_from_recipe(recipe))):
         t = trainer(rollout)
         t.model.train()
         torch.manual_seed(1234)

@@ -33,19 +33,40 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from r1lite.cli import data, recipes, score, train
+    from r1lite.cli import data, doctor, recipes, report, score, train
 
     app.add_typer(data.app, name="data")
     app.add_typer(recipes.app, name="recipes")
     app.add_typer(score.app, name="score")
     train.register(app)
+    app.command("report")(report.report)
+    app.add_typer(report.runs_app, name="runs")
+    app.command("doctor")(doctor.doctor)
 
 
 @app.callback()
 def _root(quiet: Annotated[bool, typer.Option("--quiet", "-q", help="plain, minimal output")] = False) -> None:
-    from r1lite.ui import set_quiet
+    from r1lite.ui import is_live, set_quiet
 
     set_quiet(quiet)
+    _quiet_libraries(plain=not is_live())
+
+
+def _quiet_libraries(plain: bool) -> None:
+    """Library chatter (deprecation warnings, per-map progress bars) drowns our own lines; keep errors."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if plain:  # progress bars become garbage in logs; ours print plain lines instead
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    libraries = r"(torch|transformers|peft|trl|bitsandbytes|accelerate|datasets)(\.|$)"
+    warnings.filterwarnings("ignore", category=UserWarning, module=libraries)
 
 
 @app.command()

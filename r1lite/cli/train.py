@@ -45,7 +45,11 @@ def run(
         result = pipeline.run(r, resume=resume)
     except KeyboardInterrupt:
         _interrupted("the run")
+    from r1lite.cost import cost_line
+
     console.print(comparison_table(result["base"], result["final"]))
+    console.print(cost_line(result["cost"]))
+    console.print(f"report: r1lite report {result['run_dir']}")
 
 
 def sft(recipe: RecipeArg = "countdown", profile: ProfileOpt = None, set_: SetOpt = None) -> None:

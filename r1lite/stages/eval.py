@@ -146,7 +146,12 @@ def evaluate(
 
 
 def run(
-    recipe: Recipe, run_dir: Path, model_path: str | None = None, adapter: str | None = None, label: str = "final"
+    recipe: Recipe,
+    run_dir: Path,
+    model_path: str | None = None,
+    adapter: str | None = None,
+    label: str = "final",
+    tracker: Any = None,
 ) -> dict[str, Any]:
     """Evaluate the recipe's model (+ adapter) on the test split and write eval/<label>.{jsonl,json}."""
     from r1lite.models import load_for_inference, load_tokenizer, resolve_model
@@ -167,6 +172,16 @@ def run(
     }
     write_jsonl(run_dir / "eval" / f"{label}.jsonl", rows)
     write_json(run_dir / "eval" / f"{label}.json", summary)
+    if tracker is not None:
+        numbers = {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        tracker.log(f"eval/{label}", numbers, 0)
+        tracker.table(
+            f"eval/{label}",
+            "completions",
+            ["nums", "target", "completion", "correct", "reason"],
+            [[str(r["nums"]), r["target"], r["completion"], r["correct"], r["reason"]] for r in rows[:64]],
+            0,
+        )
     ui.log(
         f"eval {label}: accuracy {summary['accuracy']:.1%}, format {summary['format_rate']:.1%}, "
         f"mean length {summary['mean_length']:.0f} tokens"
@@ -184,7 +199,9 @@ def comparison_table(before: dict[str, Any], after: dict[str, Any]) -> Any:
     keys = [k for k in (*METRICS, *sorted(k for k in after if k.startswith("pass@"))) if k in before and k in after]
     for key in keys:
         b, a = before[key], after[key]
-        if key == "mean_length":
+        if key == "mean_reward":
+            table.add_row(key, f"{b:.3f}", f"{a:.3f}", f"{a - b:+.3f}")
+        elif key == "mean_length":
             table.add_row(key, f"{b:.0f}", f"{a:.0f}", f"{a - b:+.0f}")
         else:
             table.add_row(key, f"{b:.1%}", f"{a:.1%}", f"{(a - b) * 100:+.1f} pt")

@@ -47,10 +47,10 @@ def build_dataset(recipe: Recipe, tokenizer: Any) -> list[dict[str, Any]]:
 class PeriodicEval(TrainerCallback):
     """Greedy accuracy on a held-out slice every `every` steps, logged next to the training metrics."""
 
-    def __init__(self, recipe: Recipe, tokenizer: Any, path: Path, every: int) -> None:
+    def __init__(self, recipe: Recipe, tokenizer: Any, path: Path, every: int, tracker: Any = None) -> None:
         from r1lite.stages import data
 
-        self.recipe, self.tokenizer, self.path, self.every = recipe, tokenizer, path, every
+        self.recipe, self.tokenizer, self.path, self.every, self.tracker = recipe, tokenizer, path, every, tracker
         self.examples = data.load_split(recipe.data, "test")[: recipe.grpo.eval_examples]
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
@@ -101,7 +101,7 @@ def trainer_args(recipe: Recipe, out: Path, on_cuda: bool, backend: str) -> Any:
         top_p=g.top_p,
         top_k=g.top_k,
         max_completion_length=g.max_completion_length,
-        reward_weights=[r.weight for r in g.rewards],
+        reward_weights=[w for _, w in reward_plan(recipe)],
         use_vllm=backend == "vllm",
         gradient_checkpointing=recipe.model.gradient_checkpointing,
         bf16=on_cuda and recipe.model.dtype in ("auto", "bfloat16"),
@@ -117,8 +117,18 @@ def trainer_args(recipe: Recipe, out: Path, on_cuda: bool, backend: str) -> Any:
     )
 
 
+def reward_plan(recipe: Recipe) -> list[tuple[str, float]]:
+    """The recipe's weighted rewards, plus accuracy and format at weight 0 so TRL logs them every step."""
+    plan = [(r.name, r.weight) for r in recipe.grpo.rewards]
+    return plan + [(name, 0.0) for name in ("countdown_equation", "think_format") if name not in dict(plan)]
+
+
 def build_trainer(
-    recipe: Recipe, run_dir: Path, init_adapter: Path | None = None, callbacks: list | None = None
+    recipe: Recipe,
+    run_dir: Path,
+    init_adapter: Path | None = None,
+    callbacks: list | None = None,
+    tracker: Any = None,
 ) -> Any:
     """A ready GRPOTrainer for the recipe (used by `run` and by the benchmark)."""
     from datasets import Dataset
@@ -126,7 +136,7 @@ def build_trainer(
 
     from r1lite.models import load_model, load_tokenizer, lora_config, pick_device, resolve_model
     from r1lite.rewards import trl_reward_funcs
-    from r1lite.tracking import MetricsCallback
+    from r1lite.tracking import RunMonitor, quiet_library_output
 
     out = run_dir / "grpo"
     path = resolve_model(recipe.model.name)
@@ -142,32 +152,41 @@ def build_trainer(
         peft_config = None
     rollout_func = None
     if backend == "engine":
-        from r1lite.rollout import make_rollout_func
+        from r1lite.rollout import make_rollout_func, settings_from_recipe
 
-        rollout_func = make_rollout_func(recipe)
+        rollout_func = make_rollout_func(settings_from_recipe(recipe))
     ui.log(
         f"grpo: {recipe.model.name} ({recipe.quantization.mode}), rollouts by {backend}, "
         f"{recipe.grpo.prompts_per_step} prompts x {recipe.grpo.num_generations} completions per step"
         + (f", starting from {init_adapter}" if init_adapter else "")
     )
-    return GRPOTrainer(
+    reward_funcs = trl_reward_funcs([name for name, _ in reward_plan(recipe)])
+    trainer = GRPOTrainer(
         model=model,
-        reward_funcs=trl_reward_funcs([r.name for r in recipe.grpo.rewards]),
+        reward_funcs=reward_funcs,
         args=trainer_args(recipe, out, on_cuda, backend),
         train_dataset=Dataset.from_list(build_dataset(recipe, tokenizer)),
         processing_class=tokenizer,
         peft_config=peft_config,
         rollout_func=rollout_func,
-        callbacks=[
-            MetricsCallback(out / "metrics.jsonl", "grpo"),
-            PeriodicEval(recipe, tokenizer, out / "metrics.jsonl", recipe.grpo.eval_every),
-            *(callbacks or []),
-        ],
     )
+    quiet_library_output(trainer)
+    trainer.add_callback(
+        RunMonitor("grpo", out, tracker, recipe.grpo.max_steps, reward_funcs, recipe.tracking.sample_every)
+    )
+    trainer.add_callback(PeriodicEval(recipe, tokenizer, out / "metrics.jsonl", recipe.grpo.eval_every, tracker))
+    for callback in callbacks or []:
+        trainer.add_callback(callback)
+    return trainer
 
 
 def run(
-    recipe: Recipe, run_dir: Path, init_adapter: Path | None = None, resume: bool = False, callbacks: list | None = None
+    recipe: Recipe,
+    run_dir: Path,
+    init_adapter: Path | None = None,
+    resume: bool = False,
+    callbacks: list | None = None,
+    tracker: Any = None,
 ) -> Path:
     """Train with GRPO; returns `run_dir/grpo/adapter`. Without `resume`, old checkpoints are cleared."""
     from r1lite.models import atomic_dir
@@ -179,7 +198,7 @@ def run(
         (out / "metrics.jsonl").unlink(missing_ok=True)
     if resume and checkpoint is None:
         ui.log("grpo: --resume given but no checkpoint found; starting from step 0")
-    trainer = build_trainer(recipe, run_dir, init_adapter, callbacks)
+    trainer = build_trainer(recipe, run_dir, init_adapter, callbacks, tracker)
     if checkpoint is not None:
         ui.log(f"grpo: resuming from {checkpoint.name}")
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

@@ -34,13 +34,13 @@ def build_dataset(recipe: Recipe, tokenizer: Any) -> list[dict[str, str]]:
     return rows
 
 
-def run(recipe: Recipe, run_dir: Path) -> Path:
+def run(recipe: Recipe, run_dir: Path, tracker: Any = None) -> Path:
     """Train a LoRA adapter on traces; returns `run_dir/sft/adapter` (written atomically)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     from r1lite.models import atomic_dir, load_model, load_tokenizer, lora_config, pick_device, resolve_model
-    from r1lite.tracking import MetricsCallback
+    from r1lite.tracking import RunMonitor, quiet_library_output
 
     cfg, out = recipe.sft, run_dir / "sft"
     path = resolve_model(recipe.model.name)
@@ -74,8 +74,10 @@ def run(recipe: Recipe, run_dir: Path) -> Path:
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=lora_config(recipe.lora),
-        callbacks=[MetricsCallback(out / "metrics.jsonl", "sft")],
     )
+    quiet_library_output(trainer)
+    trainer.add_callback(RunMonitor("sft", out, tracker, total_steps=trainer.args.max_steps))
+    (out / "metrics.jsonl").unlink(missing_ok=True)
     trainer.train()
     with atomic_dir(out / ADAPTER) as tmp:
         trainer.model.save_pretrained(tmp)

@@ -1,0 +1,259 @@
+"""Rollout benchmark: stock TRL generation vs our engine, side by side in ONE process, same model and batch.
+
+    python bench/rollout.py --shape tiny                                  # CPU smoke test (seconds)
+    python bench/rollout.py --shape qwen2.5-3b --prompts 8 --generations 8 --tokens 256
+    python bench/rollout.py --suite                                      # the three GPU cases of the notes
+
+For each backend it builds a fresh GRPOTrainer on the same random-weight model (real architecture
+shapes, NF4 + LoRA r16 all-linear, gradient checkpointing, beta 0), runs `--steps` GRPO steps with
+EOS disabled (every completion is full length), and reports completion tokens/s during generation,
+steady-state GRPO step time (median after the first, warm-up step) and peak GPU memory. Prints one
+JSON object per case, and writes them to --out when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SHAPES: dict[str, dict[str, Any]] = {
+    # from the models' published config.json files
+    "qwen2.5-3b": dict(
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        rope_theta=1e6,
+        max_position_embeddings=32768,
+    ),
+    "qwen2.5-1.5b": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        rope_theta=1e6,
+        max_position_embeddings=32768,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        tie_word_embeddings=True,
+        max_position_embeddings=4096,
+    ),
+}
+SUITE = [("qwen2.5-3b", 8, 8, 256), ("qwen2.5-3b", 16, 8, 1024), ("qwen2.5-1.5b", 16, 8, 1024)]
+PROMPT_TOKENS = 150  # about a Countdown prompt in the base template
+
+
+def word_tokenizer(vocab: int) -> Any:
+    """A tokenizer with exactly `vocab` tokens ("t0", "t1", ...) so any sampled id decodes."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    from tokenizers import decoders
+
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="t1", pad_token="t0")
+
+
+def build_model(shape: str, folder: Path, dtype: torch.dtype) -> Path:
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(**SHAPES[shape], eos_token_id=None, bos_token_id=None, pad_token_id=0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.generation_config.eos_token_id = None  # every completion runs to full length
+    model.save_pretrained(folder)
+    word_tokenizer(config.vocab_size).save_pretrained(folder)
+    del model
+    return folder
+
+
+def random_reward(completions: list[Any], **_: Any) -> list[float]:
+    """Varied rewards so advantages (and hence the loss and its backward) are not all zero."""
+    return [random.random() for _ in completions]
+
+
+def run_backend(backend: str, model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from r1lite.config import LoraConfig, ModelConfig, QuantizationConfig
+    from r1lite.models import load_model, load_tokenizer, lora_config
+    from r1lite.rollout import RolloutSettings, make_rollout_func
+
+    cuda = torch.cuda.is_available()
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model_cfg = ModelConfig(name=str(model_dir), gradient_checkpointing=True)
+    quant = QuantizationConfig(mode=args.quant, compute_dtype="bfloat16" if cuda else "float32")
+    tokenizer = load_tokenizer(str(model_dir))
+    model = load_model(str(model_dir), model_cfg, quant)
+    rng = random.Random(0)
+    vocab = len(tokenizer)
+    prompts = [" ".join(f"t{rng.randrange(2, vocab)}" for _ in range(PROMPT_TOKENS)) for _ in range(args.prompts * 4)]
+    total = args.prompts * args.generations
+    micro = min(total, args.micro_batch)
+    config = GRPOConfig(
+        output_dir=tempfile.mkdtemp(),
+        max_steps=args.steps,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=total // micro,
+        num_generations=args.generations,
+        learning_rate=1e-5,
+        beta=0.0,
+        loss_type="dr_grpo",
+        max_completion_length=args.tokens,
+        temperature=1.0,
+        gradient_checkpointing=True,
+        bf16=cuda,
+        use_cpu=not cuda,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        generation_kwargs={"eos_token_id": None, "suppress_tokens": None},
+        seed=0,
+    )
+    rollout = None
+    if backend == "engine":
+        rollout = make_rollout_func(RolloutSettings(max_new_tokens=args.tokens, merge=args.merge, stop_at_eos=False))
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=random_reward,
+        args=config,
+        train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+        processing_class=tokenizer,
+        peft_config=lora_config(LoraConfig(r=16, alpha=32, dropout=0.0)),
+        rollout_func=rollout,
+    )
+    gen_time, gen_tokens, step_times = [0.0], [0], []
+    original = trainer._generate
+
+    def timed_generate(prompts_: list[Any]) -> Any:
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = original(prompts_)
+        if cuda:
+            torch.cuda.synchronize()
+        gen_time.append(time.perf_counter() - start)
+        gen_tokens.append(sum(len(c) for c in result[1]))
+        return result
+
+    trainer._generate = timed_generate
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+            step_times.append(time.perf_counter() - self.t)
+
+    trainer.add_callback(StepTimer())
+    trainer.train()
+    # steady state: drop the first (warm-up / capture) generation and step
+    gens = list(zip(gen_time[1:], gen_tokens[1:], strict=True))
+    steady = gens[1:] or gens
+    result = {
+        "backend": backend,
+        "completion_tokens_per_s": round(sum(n for _, n in steady) / max(sum(t for t, _ in steady), 1e-9), 1),
+        "step_s_median": round(statistics.median(step_times[1:] or step_times), 3),
+        "step_s_all": [round(t, 3) for t in step_times],
+        "generation_s_all": [round(t, 3) for t, _ in gens],
+        "tokens_per_generation": gens[0][1] if gens else 0,
+        "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+    }
+    del trainer, model
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return result
+
+
+def run_case(shape: str, prompts: int, generations: int, tokens: int, args: argparse.Namespace) -> dict[str, Any]:
+    case = argparse.Namespace(**{**vars(args), "prompts": prompts, "generations": generations, "tokens": tokens})
+    cuda = torch.cuda.is_available()
+    with tempfile.TemporaryDirectory() as d:
+        model_dir = build_model(shape, Path(d) / "model", torch.bfloat16 if cuda else torch.float32)
+        results = {b: run_backend(b, model_dir, case) for b in args.backends.split(",")}
+    out: dict[str, Any] = {
+        "shape": shape,
+        "batch": f"{prompts}x{generations}x{tokens}",
+        "quant": args.quant,
+        "steps": args.steps,
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "results": results,
+    }
+    if "trl" in results and "engine" in results:
+        out["throughput_ratio"] = round(
+            results["engine"]["completion_tokens_per_s"] / max(results["trl"]["completion_tokens_per_s"], 1e-9), 2
+        )
+        out["step_time_ratio"] = round(
+            results["trl"]["step_s_median"] / max(results["engine"]["step_s_median"], 1e-9), 2
+        )
+    return out
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    return {p: md.version(p) for p in ("torch", "transformers", "trl", "peft", "bitsandbytes")}
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
+    p.add_argument("--prompts", type=int, default=2)
+    p.add_argument("--generations", type=int, default=2)
+    p.add_argument("--tokens", type=int, default=16)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--micro-batch", type=int, default=16, help="completions per forward/backward")
+    p.add_argument("--quant", default="nf4", choices=["nf4", "none"])
+    p.add_argument("--merge", default="auto", choices=["auto", "merged", "unmerged"])
+    p.add_argument("--backends", default="trl,engine")
+    p.add_argument("--suite", action="store_true", help="run the three GPU cases of bench/NOTES.md")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    cases = SUITE if args.suite else [(args.shape, args.prompts, args.generations, args.tokens)]
+    results = []
+    for case in cases:
+        result = run_case(*case, args)
+        result["versions"] = versions()
+        results.append(result)
+        print(json.dumps(result), flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,278 @@
+"""Reports: curves and tables from a run directory, as `report.md` + a self-contained `report.html`.
+
+    >>> build_report(Path("runs/countdown-cpu"))      # -> runs/countdown-cpu/report.html
+    >>> series(run_dir, "grpo", "reward")              # ([1, 2, ...], [0.1, 0.2, ...]) straight from metrics.jsonl
+
+Everything is read from the files the pipeline writes (metrics.jsonl, eval/*.json, stages.json,
+hardware.json, config.yaml), so a report can be rebuilt at any time, also for an unfinished run.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from r1lite.errors import R1liteError
+from r1lite.fileio import read_json, read_jsonl, write_text
+
+CURVES = [
+    ("reward", "mean reward"),
+    ("accuracy", "accuracy (train samples)"),
+    ("format_rate", "format rate"),
+    ("completion_length", "completion length (tokens)"),
+    ("kl", "KL to reference"),
+    ("heldout_accuracy", "held-out accuracy"),
+]
+
+
+def check_run_dir(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise R1liteError(f"{run_dir} is not an r1lite run directory (no config.yaml); see `r1lite runs list`")
+    return run_dir
+
+
+def metrics(run_dir: Path, stage: str) -> list[dict[str, Any]]:
+    path = run_dir / stage / "metrics.jsonl"
+    return read_jsonl(path) if path.is_file() else []
+
+
+def series(run_dir: Path, stage: str, key: str) -> tuple[list[int], list[float]]:
+    """Steps and values of one metric, in logged order (a resumed run keeps its repeated steps)."""
+    rows = [r for r in metrics(run_dir, stage) if key in r]
+    return [r["step"] for r in rows], [float(r[key]) for r in rows]
+
+
+def _load(run_dir: Path, name: str) -> dict[str, Any]:
+    path = run_dir / name
+    return read_json(path) if path.is_file() else {}
+
+
+def plot_curves(run_dirs: list[Path], out: Path, stage: str = "grpo") -> Path | None:
+    """One panel per metric in CURVES that any run logged; runs overlaid. None when nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [(k, label) for k, label in CURVES if any(series(d, stage, k)[0] for d in run_dirs)]
+    if not keys:
+        return None
+    cols = min(3, len(keys))
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, (key, label) in zip(axes.flat, keys, strict=False):
+        for d in run_dirs:
+            steps, values = series(d, stage, key)
+            if steps:
+                ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=d.name)
+        ax.set_title(label)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if len(run_dirs) > 1:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    fig.suptitle(f"{stage.upper()} training curves", fontsize=11)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_sft(run_dir: Path, out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, loss = series(run_dir, "sft", "loss")
+    if not steps:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(steps, loss, marker="o", markersize=3)
+    ax.set_title("SFT loss (completion tokens)")
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_eval(before: dict[str, Any], after: dict[str, Any], out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in ("accuracy", "format_rate", "search_rate") if k in before and k in after]
+    if not keys:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    x = range(len(keys))
+    ax.bar([i - 0.2 for i in x], [before[k] for k in keys], width=0.4, label="base")
+    ax.bar([i + 0.2 for i in x], [after[k] for k in keys], width=0.4, label="trained")
+    for i, k in enumerate(keys):
+        ax.text(i - 0.2, before[k], f"{before[k]:.0%}", ha="center", va="bottom", fontsize=8)
+        ax.text(i + 0.2, after[k], f"{after[k]:.0%}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(x), keys)
+    ax.set_ylim(0, 1.1)
+    ax.set_title(f"held-out eval ({after.get('examples', '?')} problems)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _fmt(key: str, value: Any) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return str(value)
+    if key in ("mean_length", "examples", "seconds"):
+        return f"{value:.0f}"
+    if key == "mean_reward":
+        return f"{value:.3f}"
+    return f"{value:.1%}"
+
+
+def build_report(run_dir: Path) -> Path:
+    """Write plots/, report.md and report.html into the run directory; returns the HTML path."""
+    from r1lite.cost import cost_for_run
+    from r1lite.recipes import read_yaml, resolve
+
+    run_dir = check_run_dir(run_dir)
+    recipe_text = (run_dir / "config.yaml").read_text()
+    recipe = resolve(read_yaml(run_dir / "config.yaml"), None, [], "config.yaml")
+    stages, hardware = _load(run_dir, "stages.json"), _load(run_dir, "hardware.json")
+    before, after = _load(run_dir, "eval/base.json"), _load(run_dir, "eval/final.json")
+    cost = cost_for_run(recipe, {k: v["seconds"] for k, v in stages.items()}, hardware)
+    plots_dir = run_dir / "plots"
+    plots = [
+        p
+        for p in (
+            plot_curves([run_dir], plots_dir / "grpo_curves.png"),
+            plot_sft(run_dir, plots_dir / "sft_loss.png"),
+            plot_eval(before, after, plots_dir / "eval_before_after.png") if before and after else None,
+        )
+        if p
+    ]
+
+    md = [
+        f"# r1lite report: {run_dir.name}",
+        "",
+        f"Recipe `{recipe.name}`, profile `{recipe.profile}`, model "
+        f"`{recipe.model.name}` ({recipe.quantization.mode}), LoRA r={recipe.lora.r}.",
+        "",
+    ]
+    if before and after:
+        md += ["## Held-out eval", "", "| metric | base | trained |", "|---|---|---|"]
+        for key in ("accuracy", "format_rate", "mean_reward", "mean_length", "search_rate", "examples"):
+            if key in before and key in after:
+                md.append(f"| {key} | {_fmt(key, before[key])} | {_fmt(key, after[key])} |")
+        md.append("")
+    md += ["## Cost", "", "| stage | wall time | GPU-hours | USD |", "|---|---|---|---|"]
+    for stage, row in [*cost["stages"].items(), ("**total**", cost["total"])]:
+        usd = "n/a" if row["usd"] is None else f"${row['usd']:.2f}"
+        md.append(f"| {stage} | {row['seconds'] / 60:.1f} min | {row['gpu_hours']:.3f} | {usd} |")
+    md += [
+        "",
+        f"GPU: {cost['gpu']}; price: {cost['price_source']}. TinyZero reported its run for under "
+        f"${cost['tinyzero_claim_usd']:.0f} of GPU rent.",
+        "",
+    ]
+    if plots:
+        md += ["## Curves", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
+    md += [
+        "## Hardware and versions",
+        "",
+        "```json",
+        json.dumps(hardware, indent=2),
+        "```",
+        "",
+        "## Resolved recipe",
+        "",
+        "```yaml",
+        recipe_text.rstrip(),
+        "```",
+        "",
+    ]
+    write_text(run_dir / "report.md", "\n".join(md))
+    write_text(run_dir / "report.html", _html(run_dir.name, "\n".join(md), plots))
+    return run_dir / "report.html"
+
+
+def _html(title: str, markdown: str, plots: list[Path]) -> str:
+    """A small markdown subset to HTML, with the PNGs embedded so the file stands alone."""
+    images = {f"plots/{p.name}": base64.b64encode(p.read_bytes()).decode() for p in plots}
+    out, in_code, in_table = [], False, False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            out.append("</pre>" if in_code else "<pre>")
+            in_code = not in_code
+            continue
+        if in_code:
+            out.append(html.escape(line))
+            continue
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-"):
+                continue
+            tag = "th" if not in_table else "td"
+            out.append(
+                ("<table>" if not in_table else "")
+                + "<tr>"
+                + "".join(f"<{tag}>{html.escape(c).replace('**', '')}</{tag}>" for c in cells)
+                + "</tr>"
+            )
+            in_table = True
+            continue
+        if in_table:
+            out.append("</table>")
+            in_table = False
+        if line.startswith("!["):
+            src = line[line.index("(") + 1 : -1]
+            out.append(f'<img src="data:image/png;base64,{images[src]}" alt="{html.escape(src)}">')
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
+        elif line:
+            out.append(f"<p>{html.escape(line).replace('`', '')}</p>")
+    if in_table:
+        out.append("</table>")
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.3em .7em;text-align:right}"
+        "th{background:#f3f3f3}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>r1lite: {html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n"
+    )
+
+
+def list_runs(root: Path) -> list[dict[str, Any]]:
+    """Every run directory under `root`, with how far it got and its final numbers."""
+    from r1lite.pipeline import STAGES
+
+    runs = []
+    for d in sorted(p for p in Path(root).glob("*") if (p / "config.yaml").is_file()):
+        stages = _load(d, "stages.json")
+        final, base = _load(d, "eval/final.json"), _load(d, "eval/base.json")
+        runs.append(
+            {
+                "name": d.name,
+                "path": str(d),
+                "stages_done": sum(s in stages for s in STAGES),
+                "stages_total": len(STAGES),
+                "base_accuracy": base.get("accuracy"),
+                "final_accuracy": final.get("accuracy"),
+                "final_format_rate": final.get("format_rate"),
+                "wall_seconds": sum(v["seconds"] for v in stages.values()),
+            }
+        )
+    return runs
