@@ -347,6 +347,10 @@ def settings_from_recipe(recipe: Any) -> RolloutSettings:
 
 def make_rollout_func(settings: RolloutSettings) -> Any:
     """A `rollout_func(prompts, trainer)` for GRPOTrainer that generates with our engine."""
+    import os
+
+    # rollout_func is marked experimental in TRL; we pin TRL's minor version and test the contract
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     state: dict[str, Any] = {}
 
     def rollout_func(prompts: list[Any], trainer: Any) -> dict[str, Any]:

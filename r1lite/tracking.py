@@ -106,7 +106,7 @@ class Tracker:
         self._guard("summary", lambda: self.run.summary.update(values))
 
     def finish(self) -> None:
-        self._guard("finish", lambda: self.run.finish(quiet=True))
+        self._guard("finish", lambda: self.run.finish())
         self.run = None
 
 

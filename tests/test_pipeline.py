@@ -125,7 +125,8 @@ def test_resume_after_interrupted_grpo(tiny_model, tmp_path):
     state = json.loads((root / "grpo/trainer/checkpoint-4/trainer_state.json").read_text())
     assert state["global_step"] == 4
     logged = [r["step"] for r in read_jsonl(root / "grpo/metrics.jsonl") if "loss" in r]
-    assert logged == [1, 2, 3, 3, 4]  # steps 1-3 before the interrupt, 3-4 after resuming from step 2
+    # Ctrl-C came at the end of step 3, before it was logged: steps 1-2 ran before, 3-4 after resuming
+    assert logged == [1, 2, 3, 4]
     assert (root / "grpo/adapter/adapter_config.json").is_file()
 
 

@@ -20,6 +20,18 @@ def _recipe(name: str, profile: str | None, set_: list[str] | None, wandb: str |
     return resolve_recipe(name, profile, [*(set_ or []), *([f"tracking.wandb={wandb}"] if wandb else [])])
 
 
+def _stage_dir(r):
+    """The run directory for a single-stage command, with the resolved recipe written into it."""
+    from r1lite.fileio import write_text
+    from r1lite.pipeline import run_dir
+    from r1lite.recipes import to_yaml
+
+    root = run_dir(r)
+    root.mkdir(parents=True, exist_ok=True)
+    write_text(root / "config.yaml", to_yaml(r))
+    return root
+
+
 def _interrupted(stage: str) -> None:
     from r1lite.ui import err_console
 
@@ -52,15 +64,24 @@ def run(
     console.print(f"report: r1lite report {result['run_dir']}")
 
 
-def sft(recipe: RecipeArg = "countdown", profile: ProfileOpt = None, set_: SetOpt = None) -> None:
+def sft(
+    recipe: RecipeArg = "countdown", profile: ProfileOpt = None, set_: SetOpt = None, wandb: WandbOpt = None
+) -> None:
     """LoRA SFT warm-up on solver traces; writes runs/<run>/sft/adapter."""
-    from r1lite.pipeline import run_dir
     from r1lite.stages import data
     from r1lite.stages import sft as stage
+    from r1lite.tracking import open_tracker
 
-    r = _recipe(recipe, profile, set_)
+    r = _recipe(recipe, profile, set_, wandb)
     data.run(r.data)
-    print(stage.run(r, run_dir(r)))
+    root = _stage_dir(r)
+    tracker = open_tracker(r, root)
+    try:
+        print(stage.run(r, root, tracker))
+    except KeyboardInterrupt:
+        _interrupted("sft")
+    finally:
+        tracker.finish()
 
 
 def grpo(
@@ -71,22 +92,28 @@ def grpo(
     adapter: Annotated[
         str | None, typer.Option(help="start from this LoRA adapter (default: the run's SFT one)")
     ] = None,
+    wandb: WandbOpt = None,
 ) -> None:
     """GRPO with the recipe's (4-bit) policy + LoRA; writes runs/<run>/grpo/adapter."""
-    from r1lite.pipeline import run_dir
     from r1lite.stages import data
     from r1lite.stages import grpo as stage
+    from r1lite.tracking import open_tracker
 
-    r = _recipe(recipe, profile, set_)
-    root = run_dir(r)
-    start = Path(adapter) if adapter else root / "sft" / "adapter"
-    if adapter and not (start / "adapter_config.json").is_file():
+    r = _recipe(recipe, profile, set_, wandb)
+    start = Path(adapter) if adapter else None
+    if start is not None and not (start / "adapter_config.json").is_file():
         raise R1liteError(f"--adapter {adapter} is not a LoRA adapter folder (no adapter_config.json)")
     data.run(r.data)
+    root = _stage_dir(r)
+    if start is None and r.sft.enabled and (root / "sft" / "adapter").is_dir():
+        start = root / "sft" / "adapter"
+    tracker = open_tracker(r, root)
     try:
-        print(stage.run(r, root, start if start.is_dir() else None, resume=resume))
+        print(stage.run(r, root, start, resume=resume, tracker=tracker))
     except KeyboardInterrupt:
         _interrupted("grpo")
+    finally:
+        tracker.finish()
 
 
 def eval_(
@@ -99,7 +126,6 @@ def eval_(
     label: Annotated[str | None, typer.Option(help="name of the output files under eval/")] = None,
 ) -> None:
     """Evaluate a model (+ adapter) on the test split: accuracy, pass@k, format, length, search."""
-    from r1lite.pipeline import run_dir
     from r1lite.stages import data
     from r1lite.stages import eval as stage
     from r1lite.stages.eval import comparison_table
@@ -107,7 +133,7 @@ def eval_(
 
     r = _recipe(recipe, profile, [*(set_ or []), *([f"model.name={model}"] if model else [])])
     data.run(r.data)
-    root = run_dir(r)
+    root = _stage_dir(r)
     result = stage.run(r, root, adapter=adapter, label=label or ("adapter" if adapter else "base"))
     if compare:
         other = stage.run(
