@@ -41,7 +41,7 @@ class RolloutSettings:
     greedy: bool = False
     merge: str = "auto"  # auto | merged | unmerged
     compile: bool = True  # capture the decode step on CUDA
-    reserve_gib: float = 1.0  # memory left free when deciding whether the merged copy fits
+    reserve_gib: float = 4.0  # memory left for the training step when deciding whether the merged copy fits
     stop_at_eos: bool = True  # benchmarks turn this off so every completion has full length
 
 
@@ -141,6 +141,15 @@ def merged_copy(model: Any, dtype: torch.dtype) -> Any:
     return copy
 
 
+def refresh_merged(copy: Any, model: Any, dtype: torch.dtype) -> None:
+    """Rewrite the adapted weights of a merged copy in place (same tensors, so captured graphs stay valid)."""
+    source = base_model_of(model)
+    with torch.no_grad():
+        for name, module in source.named_modules():
+            if _is_lora(module):
+                copy.get_submodule(name).weight.copy_(_dense(module, "weight", dtype))
+
+
 def param_bytes(model: Any, dtype: torch.dtype) -> int:
     """Bytes a dense copy of `model` takes in `dtype` (LoRA parameters excluded)."""
     n = sum(
@@ -177,6 +186,18 @@ def _cache_kwarg(model: Any) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+@dataclass
+class _DecodeState:
+    """Buffers reused across rollouts of the same batch size, so a captured decode step stays valid."""
+
+    runner: Any  # the model that decodes: the PEFT model, or the merged dense copy
+    merged: bool
+    cache: Any  # StaticCache of [batch, heads, length, dim] per layer
+    mask: torch.Tensor  # [batch, length] padding mask over the whole cache
+    length: int
+    step: Any = None
+
+
 class RolloutEngine:
     def __init__(self, model: Any, tokenizer: Any, settings: RolloutSettings) -> None:
         self.model, self.tokenizer, self.s = model, tokenizer, settings
@@ -186,7 +207,7 @@ class RolloutEngine:
         if not settings.stop_at_eos:
             self.eos_ids = []
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos_ids or [0])[0]
-        self._compiled: dict[int, Any] = {}
+        self._states: dict[int, _DecodeState] = {}
         self.last_choice = ""
 
     # -- memory policy -------------------------------------------------------------------------
@@ -211,13 +232,37 @@ class RolloutEngine:
         )
         return ok
 
+    def _state(self, batch: int, needed: int, dtype: torch.dtype, device: torch.device) -> _DecodeState:
+        """Reuse this batch size's buffers when they are long enough; otherwise (re)build them.
+
+        The cache length is rounded up to a multiple of 256 so varying prompt lengths reuse one shape.
+        """
+        from transformers import StaticCache
+
+        state = self._states.get(batch)
+        if state is not None and state.length >= needed:
+            if state.merged:
+                refresh_merged(state.runner, self.model, dtype)  # the adapter changed since the last step
+            state.cache.reset()
+            return state
+        length = -(-needed // 256) * 256
+        self._states.pop(batch, None)
+        merged = self.choose_merge(batch, length, dtype, device)
+        runner = merged_copy(self.model, dtype) if merged else self.model
+        cache = StaticCache(config=base_model_of(self.model).config, max_cache_len=length)
+        mask = torch.ones((batch, length), dtype=torch.long, device=device)
+        state = _DecodeState(runner, merged, cache, mask, length)
+        state.step = self._decode_step(state, device)
+        self._states[batch] = state
+        return state
+
     # -- one rollout ---------------------------------------------------------------------------
     @torch.no_grad()
     def generate(
         self, prompt_ids: list[list[int]], num_generations: int = 1, generator: torch.Generator | None = None
     ) -> RolloutOutput:
         """Completions for `prompt_ids`, where each run of `num_generations` equal prompts shares a prefill."""
-        from transformers import DynamicCache, StaticCache
+        from transformers import DynamicCache
 
         groups = [prompt_ids[i] for i in range(0, len(prompt_ids), num_generations)]
         if any(prompt_ids[i] != groups[i // num_generations] for i in range(len(prompt_ids))):
@@ -227,14 +272,11 @@ class RolloutEngine:
         device = next(source.parameters()).device
         dtype = _compute_dtype(source)
         Lp = max(len(p) for p in groups)
-        L = Lp + self.s.max_new_tokens
-
-        use_merged = self.choose_merge(B, L, dtype, device)
-        runner = merged_copy(self.model, dtype) if use_merged else self.model
         was_training = self.model.training
         self.model.eval()
-        kw = _cache_kwarg(runner)
         try:
+            state = self._state(B, Lp + self.s.max_new_tokens, dtype, device)
+            runner, kw = state.runner, _cache_kwarg(state.runner)
             # 1. prefill the P distinct prompts (left-padded) once
             ids = torch.full((P, Lp), self.pad_id, dtype=torch.long, device=device)
             mask = torch.zeros((P, Lp), dtype=torch.long, device=device)
@@ -248,16 +290,14 @@ class RolloutEngine:
             )
             first_logits = out.logits[:, -1, :].repeat_interleave(G, dim=0)  # [B, V]
 
-            # 2. copy each prompt's KV into its G rows of one static cache for the whole batch
-            cache = StaticCache(config=source.config, max_cache_len=L)
-            for layer, filled in zip(cache.layers, prefill_cache.layers, strict=False):
+            # 2. copy each prompt's KV into its G rows of the batch's static cache
+            for layer, filled in zip(state.cache.layers, prefill_cache.layers, strict=False):
                 layer.update(filled.keys.repeat_interleave(G, dim=0), filled.values.repeat_interleave(G, dim=0))
             del prefill_cache, out
-            full_mask = torch.ones((B, L), dtype=torch.long, device=device)
-            full_mask[:, :Lp] = mask.repeat_interleave(G, dim=0)
+            state.mask.fill_(1)
+            state.mask[:, :Lp] = mask.repeat_interleave(G, dim=0)  # causal masking hides the unwritten tail
             next_pos = mask.sum(-1).repeat_interleave(G, dim=0)  # [B] position of the first new token
 
-            step = self._decode_step(runner, kw, cache, full_mask, device, use_merged)
             tokens = torch.full((B, self.s.max_new_tokens), self.pad_id, dtype=torch.long, device=device)
             logps = torch.zeros((B, self.s.max_new_tokens), dtype=torch.float32, device=device)
             done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -272,19 +312,20 @@ class RolloutEngine:
                 # 3. stop every row at its EOS, and the whole batch once all rows have stopped
                 if t + 1 == self.s.max_new_tokens or bool(done.all()):
                     break
-                logits = step(tok[:, None], (next_pos + t)[:, None])
+                logits = state.step(tok[:, None], (next_pos + t)[:, None])
         finally:
             if was_training:
                 self.model.train()
-            if use_merged:
-                del runner
-        return self._collect(prompt_ids, tokens[:, :steps], logps[:, :steps], use_merged)
+        return self._collect(prompt_ids, tokens[:, :steps], logps[:, :steps], state.merged)
 
-    def _decode_step(
-        self, runner: Any, kw: str, cache: Any, full_mask: torch.Tensor, device: torch.device, merged: bool
-    ) -> Any:
+    def _decode_step(self, state: _DecodeState, device: torch.device) -> Any:
+        """One decode step over the persistent buffers; compiled once per state on CUDA."""
+        kw = _cache_kwarg(state.runner)
+
         def step(tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-            out = runner(input_ids=tok, attention_mask=full_mask, position_ids=pos, use_cache=True, **{kw: cache})
+            out = state.runner(
+                input_ids=tok, attention_mask=state.mask, position_ids=pos, use_cache=True, **{kw: state.cache}
+            )
             return out.logits[:, -1, :]
 
         if device.type != "cuda" or not self.s.compile:
@@ -294,7 +335,7 @@ class RolloutEngine:
         def guarded(tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
             if self.s.compile:
                 try:
-                    return compiled(tok, pos)
+                    return compiled(tok, pos).clone()  # the graph's output buffer is reused by the next replay
                 except Exception as e:  # capture can fail on exotic layers: decode eagerly instead
                     ui.log(f"rollout: decode capture failed ({type(e).__name__}: {e}); decoding eagerly")
                     self.s.compile = False

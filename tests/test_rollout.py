@@ -177,3 +177,21 @@ def test_grpo_loss_matches_stock_trl_on_a_fixed_batch(tiny, tmp_path):
     assert stock_adv == pytest.approx(ours_adv, abs=1e-6)
     assert any(abs(a) > 0 for a in stock_adv)
     assert ours_loss == pytest.approx(stock_loss, abs=1e-5)
+
+
+def test_buffers_are_reused_and_merged_weights_follow_the_adapter(tiny):
+    """Consecutive rollouts (new prompts, new prompt lengths, an updated adapter) reuse one state and stay exact."""
+    model, tok = load(tiny, lora=True)
+    engine = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=12, greedy=True, merge="merged"))
+    first = engine.generate(grouped(tok, 2), 2)
+    state = engine._states[6]
+    with torch.no_grad():  # an optimizer step on the adapter
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(-3.0)
+    prompts = [tok("Try 9 - 3 = 6").input_ids] * 2 + [tok("We need 24").input_ids] * 2 + [tok("x").input_ids] * 2
+    second = engine.generate(prompts, 2)
+    assert engine._states[6] is state  # same cache, mask and merged copy: a captured graph stays valid
+    for prompt, completion in zip(second.prompt_ids, second.completion_ids, strict=True):
+        assert completion == reference(model, tok, prompt, 12)
+    assert first.completion_ids != second.completion_ids
