@@ -57,6 +57,7 @@ def plot_curves(run_dirs: list[Path], out: Path, stage: str = "grpo") -> Path | 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     keys = [(k, label) for k, label in CURVES if any(series(d, stage, k)[0] for d in run_dirs)]
     if not keys:
@@ -71,6 +72,7 @@ def plot_curves(run_dirs: list[Path], out: Path, stage: str = "grpo") -> Path | 
                 ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=d.name)
         ax.set_title(label)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if len(run_dirs) > 1:
             ax.legend(fontsize=7)
@@ -89,6 +91,7 @@ def plot_sft(run_dir: Path, out: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     steps, loss = series(run_dir, "sft", "loss")
     if not steps:
@@ -97,6 +100,7 @@ def plot_sft(run_dir: Path, out: Path) -> Path | None:
     ax.plot(steps, loss, marker="o", markersize=3)
     ax.set_title("SFT loss (completion tokens)")
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=110)

@@ -156,59 +156,22 @@ def test_nf4_policy_trains_on_cpu(tiny_model, tmp_path):
     assert (root / "eval/adapter.json").is_file() and (root / "eval/base.json").is_file()
 
 
-def test_clean_model_errors(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    r = runner.invoke(
-        app,
-        [
-            "eval",
-            "countdown",
-            "-p",
-            "cpu",
-            "--set",
-            "model.name=nobody/no-such-model",
-            "--set",
-            "data.train_size=10",
-            "--set",
-            "data.test_size=5",
-        ],
-    )
-    assert r.exit_code == 2
-    assert "model 'nobody/no-such-model' is not in the local Hugging Face cache" in r.output
-    r = runner.invoke(
-        app,
-        [
-            "eval",
-            "countdown",
-            "-p",
-            "cpu",
-            "--set",
-            "model.device=cuda",
-            "--set",
-            "data.train_size=10",
-            "--set",
-            "data.test_size=5",
-        ],
-    )
+def _eval_with(*sets: str):
+    small = ["data.train_size=10", "data.test_size=5", *sets]
+    return runner.invoke(app, ["eval", "countdown", "-p", "cpu", *set_args(small)])
+
+
+def test_clean_model_errors(monkeypatch):
     import torch
 
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = _eval_with("model.name=nobody/no-such-model")
+    assert r.exit_code == 2
+    assert "model 'nobody/no-such-model' is not in the local Hugging Face cache" in r.output
     if not torch.cuda.is_available():
+        r = _eval_with("model.device=cuda")
         assert r.exit_code == 2 and "no CUDA GPU is available; use --profile cpu" in r.output
-    r = runner.invoke(
-        app,
-        [
-            "eval",
-            "countdown",
-            "-p",
-            "cpu",
-            "--set",
-            "model.name=./missing-dir",
-            "--set",
-            "data.train_size=10",
-            "--set",
-            "data.test_size=5",
-        ],
-    )
+    r = _eval_with("model.name=./missing-dir")
     assert r.exit_code == 2 and "model folder ./missing-dir does not exist" in r.output
     r = runner.invoke(app, ["grpo", "countdown", "-p", "cpu", "--adapter", "nowhere"])
     assert r.exit_code == 2 and "not a LoRA adapter folder" in r.output

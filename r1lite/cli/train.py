@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -39,6 +41,20 @@ def _interrupted(stage: str) -> None:
     raise typer.Exit(130)
 
 
+@contextlib.contextmanager
+def _tracked(recipe: Any, root: Path, stage: str) -> Iterator[Any]:
+    """The run's W&B tracker for one command; Ctrl-C becomes a resume hint and exit code 130."""
+    from r1lite.tracking import open_tracker
+
+    tracker = open_tracker(recipe, root)
+    try:
+        yield tracker
+    except KeyboardInterrupt:
+        _interrupted(stage)
+    finally:
+        tracker.finish()
+
+
 def run(
     recipe: RecipeArg = "countdown",
     profile: ProfileOpt = None,
@@ -48,6 +64,7 @@ def run(
 ) -> None:
     """Run the whole pipeline: data -> base eval -> SFT -> GRPO -> final eval, printing before/after."""
     from r1lite import pipeline
+    from r1lite.cost import cost_line
     from r1lite.stages.eval import comparison_table
     from r1lite.ui import console
 
@@ -57,8 +74,6 @@ def run(
         result = pipeline.run(r, resume=resume)
     except KeyboardInterrupt:
         _interrupted("the run")
-    from r1lite.cost import cost_line
-
     console.print(comparison_table(result["base"], result["final"]))
     console.print(cost_line(result["cost"]))
     console.print(f"report: r1lite report {result['run_dir']}")
@@ -70,18 +85,12 @@ def sft(
     """LoRA SFT warm-up on solver traces; writes runs/<run>/sft/adapter."""
     from r1lite.stages import data
     from r1lite.stages import sft as stage
-    from r1lite.tracking import open_tracker
 
     r = _recipe(recipe, profile, set_, wandb)
     data.run(r.data)
     root = _stage_dir(r)
-    tracker = open_tracker(r, root)
-    try:
+    with _tracked(r, root, "sft") as tracker:
         print(stage.run(r, root, tracker))
-    except KeyboardInterrupt:
-        _interrupted("sft")
-    finally:
-        tracker.finish()
 
 
 def grpo(
@@ -97,7 +106,6 @@ def grpo(
     """GRPO with the recipe's (4-bit) policy + LoRA; writes runs/<run>/grpo/adapter."""
     from r1lite.stages import data
     from r1lite.stages import grpo as stage
-    from r1lite.tracking import open_tracker
 
     r = _recipe(recipe, profile, set_, wandb)
     start = Path(adapter) if adapter else None
@@ -107,13 +115,8 @@ def grpo(
     root = _stage_dir(r)
     if start is None and r.sft.enabled and (root / "sft" / "adapter").is_dir():
         start = root / "sft" / "adapter"
-    tracker = open_tracker(r, root)
-    try:
+    with _tracked(r, root, "grpo") as tracker:
         print(stage.run(r, root, start, resume=resume, tracker=tracker))
-    except KeyboardInterrupt:
-        _interrupted("grpo")
-    finally:
-        tracker.finish()
 
 
 def eval_(
