@@ -43,6 +43,7 @@ class RolloutSettings:
     compile: bool = True  # capture the decode step on CUDA
     reserve_gib: float = 4.0  # memory left for the training step when deciding whether the merged copy fits
     stop_at_eos: bool = True  # benchmarks turn this off so every completion has full length
+    compile_backend: str | None = None  # None: CUDA graphs on CUDA only; e.g. "aot_eager" to trace on CPU (tests)
 
 
 @dataclass
@@ -328,9 +329,12 @@ class RolloutEngine:
             )
             return out.logits[:, -1, :]
 
-        if device.type != "cuda" or not self.s.compile:
+        if not self.s.compile or (device.type != "cuda" and self.s.compile_backend is None):
             return step
-        compiled = torch.compile(step, mode="reduce-overhead", dynamic=False)
+        if self.s.compile_backend is None:
+            compiled = torch.compile(step, mode="reduce-overhead", dynamic=False)
+        else:
+            compiled = torch.compile(step, backend=self.s.compile_backend, dynamic=False)
 
         def guarded(tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
             if self.s.compile:

@@ -195,3 +195,24 @@ def test_buffers_are_reused_and_merged_weights_follow_the_adapter(tiny):
     for prompt, completion in zip(second.prompt_ids, second.completion_ids, strict=True):
         assert completion == reference(model, tok, prompt, 12)
     assert first.completion_ids != second.completion_ids
+
+
+@pytest.mark.parametrize(
+    ("lora", "nf4", "merge"), [(False, False, "unmerged"), (True, True, "unmerged"), (True, True, "merged")]
+)
+def test_decode_step_traces_to_one_graph_reused_across_rollouts(tiny, lora, nf4, merge):
+    """What CUDA-graph capture needs, checked on CPU: one graph, no breaks, no recompiles between steps."""
+    import torch._dynamo as dynamo
+
+    model, tok = load(tiny, lora=lora, nf4=nf4)
+    settings = RolloutSettings(max_new_tokens=10, greedy=True, merge=merge, compile_backend="aot_eager")
+    engine = RolloutEngine(model, tok, settings)
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    first = engine.generate(grouped(tok, 2), 2)
+    engine.generate([tok("We need 24 from").input_ids] * 6, 2)  # other prompts, other prompt length
+    assert settings.compile, "the compiled step fell back to eager"
+    assert dict(dynamo.utils.counters["graph_break"]) == {}
+    assert dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    eager = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=10, greedy=True, merge=merge))
+    assert first.completion_ids == eager.generate(grouped(tok, 2), 2).completion_ids
