@@ -106,7 +106,7 @@ def pick_device(cfg: ModelConfig) -> str:
     import torch
 
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ModelError("the recipe asks for CUDA but no CUDA GPU is available; use --profile cpu")
+        raise ModelError("the recipe asks for CUDA (model.device=cuda) but no CUDA GPU is available; use --profile cpu")
     if cfg.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return cfg.device

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -171,6 +172,9 @@ def test_clean_model_errors(monkeypatch):
     if not torch.cuda.is_available():
         r = _eval_with("model.device=cuda")
         assert r.exit_code == 2 and "no CUDA GPU is available; use --profile cpu" in r.output
+        r = runner.invoke(app, ["run", "countdown", "--profile", "gpu-16gb"])  # fails before any work
+        assert r.exit_code == 2 and "use --profile cpu" in r.output
+        assert not Path("runs/countdown-gpu-16gb").exists()
     r = _eval_with("model.name=./missing-dir")
     assert r.exit_code == 2 and "model folder ./missing-dir does not exist" in r.output
     r = runner.invoke(app, ["grpo", "countdown", "-p", "cpu", "--adapter", "nowhere"])

@@ -19,7 +19,12 @@ WandbOpt = Annotated[str | None, typer.Option("--wandb", help="online | offline 
 
 
 def _recipe(name: str, profile: str | None, set_: list[str] | None, wandb: str | None = None):
-    return resolve_recipe(name, profile, [*(set_ or []), *([f"tracking.wandb={wandb}"] if wandb else [])])
+    """The resolved recipe, after checking its device exists here (before any data or model work)."""
+    from r1lite.models import pick_device
+
+    recipe = resolve_recipe(name, profile, [*(set_ or []), *([f"tracking.wandb={wandb}"] if wandb else [])])
+    pick_device(recipe.model)
+    return recipe
 
 
 def _stage_dir(r):
