@@ -8,9 +8,13 @@ source of truth for trainer knobs: the `trl:` dict of the `sft` and `grpo` secti
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from r1lite.errors import RecipeError
 
 
 class Section(BaseModel):
@@ -190,3 +194,34 @@ class Recipe(Section):
     @property
     def run_name(self) -> str:
         return f"{self.name}-{self.profile}" if self.profile else self.name
+
+
+def check_trl_keys(cls: type, extra: dict[str, Any], section: str) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in extra:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean '{section}.trl.{close[0]}'?" if close else ""
+            raise RecipeError(f"'{section}.trl.{key}' is not a field of trl.{cls.__name__}{hint}")
+
+
+def check_trl_sections(recipe: Recipe) -> None:
+    """Fail before any work when `sft.trl` / `grpo.trl` name fields TRL does not have."""
+    from trl import GRPOConfig as TRLGRPOConfig
+    from trl import SFTConfig as TRLSFTConfig
+
+    check_trl_keys(TRLSFTConfig, recipe.sft.trl, "sft")
+    check_trl_keys(TRLGRPOConfig, recipe.grpo.trl, "grpo")
+
+
+def build_trl_config(cls: type, ours: dict[str, Any], extra: dict[str, Any], section: str) -> Any:
+    """A TRL config from our fields plus the recipe's `<section>.trl` mapping (which wins on overlap).
+
+    TRL's dataclass is the schema for `trl:`: an unknown name or a value TRL rejects becomes one
+    RecipeError line naming the key, instead of a TypeError traceback from deep inside a stage.
+    """
+    check_trl_keys(cls, extra, section)
+    try:
+        return cls(**{**ours, **extra})
+    except (TypeError, ValueError) as e:
+        raise RecipeError(f"{section}.trl: trl.{cls.__name__} rejected the settings: {e}") from None

@@ -19,8 +19,8 @@ def test_profile_merges_over_base():
 
 
 def test_overrides_are_typed():
-    r = load_recipe("countdown", "cpu", ["grpo.max_steps=3", "data.num_counts=[4]", "grpo.trl.warmup_ratio=0.1"])
-    assert r.grpo.max_steps == 3 and r.data.num_counts == [4] and r.grpo.trl == {"warmup_ratio": 0.1}
+    r = load_recipe("countdown", "cpu", ["grpo.max_steps=3", "data.num_counts=[4]", "grpo.trl.warmup_steps=10"])
+    assert r.grpo.max_steps == 3 and r.data.num_counts == [4] and r.grpo.trl == {"warmup_steps": 10}
 
 
 @pytest.mark.parametrize(
@@ -79,3 +79,30 @@ def test_resolved_recipe_round_trips(tmp_path):
 def test_profile_detection(cuda, gib, expected):
     available = ["cpu", "gpu-12gb", "gpu-16gb", "gpu-24gb", "gpu-80gb"]
     assert pick_profile(available, Hardware(cuda, "GPU" if cuda else None, gib, gib)) == expected
+
+
+def test_trl_passthrough_is_checked_against_trl():
+    from trl import GRPOConfig
+
+    from r1lite.config import build_trl_config
+
+    ours = dict(output_dir="o", per_device_train_batch_size=4, num_generations=2, use_cpu=True, report_to=[])
+    assert build_trl_config(GRPOConfig, ours, {"learning_rate": 3e-5}, "grpo").learning_rate == 3e-5  # recipe wins
+    with pytest.raises(
+        RecipeError,
+        match=r"'grpo.trl.learning_rat' is not a field of trl.GRPOConfig; "
+        r"did you mean 'grpo.trl.learning_rate'\?",
+    ):
+        build_trl_config(GRPOConfig, ours, {"learning_rat": 0.1}, "grpo")
+    with pytest.raises(RecipeError, match=r"^grpo.trl: trl.GRPOConfig rejected the settings"):
+        build_trl_config(GRPOConfig, {**ours, "num_generations": 3}, {}, "grpo")  # 4 is not divisible by 3
+
+
+def test_bad_trl_key_fails_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from r1lite.cli.main import app
+
+    r = CliRunner().invoke(app, ["run", "countdown", "-p", "cpu", "--set", "sft.trl.lr_schedular_type=cosine"])
+    assert r.exit_code == 2 and "did you mean 'sft.trl.lr_scheduler_type'?" in r.output
+    assert not (tmp_path / "runs").exists()

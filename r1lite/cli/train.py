@@ -19,11 +19,13 @@ WandbOpt = Annotated[str | None, typer.Option("--wandb", help="online | offline 
 
 
 def _recipe(name: str, profile: str | None, set_: list[str] | None, wandb: str | None = None):
-    """The resolved recipe, after checking its device exists here (before any data or model work)."""
+    """The resolved recipe, after checking its device and TRL pass-through keys (before any real work)."""
+    from r1lite.config import check_trl_sections
     from r1lite.models import pick_device
 
     recipe = resolve_recipe(name, profile, [*(set_ or []), *([f"tracking.wandb={wandb}"] if wandb else [])])
     pick_device(recipe.model)
+    check_trl_sections(recipe)
     return recipe
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from r1lite import ui
-from r1lite.config import Recipe
+from r1lite.config import Recipe, build_trl_config
 from r1lite.fileio import append_jsonl
 from r1lite.tasks import countdown
 
@@ -70,9 +70,10 @@ class PeriodicEval(TrainerCallback):
         )
         if was_training:
             model.train()
-        append_jsonl(
-            self.path, {"stage": "grpo", "step": state.global_step, **{f"eval/{k}": v for k, v in summary.items()}}
-        )
+        metrics = {f"heldout_{k}": v for k, v in summary.items()}
+        append_jsonl(self.path, {"stage": "grpo", "step": state.global_step, **metrics})
+        if self.tracker is not None:
+            self.tracker.log("grpo", metrics, state.global_step)
         ui.log(f"grpo step {state.global_step}: held-out accuracy {summary['accuracy']:.1%}")
 
 
@@ -88,7 +89,7 @@ def trainer_args(recipe: Recipe, out: Path, on_cuda: bool, backend: str) -> Any:
 
     g = recipe.grpo
     total = g.prompts_per_step * g.num_generations
-    return GRPOConfig(
+    ours = dict(
         output_dir=str(out / "trainer"),
         max_steps=g.max_steps,
         per_device_train_batch_size=g.micro_batch_size,
@@ -113,8 +114,8 @@ def trainer_args(recipe: Recipe, out: Path, on_cuda: bool, backend: str) -> Any:
         seed=recipe.seed,
         use_cpu=not on_cuda,
         disable_tqdm=not ui.is_live(),
-        **g.trl,
     )
+    return build_trl_config(GRPOConfig, ours, g.trl, "grpo")
 
 
 def reward_plan(recipe: Recipe) -> list[tuple[str, float]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from r1lite import ui
-from r1lite.config import Recipe
+from r1lite.config import Recipe, build_trl_config
 from r1lite.fileio import write_text
 from r1lite.tasks import countdown
 
@@ -49,7 +49,7 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None) -> Path:
     ui.log(f"sft: {len(rows)} traces on {recipe.model.name} ({recipe.quantization.mode}), LoRA r={recipe.lora.r}")
     model = load_model(path, recipe.model, recipe.quantization)
     on_cuda = pick_device(recipe.model) == "cuda"
-    args = SFTConfig(
+    ours = dict(
         output_dir=str(out / "trainer"),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -66,8 +66,8 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None) -> Path:
         seed=recipe.seed,
         use_cpu=not on_cuda,
         disable_tqdm=not ui.is_live(),
-        **cfg.trl,
     )
+    args = build_trl_config(SFTConfig, ours, cfg.trl, "sft")
     trainer = SFTTrainer(
         model=model,
         args=args,
