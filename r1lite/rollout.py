@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -331,6 +332,10 @@ class RolloutEngine:
 
         if not self.s.compile or (device.type != "cuda" and self.s.compile_backend is None):
             return step
+        # every state (batch size, engine) is one more compiled variant of `step`; allow plenty
+        cfg = torch._dynamo.config
+        limit = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+        setattr(cfg, limit, max(getattr(cfg, limit), 64))
         if self.s.compile_backend is None:
             compiled = torch.compile(step, mode="reduce-overhead", dynamic=False)
         else:
@@ -363,6 +368,18 @@ class RolloutEngine:
             logprobs,
             {"tokens": n, "merged": merged, "choice": self.last_choice},
         )
+
+
+_ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def engine_for(model: Any, tokenizer: Any, settings: RolloutSettings) -> RolloutEngine:
+    """One engine per (model, settings), so repeated evals reuse its buffers and captured decode step."""
+    engines = _ENGINES.setdefault(model, {})
+    key = repr(settings)
+    if key not in engines:
+        engines[key] = RolloutEngine(model, tokenizer, settings)
+    return engines[key]
 
 
 def _compute_dtype(model: Any) -> torch.dtype:

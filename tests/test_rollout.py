@@ -216,3 +216,15 @@ def test_decode_step_traces_to_one_graph_reused_across_rollouts(tiny, lora, nf4,
     assert dynamo.utils.counters["stats"]["unique_graphs"] == 1
     eager = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=10, greedy=True, merge=merge))
     assert first.completion_ids == eager.generate(grouped(tok, 2), 2).completion_ids
+
+
+def test_eval_generation_is_the_same_with_the_engine(tiny):
+    """Eval uses the engine on CUDA; greedy completions (text and length) must not change with it."""
+    from r1lite.stages.eval import generate
+
+    model, tok = load(tiny, lora=True)
+    stock = generate(model, tok, PROMPTS, max_new_tokens=12, batch_size=2)
+    ours = generate(model, tok, PROMPTS, max_new_tokens=12, batch_size=2, engine=True)
+    assert ours == stock
+    sampled = generate(model, tok, PROMPTS, max_new_tokens=8, batch_size=2, sample=True, n=3, engine=True)
+    assert [len(g) for g in sampled] == [3, 3, 3]
