@@ -205,6 +205,7 @@ class RunMonitor(TrainerCallback):
         self.latest: dict[str, float] = {}
         self._live: Any = None
         self._bar: Any = None
+        self._step0 = 0
 
     # -- events --------------------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
