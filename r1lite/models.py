@@ -114,6 +114,18 @@ def torch_dtype(cfg: ModelConfig, device: str) -> Any:
     return getattr(torch, cfg.dtype)
 
 
+def trainer_defaults(cfg: ModelConfig, seed: int, on_cuda: bool) -> dict[str, Any]:
+    """Trainer arguments every training stage shares: device, precision, checkpointing, seed, logging."""
+    return {
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "bf16": on_cuda and cfg.dtype in ("auto", "bfloat16"),
+        "use_cpu": not on_cuda,
+        "seed": seed,
+        "report_to": [],  # W&B is ours (r1lite.tracking), so one run holds every stage
+        "disable_tqdm": not ui.is_live(),  # our monitor shows progress
+    }
+
+
 def bnb_config(q: QuantizationConfig) -> Any:
     """BitsAndBytesConfig for the recipe's quantization, or None for full precision."""
     if q.mode == "none":

@@ -87,6 +87,8 @@ def rollout_backend(recipe: Recipe, on_cuda: bool) -> str:
 def trainer_args(recipe: Recipe, out: Path, on_cuda: bool, backend: str) -> Any:
     from trl import GRPOConfig
 
+    from r1lite.models import trainer_defaults
+
     g = recipe.grpo
     total = g.prompts_per_step * g.num_generations
     ours = dict(
@@ -104,16 +106,11 @@ def trainer_args(recipe: Recipe, out: Path, on_cuda: bool, backend: str) -> Any:
         max_completion_length=g.max_completion_length,
         reward_weights=[w for _, w in reward_plan(recipe)],
         use_vllm=backend == "vllm",
-        gradient_checkpointing=recipe.model.gradient_checkpointing,
-        bf16=on_cuda and recipe.model.dtype in ("auto", "bfloat16"),
         logging_steps=g.log_every,
         save_strategy="steps",
         save_steps=g.save_every,
         save_total_limit=2,
-        report_to=[],
-        seed=recipe.seed,
-        use_cpu=not on_cuda,
-        disable_tqdm=not ui.is_live(),
+        **trainer_defaults(recipe.model, recipe.seed, on_cuda),
     )
     return build_trl_config(GRPOConfig, ours, g.trl, "grpo")
 

@@ -39,7 +39,15 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None) -> Path:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from r1lite.models import atomic_dir, load_model, load_tokenizer, lora_config, pick_device, resolve_model
+    from r1lite.models import (
+        atomic_dir,
+        load_model,
+        load_tokenizer,
+        lora_config,
+        pick_device,
+        resolve_model,
+        trainer_defaults,
+    )
     from r1lite.tracking import RunMonitor, quiet_library_output
 
     cfg, out = recipe.sft, run_dir / "sft"
@@ -58,14 +66,9 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None) -> Path:
         gradient_accumulation_steps=cfg.grad_accum,
         max_length=cfg.max_length,
         completion_only_loss=True,
-        gradient_checkpointing=recipe.model.gradient_checkpointing,
-        bf16=on_cuda and recipe.model.dtype in ("auto", "bfloat16"),
         logging_steps=1,
         save_strategy="no",
-        report_to=[],
-        seed=recipe.seed,
-        use_cpu=not on_cuda,
-        disable_tqdm=not ui.is_live(),
+        **trainer_defaults(recipe.model, recipe.seed, on_cuda),
     )
     args = build_trl_config(SFTConfig, ours, cfg.trl, "sft")
     trainer = SFTTrainer(
