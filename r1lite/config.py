@@ -167,7 +167,7 @@ class TrackingConfig(Section):
     )
     project: str = Field("r1lite", description="W&B project")
     entity: str | None = Field(None, description="W&B entity (team); None: your default")
-    sample_every: int = Field(10, ge=1, description="steps between logged completion samples")
+    sample_every: int = Field(1, ge=1, description="steps between sampled completions logged to W&B")
 
 
 class CostConfig(Section):
