@@ -45,6 +45,11 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def read_json_or_empty(path: str | Path) -> Any:
+    """The JSON in `path`, or {} when a (possibly unfinished) run has not written it yet."""
+    return read_json(path) if Path(path).is_file() else {}
+
+
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     """Write rows atomically; returns how many were written."""
     n = 0

@@ -21,7 +21,7 @@ from typing import Any
 from r1lite import ui
 from r1lite.config import Recipe
 from r1lite.errors import R1liteError
-from r1lite.fileio import fingerprint, read_json, write_json, write_text
+from r1lite.fileio import fingerprint, read_json, read_json_or_empty, write_json, write_text
 
 STAGES = ("data", "eval_base", "sft", "grpo", "eval_final")
 
@@ -52,8 +52,7 @@ def fingerprints(recipe: Recipe) -> dict[str, str]:
 
 
 def load_state(root: Path) -> dict[str, Any]:
-    path = root / "stages.json"
-    return read_json(path) if path.is_file() else {}
+    return read_json_or_empty(root / "stages.json")
 
 
 def _done(state: dict[str, Any], stage: str, fp: str, outputs: list[Path]) -> bool:
@@ -143,7 +142,7 @@ def write_summary(recipe: Recipe, root: Path, tracker: Any = None) -> dict[str, 
     from r1lite.cost import cost_for_run
 
     state = load_state(root)
-    hardware = read_json(root / "hardware.json") if (root / "hardware.json").is_file() else {}
+    hardware = read_json_or_empty(root / "hardware.json")
     before, after = (read_json(root / "eval" / f"{k}.json") for k in ("base", "final"))
     cost = cost_for_run(recipe, {k: v["seconds"] for k, v in state.items()}, hardware)
     summary = {

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from r1lite.errors import R1liteError
-from r1lite.fileio import read_json, read_jsonl, write_text
+from r1lite.fileio import read_json_or_empty, read_jsonl, write_text
 
 CURVES = [
     ("reward", "mean reward"),
@@ -44,11 +44,6 @@ def series(run_dir: Path, stage: str, key: str) -> tuple[list[int], list[float]]
     """Steps and values of one metric, in logged order (a resumed run keeps its repeated steps)."""
     rows = [r for r in metrics(run_dir, stage) if key in r]
     return [r["step"] for r in rows], [float(r[key]) for r in rows]
-
-
-def _load(run_dir: Path, name: str) -> dict[str, Any]:
-    path = run_dir / name
-    return read_json(path) if path.is_file() else {}
 
 
 def plot_curves(run_dirs: list[Path], out: Path, stage: str = "grpo") -> Path | None:
@@ -152,8 +147,8 @@ def build_report(run_dir: Path) -> Path:
     run_dir = check_run_dir(run_dir)
     recipe_text = (run_dir / "config.yaml").read_text()
     recipe = resolve(read_yaml(run_dir / "config.yaml"), None, [], "config.yaml")
-    stages, hardware = _load(run_dir, "stages.json"), _load(run_dir, "hardware.json")
-    before, after = _load(run_dir, "eval/base.json"), _load(run_dir, "eval/final.json")
+    stages, hardware = read_json_or_empty(run_dir / "stages.json"), read_json_or_empty(run_dir / "hardware.json")
+    before, after = read_json_or_empty(run_dir / "eval/base.json"), read_json_or_empty(run_dir / "eval/final.json")
     cost = cost_for_run(recipe, {k: v["seconds"] for k, v in stages.items()}, hardware)
     plots_dir = run_dir / "plots"
     plots = [
@@ -265,8 +260,8 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
 
     runs = []
     for d in sorted(p for p in Path(root).glob("*") if (p / "config.yaml").is_file()):
-        stages = _load(d, "stages.json")
-        final, base = _load(d, "eval/final.json"), _load(d, "eval/base.json")
+        stages = read_json_or_empty(d / "stages.json")
+        final, base = read_json_or_empty(d / "eval/final.json"), read_json_or_empty(d / "eval/base.json")
         runs.append(
             {
                 "name": d.name,

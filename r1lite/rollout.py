@@ -226,8 +226,8 @@ class RolloutEngine:
             quantized = any(type(p).__name__ in ("Params4bit", "Int8Params") for p in self.model.parameters())
             self.last_choice = "merged (CPU)" if not quantized else "unmerged (quantized on CPU)"
             return not quantized
-        ok = need + self.s.reserve_gib * 2**30 <= free
         gib = 2**30
+        ok = need + self.s.reserve_gib * gib <= free
         self.last_choice = (
             f"{'merged' if ok else 'unmerged'}: needs {need / gib:.1f} GiB "
             f"+ {self.s.reserve_gib:.1f} reserve, {free / gib:.1f} GiB free"

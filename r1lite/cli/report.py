@@ -51,11 +51,11 @@ def compare(
     a: RunArg, b: RunArg, out: Annotated[Path | None, typer.Option(help="PNG of the overlaid curves")] = None
 ) -> None:
     """Final metrics side by side, and the GRPO curves of both runs overlaid in one PNG."""
-    from r1lite.fileio import read_json
+    from r1lite.fileio import read_json_or_empty
     from r1lite.report import check_run_dir, plot_curves
 
     runs = [check_run_dir(a), check_run_dir(b)]
-    finals = [read_json(r / "eval/final.json") if (r / "eval/final.json").is_file() else {} for r in runs]
+    finals = [read_json_or_empty(r / "eval/final.json") for r in runs]
     table = Table("metric", runs[0].name, runs[1].name, title="final eval")
     for key in ("accuracy", "format_rate", "mean_reward", "mean_length", "search_rate", "examples"):
         values = [f.get(key) for f in finals]
