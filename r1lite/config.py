@@ -135,6 +135,12 @@ class GRPOConfig(Section):
         "in free GPU memory), or decode the (4-bit) model + LoRA unmerged",
     )
     rollout_compile: bool = Field(True, description="engine only: capture the decode step (CUDA graphs) on CUDA")
+    rollout_is_cap: float = Field(
+        2.0,
+        ge=0,
+        description="engine only: truncated importance sampling, each token's loss weighted by "
+        "min(pi_train / pi_engine, cap) to correct the engine/trainer mismatch; 0: off (the gap is still logged)",
+    )
     eval_every: int = Field(50, ge=0, description="steps between held-out evals; 0: off")
     eval_examples: int = Field(64, ge=1, description="held-out problems per periodic eval")
     save_every: int = Field(50, ge=1, description="steps between checkpoints (for --resume)")

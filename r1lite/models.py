@@ -179,7 +179,55 @@ def load_model(path: str, cfg: ModelConfig, quant: QuantizationConfig, for_train
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        keep_trainable_layout(model)
     return model
+
+
+def keep_trainable_layout(model: Any) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights into its CPU inference layout; undo any repacking.
+
+    On CPUs with AVX512-BF16, `Linear4bit.forward` repacks its weight on the first forward in eval mode
+    without grad (an eval pass, a rollout), and from then on `matmul_4bit` is not differentiable with
+    respect to its input: a layer with a bias crashes the backward, one without silently cuts the
+    gradient to every LoRA layer below it. A model that will train must never take that layout.
+    Returns how many layers were already packed and have been restored.
+    """
+    try:
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return 0
+    restored = 0
+    for module in model.modules():
+        if not isinstance(module, Linear4bit):
+            continue
+        module.support_avx512bf16_for_cpu = False
+        state = module.weight.quant_state
+        if getattr(state, "packing_format_for_cpu", False):
+            module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                module.weight.data, state
+            )
+            restored += 1
+    return restored
+
+
+def keep_fp32_adapters(model: Any) -> int:
+    """Cast every trainable parameter back to fp32 (after TRL's trainers cast them to bf16 on a 4-bit base).
+
+    TRL 1.16 follows the QLoRA paper and stores adapters in bf16 when the base is quantized, but bf16
+    has 8 bits of mantissa: an Adam step of 2e-5 on a weight above ~0.008 rounds to no change, so at
+    RL learning rates most adapter entries never move. fp32 masters cost 2 bytes per adapter
+    parameter (megabytes for LoRA); compute still runs in bf16 under autocast. Returns how many
+    tensors were cast. Call it after the trainer is built and before `train()` creates the optimizer.
+    """
+    import torch
+
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+            cast += 1
+    return cast
 
 
 def lora_config(cfg: LoraConfig) -> Any:

@@ -16,8 +16,16 @@ per token (NF4 dequantization + LoRA). Here:
    NF4 + B·A·scale, in the compute dtype) for the duration of the rollout, so decoding runs plain
    matmuls; otherwise the NF4 + LoRA model decodes unmerged. The choice is logged and overridable.
 
+Decode attention is grouped-query attention without repeated K/V (`grouped_decode_attention`): under
+`torch.compile` transformers' SDPA path would expand K/V to every query head (8x the bytes per step on
+Qwen2.5-3B). The prefill keeps only the last position's logits. Memory is checked before anything is
+allocated, on both paths, against what the cache really costs in the dtype activations run in.
+
 Sampling follows TRL/HF semantics (temperature, then top-k, then top-p). Returned log-probs are
 log_softmax(logits / temperature) of the sampled tokens, the quantity TRL recomputes in training.
+
+Engines live on the model they serve (`engine_for`), so they die with it; `release_engines(model)`
+frees their buffers at once (end of an eval, end of a stage).
 """
 
 from __future__ import annotations
@@ -31,6 +39,9 @@ from typing import Any
 import torch
 
 from r1lite import ui
+from r1lite.errors import R1liteError
+
+GIB = 2**30
 
 
 @dataclass
@@ -42,9 +53,14 @@ class RolloutSettings:
     greedy: bool = False
     merge: str = "auto"  # auto | merged | unmerged
     compile: bool = True  # capture the decode step on CUDA
-    reserve_gib: float = 4.0  # memory left for the training step when deciding whether the merged copy fits
+    reserve_gib: float = 1.0  # allocator margin kept free on top of the training step's estimate
     stop_at_eos: bool = True  # benchmarks turn this off so every completion has full length
     compile_backend: str | None = None  # None: CUDA graphs on CUDA only; e.g. "aot_eager" to trace on CPU (tests)
+    sync_every: int = 16  # decode steps between checks that every row has stopped (one device->host sync each)
+    # the training step that must still fit beside the rollout buffers (0: no training, e.g. eval)
+    train_micro_batch: int = 0  # completions per forward/backward
+    train_seq_len: int = 0  # prompt + completion tokens of the longest sequence in a micro-batch
+    train_grad_ckpt: bool = True
 
 
 @dataclass
@@ -159,14 +175,52 @@ def param_bytes(model: Any, dtype: torch.dtype) -> int:
         for name, p in base_model_of(model).named_parameters()
         if "lora_" not in name
     )
-    return n * torch.tensor([], dtype=dtype).element_size()
+    return n * _itemsize(dtype)
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.tensor([], dtype=dtype).element_size()
+
+
+def _text_config(config: Any) -> Any:
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def kv_bytes(config: Any, batch: int, length: int, dtype: torch.dtype) -> int:
-    c = config.get_text_config() if hasattr(config, "get_text_config") else config
+    c = _text_config(config)
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-    return 2 * c.num_hidden_layers * batch * kv_heads * head_dim * length * torch.tensor([], dtype=dtype).element_size()
+    return 2 * c.num_hidden_layers * batch * kv_heads * head_dim * length * _itemsize(dtype)
+
+
+def activation_dtype(runner: Any) -> torch.dtype:
+    """The dtype hidden states (and so K/V) take in `runner`: its input embeddings' dtype.
+
+    On the QLoRA path PEFT's k-bit preparation keeps embeddings and norms in fp32, so the residual
+    stream, K and V are fp32 there even though the 4-bit matmuls compute in bf16.
+    """
+    return base_model_of(runner).get_input_embeddings().weight.dtype
+
+
+def training_step_bytes(model: Any, micro_batch: int, seq_len: int, grad_ckpt: bool = True) -> int:
+    """An estimate of the GRPO training step's own memory: optimizer state and one micro-batch's activations.
+
+    - trainable parameters: fp32 master, gradient and two Adam moments (16 bytes each);
+    - activations of `micro_batch` sequences of `seq_len` tokens: with gradient checkpointing each
+      layer keeps its input (residual stream, in the embeddings' dtype) and one layer at a time is
+      recomputed (~8 hidden + 4 intermediate values per token in bf16); without it every layer keeps those;
+    - the LM head: TRL 1.16 projects in tiles of 4,096 tokens x 32,768 vocabulary entries (forward and
+      backward buffers), never the whole [tokens, vocab] logits.
+    """
+    c = _text_config(base_model_of(model).config)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    tokens = micro_batch * seq_len
+    residual = tokens * c.hidden_size * _itemsize(activation_dtype(model))
+    inner = tokens * (8 * c.hidden_size + 4 * c.intermediate_size) * 2
+    layers = c.num_hidden_layers
+    activations = layers * residual + inner if grad_ckpt else layers * (residual + inner)
+    head = 2 * min(tokens, 4096) * min(c.vocab_size, 32768) * 4 + 2 * tokens * c.hidden_size * 4
+    return 16 * trainable + activations + head
 
 
 def free_bytes(device: torch.device) -> int | None:
@@ -175,6 +229,61 @@ def free_bytes(device: torch.device) -> int | None:
         return None
     free, _ = torch.cuda.mem_get_info(device)
     return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+class RolloutMemoryError(R1liteError):
+    """The rollout's buffers do not fit in free device memory."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Decode attention: grouped-query attention without repeating K/V
+# ----------------------------------------------------------------------------------------------
+
+ATTENTION = "r1lite_sdpa"
+
+
+def grouped_decode_attention(
+    module: Any,
+    query: torch.Tensor,  # [B, Hq, q_len, D]
+    key: torch.Tensor,  # [B, Hkv, L, D]
+    value: torch.Tensor,  # [B, Hkv, L, D]
+    attention_mask: torch.Tensor | None,  # [B, 1, q_len, L]
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """SDPA whose one-token decode step reads each K/V head once for its whole group of query heads.
+
+    transformers packs the query heads of a group eagerly but, under torch.compile, expands K/V with
+    `repeat_kv` to every query head (16 over 2 on Qwen2.5-3B: 8x the bytes a decode step reads). Here
+    the group's query heads stand in for query positions of one KV head: [B, Hkv, G, D] against
+    [B, Hkv, L, D], the same mask for each. Prefill and training (q_len > 1) use transformers' SDPA.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    if query.shape[2] != 1 or groups == 1 or dropout:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    batch, heads, _, dim = query.shape
+    grouped = query.reshape(batch, heads // groups, groups, dim)  # [B, Hkv, G, D]
+    out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask, scale=scaling)
+    return out.reshape(batch, heads, 1, value.shape[-1]).transpose(1, 2).contiguous(), None  # [B, 1, Hq, D]
+
+
+def use_grouped_decode_attention(model: Any) -> bool:
+    """Switch a model that uses SDPA to `grouped_decode_attention` (same numbers; others are left alone)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, grouped_decode_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
+    target = base_model_of(model)
+    if target.config._attn_implementation == ATTENTION:
+        return True
+    if target.config._attn_implementation != "sdpa":
+        return False
+    target.set_attn_implementation(ATTENTION)
+    return True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,28 +320,59 @@ class RolloutEngine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos_ids or [0])[0]
         self._states: dict[int, _DecodeState] = {}
         self.last_choice = ""
+        self.grouped_attention = use_grouped_decode_attention(model)
+        _LIVE.add(self)
+
+    def close(self) -> None:
+        """Drop the cache, mask, merged copy and captured step now (the engine stays usable: it rebuilds them)."""
+        self._states.clear()
 
     # -- memory policy -------------------------------------------------------------------------
-    def choose_merge(self, batch: int, length: int, dtype: torch.dtype, device: torch.device) -> bool:
-        """Merge when asked, or (auto) when the dense copy + KV cache + logits fit in free memory."""
-        if self.s.merge != "auto":
-            self.last_choice = f"{self.s.merge} (set in the recipe)"
-            return self.s.merge == "merged"
+    def train_reserve(self) -> int:
+        """Bytes the training step needs beside the rollout buffers, plus the allocator margin."""
+        s = self.s
+        step = training_step_bytes(self.model, s.train_micro_batch, s.train_seq_len, s.train_grad_ckpt)
+        return (step if s.train_micro_batch else 0) + int(s.reserve_gib * GIB)
+
+    def rollout_bytes(self, batch: int, length: int, dtype: torch.dtype, merged: bool) -> int:
+        """What a rollout allocates: the dense copy if merged, the static cache in the dtype it really takes, logits."""
         config = base_model_of(self.model).config
-        copy = param_bytes(self.model, dtype)
-        need = copy + kv_bytes(config, batch, length, dtype) + batch * config.get_text_config().vocab_size * 8
-        free = free_bytes(device)
-        if free is None:
+        kv_dtype = dtype if merged else activation_dtype(self.model)
+        copy = param_bytes(self.model, dtype) if merged else 0
+        return copy + kv_bytes(config, batch, length, kv_dtype) + batch * _text_config(config).vocab_size * 8
+
+    def choose_merge(
+        self, batch: int, length: int, dtype: torch.dtype, device: torch.device, free: int | None = None
+    ) -> bool:
+        """Merge when asked, or (auto) when the dense copy, cache and logits fit beside the training step.
+
+        Either way the chosen path must fit in free memory, or this raises before anything is allocated.
+        """
+        free = free_bytes(device) if free is None else free
+        reserve = self.train_reserve()
+        if self.s.merge != "auto":
+            merged = self.s.merge == "merged"
+            self.last_choice = f"{self.s.merge} (set in the recipe)"
+        elif free is None:
             quantized = any(type(p).__name__ in ("Params4bit", "Int8Params") for p in self.model.parameters())
-            self.last_choice = "merged (CPU)" if not quantized else "unmerged (quantized on CPU)"
-            return not quantized
-        gib = 2**30
-        ok = need + self.s.reserve_gib * gib <= free
-        self.last_choice = (
-            f"{'merged' if ok else 'unmerged'}: needs {need / gib:.1f} GiB "
-            f"+ {self.s.reserve_gib:.1f} reserve, {free / gib:.1f} GiB free"
-        )
-        return ok
+            merged = not quantized
+            self.last_choice = "merged (CPU)" if merged else "unmerged (quantized on CPU)"
+        else:
+            merged = self.rollout_bytes(batch, length, dtype, True) + reserve <= free
+            self.last_choice = (
+                f"{'merged' if merged else 'unmerged'}: a merged copy needs "
+                f"{self.rollout_bytes(batch, length, dtype, True) / GIB:.1f} GiB + {reserve / GIB:.1f} GiB "
+                f"for the training step, {free / GIB:.1f} GiB free"
+            )
+        need = self.rollout_bytes(batch, length, dtype, merged)
+        if free is not None and need + reserve > free:
+            raise RolloutMemoryError(
+                f"the rollout needs {need / GIB:.1f} GiB ({batch} completions x {length} tokens of KV cache"
+                f"{' + a merged copy' if merged else ''}) and the training step ~{reserve / GIB:.1f} GiB, but only "
+                f"{free / GIB:.1f} GiB is free; lower grpo.prompts_per_step, grpo.num_generations or "
+                "grpo.max_completion_length" + (", or set grpo.rollout_merge=unmerged" if merged else "")
+            )
+        return merged
 
     def _state(self, batch: int, needed: int, dtype: torch.dtype, device: torch.device) -> _DecodeState:
         """Reuse this batch size's buffers when they are long enough; otherwise (re)build them.
@@ -251,6 +391,8 @@ class RolloutEngine:
         self._states.pop(batch, None)
         merged = self.choose_merge(batch, length, dtype, device)
         runner = merged_copy(self.model, dtype) if merged else self.model
+        if merged:
+            use_grouped_decode_attention(runner)
         cache = StaticCache(config=base_model_of(self.model).config, max_cache_len=length)
         mask = torch.ones((batch, length), dtype=torch.long, device=device)
         state = _DecodeState(runner, merged, cache, mask, length)
@@ -279,7 +421,7 @@ class RolloutEngine:
         try:
             state = self._state(B, Lp + self.s.max_new_tokens, dtype, device)
             runner, kw = state.runner, _cache_kwarg(state.runner)
-            # 1. prefill the P distinct prompts (left-padded) once
+            # 1. prefill the P distinct prompts (left-padded) once; only the last position's logits
             ids = torch.full((P, Lp), self.pad_id, dtype=torch.long, device=device)
             mask = torch.zeros((P, Lp), dtype=torch.long, device=device)
             for i, p in enumerate(groups):
@@ -288,7 +430,12 @@ class RolloutEngine:
             positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [P, Lp]
             prefill_cache = DynamicCache(config=source.config)
             out = runner(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{kw: prefill_cache}
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+                **{kw: prefill_cache},
             )
             first_logits = out.logits[:, -1, :].repeat_interleave(G, dim=0)  # [B, V]
 
@@ -311,8 +458,9 @@ class RolloutEngine:
                 tokens[:, t], logps[:, t] = tok, torch.where(done, torch.zeros_like(lp), lp)
                 steps = t + 1
                 done |= torch.isin(tok, eos)
-                # 3. stop every row at its EOS, and the whole batch once all rows have stopped
-                if t + 1 == self.s.max_new_tokens or bool(done.all()):
+                # 3. rows stop at their EOS (padded after it); the batch stops once all rows have, checked
+                #    every `sync_every` tokens: each check waits for the device
+                if t + 1 == self.s.max_new_tokens or (steps % self.s.sync_every == 0 and bool(done.all())):
                     break
                 logits = state.step(tok[:, None], (next_pos + t)[:, None])
         finally:
@@ -370,16 +518,35 @@ class RolloutEngine:
         )
 
 
-_ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Every engine alive, for tests and diagnostics; weak, so it keeps none of them alive.
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+_ENGINES_ATTR = "_r1lite_engines"
 
 
 def engine_for(model: Any, tokenizer: Any, settings: RolloutSettings) -> RolloutEngine:
-    """One engine per (model, settings), so repeated evals reuse its buffers and captured decode step."""
-    engines = _ENGINES.setdefault(model, {})
+    """One engine per (model, settings), kept on the model itself, so repeated calls reuse its buffers.
+
+    Kept on the model, not in a module-level table: an engine holds its model, so a table entry would
+    keep the model, cache, merged copy and captured graphs alive for the rest of the process.
+    """
+    engines = model.__dict__.setdefault(_ENGINES_ATTR, {})
     key = repr(settings)
     if key not in engines:
         engines[key] = RolloutEngine(model, tokenizer, settings)
     return engines[key]
+
+
+def release_engines(model: Any) -> None:
+    """Free the buffers of every engine `engine_for` made for `model` (an eval is done with them)."""
+    for engine in model.__dict__.pop(_ENGINES_ATTR, {}).values():
+        engine.close()
+
+
+def live_engines() -> int:
+    import gc
+
+    gc.collect()
+    return len(_LIVE)
 
 
 def _compute_dtype(model: Any) -> torch.dtype:
@@ -395,6 +562,9 @@ def _compute_dtype(model: Any) -> torch.dtype:
 # ----------------------------------------------------------------------------------------------
 
 
+PROMPT_TOKENS_ESTIMATE = 256  # a rendered Countdown prompt is ~150 tokens; TRL pads a batch to its longest
+
+
 def settings_from_recipe(recipe: Any) -> RolloutSettings:
     g = recipe.grpo
     return RolloutSettings(
@@ -404,6 +574,9 @@ def settings_from_recipe(recipe: Any) -> RolloutSettings:
         top_k=g.top_k,
         merge=g.rollout_merge,
         compile=g.rollout_compile,
+        train_micro_batch=g.micro_batch_size,
+        train_seq_len=PROMPT_TOKENS_ESTIMATE + g.max_completion_length,
+        train_grad_ckpt=recipe.model.gradient_checkpointing,
     )
 
 

@@ -132,8 +132,12 @@ def evaluate(
     cfg = recipe.eval
     prompts = [countdown.render_prompt(e["nums"], e["target"], recipe.data.prompt_format, tokenizer) for e in examples]
     max_new = max_new_tokens or cfg.max_new_tokens
-    # our engine on CUDA (same greedy tokens as generate, much faster); transformers' generate on CPU
-    engine = next(model.parameters()).device.type == "cuda" and recipe.grpo.rollout in ("auto", "engine")
+    # the backend GRPO rolls out with: our engine (same greedy tokens as generate, much faster on CUDA)
+    # or transformers' generate
+    from r1lite.rollout import release_engines
+    from r1lite.stages.grpo import rollout_backend
+
+    engine = rollout_backend(recipe, next(model.parameters()).device.type == "cuda") == "engine"
     greedy = [g[0] for g in generate(model, tokenizer, prompts, max_new, cfg.batch_size, desc=desc, engine=engine)]
     rows = score(examples, greedy, cfg.reward)
     summary = summarize(rows)
@@ -157,6 +161,7 @@ def evaluate(
             hits.append(sum(s["correct"] for s in scored))
         summary["pass@1"] = statistics.fmean(h / cfg.pass_k for h in hits)
         summary[f"pass@{cfg.pass_k}"] = statistics.fmean(pass_at_k(cfg.pass_k, h, cfg.pass_k) for h in hits)
+    release_engines(model)
     return summary, rows
 
 

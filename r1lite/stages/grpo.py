@@ -56,6 +56,7 @@ class PeriodicEval(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if not self.every or state.global_step % self.every or model is None:
             return
+        from r1lite.rollout import release_engines
         from r1lite.stages.eval import evaluate
 
         was_training = model.training
@@ -68,6 +69,7 @@ class PeriodicEval(TrainerCallback):
             max_new_tokens=self.recipe.grpo.max_completion_length,
             desc=f"eval @ {state.global_step}",
         )
+        release_engines(model)  # the eval's cache and merged copy must not stay beside the training step
         if was_training:
             model.train()
         metrics = {f"heldout_{k}": v for k, v in summary.items()}
@@ -130,9 +132,9 @@ def build_trainer(
 ) -> Any:
     """A ready GRPOTrainer for the recipe (used by `run` and by the benchmark)."""
     from datasets import Dataset
-    from trl import GRPOTrainer
 
-    from r1lite.models import load_model, load_tokenizer, lora_config, pick_device, resolve_model
+    from r1lite.grpo_trainer import GRPOTrainer
+    from r1lite.models import keep_fp32_adapters, load_model, load_tokenizer, lora_config, pick_device, resolve_model
     from r1lite.rewards import trl_reward_funcs
     from r1lite.tracking import RunMonitor, quiet_library_output
 
@@ -167,7 +169,9 @@ def build_trainer(
         processing_class=tokenizer,
         peft_config=peft_config,
         rollout_func=rollout_func,
+        is_cap=recipe.grpo.rollout_is_cap,
     )
+    keep_fp32_adapters(trainer.model)  # TRL stores adapters in bf16 on a quantized base
     quiet_library_output(trainer)
     trainer.add_callback(
         RunMonitor("grpo", out, tracker, recipe.grpo.max_steps, reward_funcs, recipe.tracking.sample_every)

@@ -41,6 +41,7 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None) -> Path:
 
     from r1lite.models import (
         atomic_dir,
+        keep_fp32_adapters,
         load_model,
         load_tokenizer,
         lora_config,
@@ -78,6 +79,7 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None) -> Path:
         processing_class=tokenizer,
         peft_config=lora_config(recipe.lora),
     )
+    keep_fp32_adapters(trainer.model)  # TRL stores adapters in bf16 on a quantized base
     quiet_library_output(trainer)
     trainer.add_callback(RunMonitor("sft", out, tracker, total_steps=trainer.args.max_steps))
     (out / "metrics.jsonl").unlink(missing_ok=True)
