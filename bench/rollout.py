@@ -8,7 +8,9 @@ For each backend it builds a fresh GRPOTrainer on the same random-weight model (
 shapes, NF4 + LoRA r16 all-linear, gradient checkpointing, beta 0), runs `--steps` GRPO steps with
 EOS disabled (every completion is full length), and reports completion tokens/s during generation,
 steady-state GRPO step time (median after the first, warm-up step) and peak GPU memory. Prints one
-JSON object per case, and writes them to --out when given.
+JSON object per case, and writes them to --out when given. Backends: `trl` (stock generation),
+`engine` (ours, decode step compiled on CUDA) and `engine-eager` (ours, not compiled), all through
+r1lite's GRPOTrainer (TRL's, plus the engine's importance-sampling correction) with fp32 adapters.
 """
 
 from __future__ import annotations
@@ -99,10 +101,11 @@ def random_reward(completions: list[Any], **_: Any) -> list[float]:
 
 def run_backend(backend: str, model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
     from r1lite.config import LoraConfig, ModelConfig, QuantizationConfig
-    from r1lite.models import load_model, load_tokenizer, lora_config
+    from r1lite.grpo_trainer import GRPOTrainer
+    from r1lite.models import keep_fp32_adapters, load_model, load_tokenizer, lora_config
     from r1lite.rollout import RolloutSettings, make_rollout_func
 
     cuda = torch.cuda.is_available()
@@ -141,8 +144,11 @@ def run_backend(backend: str, model_dir: Path, args: argparse.Namespace) -> dict
         seed=0,
     )
     rollout = None
-    if backend == "engine":
-        rollout = make_rollout_func(RolloutSettings(max_new_tokens=args.tokens, merge=args.merge, stop_at_eos=False))
+    if backend.startswith("engine"):
+        settings = RolloutSettings(
+            max_new_tokens=args.tokens, merge=args.merge, stop_at_eos=False, compile=backend == "engine"
+        )
+        rollout = make_rollout_func(settings)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=random_reward,
@@ -152,7 +158,8 @@ def run_backend(backend: str, model_dir: Path, args: argparse.Namespace) -> dict
         peft_config=lora_config(LoraConfig(r=16, alpha=32, dropout=0.0)),
         rollout_func=rollout,
     )
-    gen_time, gen_tokens, step_times = [0.0], [0], []
+    keep_fp32_adapters(trainer.model)  # as r1lite trains (TRL would store them in bf16 on NF4)
+    gen_time, gen_tokens, step_times, logs_seen = [0.0], [0], [], []
     original = trainer._generate
 
     def timed_generate(prompts_: list[Any]) -> Any:
@@ -178,6 +185,9 @@ def run_backend(backend: str, model_dir: Path, args: argparse.Namespace) -> dict
                 torch.cuda.synchronize()
             step_times.append(time.perf_counter() - self.t)
 
+        def on_log(self, *a: Any, logs: dict[str, Any] | None = None, **k: Any) -> None:
+            logs_seen.append(dict(logs or {}))
+
     trainer.add_callback(StepTimer())
     trainer.train()
     # steady state: drop the first (warm-up / capture) generation and step
@@ -192,6 +202,10 @@ def run_backend(backend: str, model_dir: Path, args: argparse.Namespace) -> dict
         "tokens_per_generation": gens[0][1] if gens else 0,
         "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
     }
+    for key in ("rollout/merged", "rollout/logprob_gap"):  # the engine's merge choice and sampler/trainer gap
+        values = [log[key] for log in logs_seen if key in log]
+        if values:
+            result[key.split("/")[1]] = round(statistics.fmean(values), 4)
     del trainer, model
     gc.collect()
     if cuda:

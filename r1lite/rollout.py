@@ -334,12 +334,16 @@ class RolloutEngine:
         step = training_step_bytes(self.model, s.train_micro_batch, s.train_seq_len, s.train_grad_ckpt)
         return (step if s.train_micro_batch else 0) + int(s.reserve_gib * GIB)
 
-    def rollout_bytes(self, batch: int, length: int, dtype: torch.dtype, merged: bool) -> int:
-        """What a rollout allocates: the dense copy if merged, the static cache in the dtype it really takes, logits."""
-        config = base_model_of(self.model).config
+    def cache_bytes(self, batch: int, length: int, dtype: torch.dtype, merged: bool) -> int:
+        """The static cache in the dtype K/V really take: `dtype` in the merged copy, fp32 on a k-bit-prepared model."""
         kv_dtype = dtype if merged else activation_dtype(self.model)
+        return kv_bytes(base_model_of(self.model).config, batch, length, kv_dtype)
+
+    def rollout_bytes(self, batch: int, length: int, dtype: torch.dtype, merged: bool) -> int:
+        """What a rollout allocates: the dense copy if merged, the static cache, the logits of one step."""
         copy = param_bytes(self.model, dtype) if merged else 0
-        return copy + kv_bytes(config, batch, length, kv_dtype) + batch * _text_config(config).vocab_size * 8
+        vocab = _text_config(base_model_of(self.model).config).vocab_size
+        return copy + self.cache_bytes(batch, length, dtype, merged) + batch * vocab * 8
 
     def choose_merge(
         self, batch: int, length: int, dtype: torch.dtype, device: torch.device, free: int | None = None

@@ -223,3 +223,45 @@ def test_offline_default_converts_to_plain_hf_model(tmp_path):
 @pytest.mark.parametrize(("n", "c", "k", "expected"), [(8, 0, 8, 0.0), (8, 1, 8, 1.0), (4, 2, 1, 0.5), (5, 1, 2, 0.4)])
 def test_pass_at_k(n, c, k, expected):
     assert pass_at_k(n, c, k) == pytest.approx(expected)
+
+
+@pytest.mark.slow
+def test_stages_leave_no_model_or_engine_behind(tiny_model, monkeypatch):
+    """Before each stage loads its model, every model an earlier stage loaded is gone, with its engines.
+
+    `r1lite run` does base eval -> SFT -> GRPO -> final eval in one process; on a 16 GB card a model,
+    static cache or merged copy kept from one stage would leave too little for the next.
+    """
+    import weakref
+
+    from r1lite import models, rollout
+    from r1lite.stages import eval as eval_stage
+    from r1lite.stages import grpo, sft
+
+    loaded: list[weakref.ref] = []
+    load = models.load_model
+
+    def tracked_load(*args, **kwargs):
+        model = load(*args, **kwargs)
+        loaded.append(weakref.ref(model))
+        return model
+
+    def nothing_left(stage: str) -> None:
+        alive = [r for r in loaded if r() is not None]
+        assert not alive, f"{len(alive)} model(s) of earlier stages still alive when {stage} starts"
+        assert len(rollout._LIVE) == 0, f"{len(rollout._LIVE)} rollout engine(s) alive when {stage} starts"
+
+    def checked(stage: str, run):
+        def wrapper(*args, **kwargs):
+            nothing_left(stage)
+            return run(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(models, "load_model", tracked_load)
+    for module in (eval_stage, sft, grpo):
+        monkeypatch.setattr(module, "run", checked(module.__name__, module.run))
+    overrides = tiny_overrides(tiny_model, "grpo.rollout=engine", "grpo.eval_every=1", "grpo.eval_examples=2")
+    pipeline.run(load_recipe("countdown", "cpu", overrides))
+    nothing_left("the end of the run")
+    assert len(loaded) >= 4  # base eval, SFT, GRPO, final eval

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -122,61 +124,102 @@ def test_top_k_and_top_p_restrict_samples():
     assert set(nucleus.tolist()) <= {0, 1} and 1 in nucleus.tolist()
 
 
-@pytest.mark.slow
-def test_grpo_loss_matches_stock_trl_on_a_fixed_batch(tiny, tmp_path):
-    """Same seed, same batch: TRL's own generation and our engine give the same completions and loss."""
-    from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+def one_grpo_batch(tiny, tmp_path, engine: bool, shift: float = 0.0, is_cap: float = 2.0):
+    """Completions, advantages, loss and logged metrics of one seeded GRPO batch (TRL generation or our engine).
 
+    `shift` is added to every log-prob the engine reports, to model a sampler that disagrees with the trainer.
+    """
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    from r1lite.grpo_trainer import GRPOTrainer
     from r1lite.recipes import load_recipe
     from r1lite.rollout import make_rollout_func, settings_from_recipe
 
     def length_reward(completions, **_):
         return [float(len(c)) for c in completions]
 
-    recipe = load_recipe(
-        "countdown", "cpu", [f"model.name={tiny}", "grpo.max_completion_length=12", "grpo.temperature=1.0"]
-    )
+    rollout = None
+    if engine:
+        recipe = load_recipe(
+            "countdown", "cpu", [f"model.name={tiny}", "grpo.max_completion_length=12", "grpo.temperature=1.0"]
+        )
+        ours = make_rollout_func(settings_from_recipe(recipe))
+
+        def rollout(prompts, trainer):
+            out = ours(prompts, trainer)
+            return {**out, "logprobs": [[lp + shift for lp in row] for row in out["logprobs"]]}
+
     data = Dataset.from_list([{"prompt": p} for p in PROMPTS[:2]])
+    model, tok = load(tiny, lora=True)
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "t"),
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=12,
+        temperature=1.0,
+        report_to=[],
+        use_cpu=True,
+        beta=0.0,
+        loss_type="dr_grpo",
+        logging_steps=1,
+    )
+    t = GRPOTrainer(
+        model=model,
+        reward_funcs=length_reward,
+        args=args,
+        train_dataset=data,
+        processing_class=tok,
+        rollout_func=rollout,
+        is_cap=is_cap,
+    )
+    t.model.train()
+    torch.manual_seed(1234)
+    inputs = t._generate_and_score_completions([data[0], data[0], data[1], data[1]])
+    t.current_gradient_accumulation_steps = 1  # set by the training loop, which we bypass here
+    loss = t.compute_loss(t.model, inputs)
+    loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in t.model.parameters() if p.requires_grad])
+    return inputs["completion_ids"].tolist(), inputs["advantages"].tolist(), loss.item(), grads, t._metrics["train"]
 
-    def trainer(rollout):
-        model, tok = load(tiny, lora=True)
-        args = GRPOConfig(
-            output_dir=str(tmp_path / "t"),
-            per_device_train_batch_size=4,
-            num_generations=2,
-            max_completion_length=12,
-            temperature=1.0,
-            report_to=[],
-            use_cpu=True,
-            beta=0.0,
-            loss_type="dr_grpo",
-            logging_steps=1,
-        )
-        return GRPOTrainer(
-            model=model,
-            reward_funcs=length_reward,
-            args=args,
-            train_dataset=data,
-            processing_class=tok,
-            rollout_func=rollout,
-        )
 
-    batch = [data[0], data[0], data[1], data[1]]
-    results = []
-    for rollout in (None, make_rollout_func(settings_from_recipe(recipe))):
-        t = trainer(rollout)
-        t.model.train()
-        torch.manual_seed(1234)
-        inputs = t._generate_and_score_completions(batch)
-        t.current_gradient_accumulation_steps = 1  # set by the training loop, which we bypass here
-        loss = t.compute_loss(t.model, inputs)
-        results.append((inputs["completion_ids"].tolist(), inputs["advantages"].tolist(), loss.item()))
-    (stock_ids, stock_adv, stock_loss), (ours_ids, ours_adv, ours_loss) = results
+def assert_scaled(grads: torch.Tensor, reference: torch.Tensor, factor: float) -> None:
+    """`grads` points where `reference` does and is `factor` times as long (to TRL's scoring noise)."""
+    cosine = torch.nn.functional.cosine_similarity(grads, reference, dim=0).item()
+    assert cosine > 0.999, cosine
+    assert grads.norm().item() == pytest.approx(factor * reference.norm().item(), rel=0.02)
+
+
+@pytest.mark.slow
+def test_grpo_loss_matches_stock_trl_on_a_fixed_batch(tiny, tmp_path):
+    """Same seed, same batch: TRL's own generation and our engine give the same completions and loss."""
+    stock_ids, stock_adv, stock_loss, stock_grads, _ = one_grpo_batch(tiny, tmp_path, engine=False)
+    ours_ids, ours_adv, ours_loss, ours_grads, metrics = one_grpo_batch(tiny, tmp_path, engine=True)
     assert stock_ids == ours_ids
     assert stock_adv == pytest.approx(ours_adv, abs=1e-6)
     assert any(abs(a) > 0 for a in stock_adv)
-    assert ours_loss == pytest.approx(stock_loss, abs=1e-5)
+    # identical weights: the engine's log-probs equal a plain forward pass to 1e-6; TRL 1.16 scores with its
+    # tiled LM-head kernel, which differs from a plain fp32 forward by up to ~5e-3 per token on CPU
+    # (measured). So the truncated-IS weights are 1 to within that, and loss and gradient are TRL's.
+    assert metrics["rollout/logprob_gap"][0] < 5e-3
+    assert metrics["rollout/is_clipped"] == [0.0]
+    assert ours_loss == pytest.approx(stock_loss, abs=1e-3)
+    assert_scaled(ours_grads, stock_grads, 1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("shift", "factor"), [(0.5, math.exp(-0.5)), (-1.0, 2.0), (-1.0, None)])
+def test_engine_trainer_mismatch_is_logged_and_corrected(tiny, tmp_path, shift, factor):
+    """A sampler whose log-probs are off by `shift`: the gap is logged, and each token's loss is weighted by
+    min(pi_train / pi_engine, cap) (truncated importance sampling); cap 0 turns the weighting off."""
+    *_, stock_grads, _ = one_grpo_batch(tiny, tmp_path, engine=False)
+    *_, grads, metrics = one_grpo_batch(tiny, tmp_path, engine=True, shift=shift, is_cap=2.0 if factor else 0.0)
+    assert metrics["rollout/logprob_gap"] == [pytest.approx(abs(shift), abs=1e-3)]
+    assert stock_grads.abs().sum() > 0
+    # every token is off by the same amount, so the whole policy gradient scales by the truncated ratio
+    assert_scaled(grads, stock_grads, factor or 1.0)
+    if factor == 2.0:
+        assert metrics["rollout/is_clipped"] == [1.0]
 
 
 def test_buffers_are_reused_and_merged_weights_follow_the_adapter(tiny):
@@ -228,3 +271,208 @@ def test_eval_generation_is_the_same_with_the_engine(tiny):
     assert ours == stock
     sampled = generate(model, tok, PROMPTS, max_new_tokens=8, batch_size=2, sample=True, n=3, engine=True)
     assert [len(g) for g in sampled] == [3, 3, 3]
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory: what the engine allocates, and what it leaves behind
+# ----------------------------------------------------------------------------------------------
+
+
+def load_qlora(path: str, compute_dtype: str = "bfloat16"):
+    """The policy as GRPO trains it: NF4, k-bit prepared (fp32 embeddings and norms), LoRA on top."""
+    from peft import get_peft_model
+
+    from r1lite.config import LoraConfig, ModelConfig, QuantizationConfig
+    from r1lite.models import load_model, load_tokenizer, lora_config
+
+    model = load_model(
+        path,
+        ModelConfig(name=path, device="cpu", gradient_checkpointing=False),
+        QuantizationConfig(mode="nf4", compute_dtype=compute_dtype),
+    )
+    return get_peft_model(model, lora_config(LoraConfig(r=4, alpha=8))), load_tokenizer(path)
+
+
+@pytest.mark.parametrize("merge", ["unmerged", "merged"])
+def test_cache_costs_what_the_engine_plans_for(tiny, merge):
+    """K/V are fp32 on the k-bit-prepared model and bf16 in the merged copy; the plan must count the real bytes."""
+    model, tok = load_qlora(tiny)
+    engine = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=8, merge=merge, stop_at_eos=False))
+    engine.generate(grouped(tok, 2), 2, torch.Generator().manual_seed(0))
+    [(batch, state)] = engine._states.items()
+    real = sum(layer.keys.nbytes + layer.values.nbytes for layer in state.cache.layers)
+    planned = engine.cache_bytes(batch, state.length, torch.bfloat16, state.merged)
+    assert real == pytest.approx(planned, rel=0.05)
+    assert state.cache.layers[0].keys.dtype == (torch.bfloat16 if merge == "merged" else torch.float32)
+
+
+@pytest.mark.parametrize("merge", ["unmerged", "merged"])
+def test_every_path_is_checked_against_free_memory_before_allocating(tiny, merge):
+    from r1lite.rollout import RolloutMemoryError
+
+    model, tok = load_qlora(tiny)
+    engine = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=8, merge=merge))
+    need = engine.rollout_bytes(6, 256, torch.bfloat16, merge == "merged") + engine.train_reserve()
+    assert engine.choose_merge(6, 256, torch.bfloat16, torch.device("cpu"), free=need) == (merge == "merged")
+    with pytest.raises(RolloutMemoryError, match=r"lower grpo\.prompts_per_step"):
+        engine.choose_merge(6, 256, torch.bfloat16, torch.device("cpu"), free=need - 1)
+
+
+def qwen3b_on_meta(lora_r: int = 32):
+    """Qwen2.5-3B's shape with LoRA, on the meta device: its sizes, none of its memory."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    shape = dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16)
+    config = Qwen2Config(**shape, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        return get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules="all-linear"))
+
+
+def test_merge_decision_leaves_room_for_the_training_step(tiny):
+    """With memory for the merged copy + 5 GiB, a 16 x 1,280-token training micro-batch does not fit beside it."""
+    model = qwen3b_on_meta()
+    _, tok = load(tiny)
+
+    def decide(micro: int, seq: int) -> bool:
+        settings = RolloutSettings(max_new_tokens=1024, train_micro_batch=micro, train_seq_len=seq)
+        engine = RolloutEngine(model, tok, settings)
+        free = engine.rollout_bytes(64, 1280, torch.bfloat16, merged=True) + 5 * 2**30
+        return engine.choose_merge(64, 1280, torch.bfloat16, torch.device("meta"), free=free)
+
+    assert decide(micro=1, seq=256) is True
+    assert decide(micro=16, seq=1280) is False
+
+
+def test_training_step_estimate_grows_with_the_micro_batch_and_checkpointing():
+    from r1lite.rollout import training_step_bytes
+
+    model = qwen3b_on_meta()
+    small, big = (training_step_bytes(model, m, 1280) for m in (1, 16))
+    assert big > 6 * 2**30 > small  # 16 x 1,280 tokens of a 3B model: several GiB of activations
+    assert training_step_bytes(model, 4, 1280, grad_ckpt=False) > 4 * training_step_bytes(model, 4, 1280)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert small > 16 * trainable  # fp32 masters, gradients and both Adam moments
+
+
+@pytest.mark.parametrize("merge", ["unmerged", "merged"])
+def test_prefill_computes_only_the_last_positions_logits(tiny, merge):
+    """[prompts, prompt_len, vocab] logits are several GiB at Qwen's vocabulary; the prefill needs one position."""
+    model, tok = load(tiny, lora=True)
+    engine = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=4, greedy=True, merge=merge))
+    engine.generate(grouped(tok, 2), 2)  # builds the state (and the merged copy)
+    runner = engine._states[6].runner
+    shapes = []
+    handle = (
+        base_model_of_runner(runner)
+        .get_output_embeddings()
+        .register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))
+    )
+    try:
+        engine.generate(grouped(tok, 2), 2)
+    finally:
+        handle.remove()
+    assert shapes and all(s[1] == 1 for s in shapes), shapes
+
+
+def base_model_of_runner(runner):
+    from r1lite.rollout import base_model_of
+
+    return base_model_of(runner)
+
+
+def test_periodic_eval_frees_its_engine(tiny, tmp_path):
+    """The held-out eval inside GRPO must not keep a second cache and merged copy beside the training step."""
+    from types import SimpleNamespace
+
+    from r1lite.recipes import load_recipe
+    from r1lite.stages import data
+    from r1lite.stages.grpo import PeriodicEval
+
+    recipe = load_recipe(
+        "countdown",
+        "cpu",
+        [f"model.name={tiny}", "grpo.rollout=engine", "data.dir=data/t", "data.train_size=8", "data.test_size=2"],
+    )
+    data.run(recipe.data)
+    model, tok = load(tiny, lora=True)
+    callback = PeriodicEval(recipe, tok, tmp_path / "m.jsonl", every=1)
+    callback.on_step_end(None, SimpleNamespace(global_step=1), None, model=model)
+    assert (tmp_path / "m.jsonl").is_file()
+    assert "_r1lite_engines" not in model.__dict__
+
+
+# ----------------------------------------------------------------------------------------------
+# Decode speed: grouped-query attention without repeated K/V, few device syncs
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_grouped_decode_attention_matches_transformers_sdpa(masked):
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    from r1lite.rollout import grouped_decode_attention
+
+    torch.manual_seed(0)
+    module = SimpleNamespace(num_key_value_groups=4, is_causal=True)
+    q, k, v = torch.randn(3, 8, 1, 16), torch.randn(3, 2, 40, 16), torch.randn(3, 2, 40, 16)
+    mask = (torch.rand(3, 1, 1, 40) > 0.3) if masked else None
+    ours, _ = grouped_decode_attention(module, q, k, v, mask, scaling=0.25)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, repeat_kv(k, 4), repeat_kv(v, 4), attn_mask=mask, scale=0.25
+    ).transpose(1, 2)
+    assert ours.shape == (3, 1, 8, 16)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("merge", ["unmerged", "merged"])
+def test_compiled_decode_never_materialises_repeated_kv(tiny, merge):
+    """Trace the decode step as CUDA-graph capture would: no tensor in it has K/V repeated to every query head."""
+    import torch._dynamo as dynamo
+
+    graphs = []
+
+    def record(gm, _inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    model, tok = load(tiny, lora=True)
+    settings = RolloutSettings(max_new_tokens=6, greedy=True, merge=merge, compile_backend=record)
+    engine = RolloutEngine(model, tok, settings)
+    dynamo.reset()
+    out = engine.generate(grouped(tok, 2), 2)
+    assert settings.compile and len(graphs) == 1
+    state = engine._states[6]
+    heads = model.config.num_attention_heads
+    shapes = [
+        tuple(n.meta["example_value"].shape)
+        for n in graphs[0].graph.nodes
+        if isinstance(n.meta.get("example_value"), torch.Tensor) and n.meta["example_value"].dim() == 4
+    ]
+    repeated = [s for s in shapes if s[0] == 6 and s[1] == heads and s[2] == state.length]
+    assert shapes and not repeated, repeated
+    eager = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=6, greedy=True, merge=merge))
+    assert out.completion_ids == eager.generate(grouped(tok, 2), 2).completion_ids
+
+
+def test_batch_stop_is_checked_once_every_sync_every_tokens(tiny, monkeypatch):
+    """Checking `done.all()` waits for the device; the engine does it every `sync_every` tokens, not every token."""
+    model, tok = load(tiny)
+    with torch.no_grad():  # every completion is exactly [EOS]
+        model.lm_head.weight[tok.eos_token_id] = model.lm_head.weight.abs().max() * 50
+        model.model.embed_tokens.weight.copy_(model.lm_head.weight)
+    calls = []
+    build = RolloutEngine._decode_step
+
+    def counting(self, state, device):
+        step = build(self, state, device)
+        return lambda tok_, pos: (calls.append(1), step(tok_, pos))[1]
+
+    monkeypatch.setattr(RolloutEngine, "_decode_step", counting)
+    engine = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=64, greedy=True, sync_every=16))
+    out = engine.generate(grouped(tok, 2), 2)
+    assert all(c == [tok.eos_token_id] for c in out.completion_ids)
+    assert len(calls) == 15  # stopped at the first check, after 16 tokens, not after the first token

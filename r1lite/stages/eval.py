@@ -161,7 +161,7 @@ def evaluate(
             hits.append(sum(s["correct"] for s in scored))
         summary["pass@1"] = statistics.fmean(h / cfg.pass_k for h in hits)
         summary[f"pass@{cfg.pass_k}"] = statistics.fmean(pass_at_k(cfg.pass_k, h, cfg.pass_k) for h in hits)
-    release_engines(model)
+    release_engines(model)  # inside GRPO, its cache and merged copy must not stay beside the training step
     return summary, rows
 
 

@@ -56,7 +56,6 @@ class PeriodicEval(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if not self.every or state.global_step % self.every or model is None:
             return
-        from r1lite.rollout import release_engines
         from r1lite.stages.eval import evaluate
 
         was_training = model.training
@@ -69,7 +68,6 @@ class PeriodicEval(TrainerCallback):
             max_new_tokens=self.recipe.grpo.max_completion_length,
             desc=f"eval @ {state.global_step}",
         )
-        release_engines(model)  # the eval's cache and merged copy must not stay beside the training step
         if was_training:
             model.train()
         metrics = {f"heldout_{k}": v for k, v in summary.items()}
