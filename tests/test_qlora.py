@@ -105,13 +105,13 @@ def varied_reward(completion: str, nums=None, target=None) -> tuple[float, str]:
 
 
 @pytest.mark.slow
-def test_nf4_adapters_move_at_the_rl_learning_rate_and_save_in_fp32(tiny, tmp_path, avx512_bf16):
+def test_nf4_adapters_move_at_the_rl_learning_rate_and_save_in_fp32(tiny, tmp_path, avx512_bf16, monkeypatch):
     """SFT, then 3 GRPO steps at lr 2e-5 with a held-out eval after every step: >= 90 % of adapter entries move."""
     from safetensors.torch import load_file
 
     from r1lite import rewards
 
-    rewards.register("test_varied")(varied_reward)
+    monkeypatch.setitem(rewards._REGISTRY, "test_varied", varied_reward)  # registered for this test only
     sets = [
         f"model.name={tiny['qwen2']}",
         "quantization.mode=nf4",  # compute in bf16, as the GPU recipes do
