@@ -196,8 +196,8 @@ def kv_bytes(config: Any, batch: int, length: int, dtype: torch.dtype) -> int:
 def activation_dtype(runner: Any) -> torch.dtype:
     """The dtype hidden states (and so K/V) take in `runner`: its input embeddings' dtype.
 
-    On the QLoRA path PEFT's k-bit preparation keeps embeddings and norms in fp32, so the residual
-    stream, K and V are fp32 there even though the 4-bit matmuls compute in bf16.
+    Not the 4-bit layers' compute dtype: they return their input's dtype, so a base loaded in fp32
+    (or cast to fp32, as PEFT's k-bit preparation does) keeps fp32 K/V even when matmuls run in bf16.
     """
     return base_model_of(runner).get_input_embeddings().weight.dtype
 
@@ -335,7 +335,7 @@ class RolloutEngine:
         return (step if s.train_micro_batch else 0) + int(s.reserve_gib * GIB)
 
     def cache_bytes(self, batch: int, length: int, dtype: torch.dtype, merged: bool) -> int:
-        """The static cache in the dtype K/V really take: `dtype` in the merged copy, fp32 on a k-bit-prepared model."""
+        """The static cache in the dtype K/V really take: `dtype` in the merged copy, the embeddings' otherwise."""
         kv_dtype = dtype if merged else activation_dtype(self.model)
         return kv_bytes(base_model_of(self.model).config, batch, length, kv_dtype)
 

@@ -279,7 +279,7 @@ def test_eval_generation_is_the_same_with_the_engine(tiny):
 
 
 def load_qlora(path: str, compute_dtype: str = "bfloat16"):
-    """The policy as GRPO trains it: NF4, k-bit prepared (fp32 embeddings and norms), LoRA on top."""
+    """The policy as GRPO trains it on CPU: NF4 linear layers computing in bf16, fp32 embeddings and norms, LoRA."""
     from peft import get_peft_model
 
     from r1lite.config import LoraConfig, ModelConfig, QuantizationConfig
@@ -295,7 +295,7 @@ def load_qlora(path: str, compute_dtype: str = "bfloat16"):
 
 @pytest.mark.parametrize("merge", ["unmerged", "merged"])
 def test_cache_costs_what_the_engine_plans_for(tiny, merge):
-    """K/V are fp32 on the k-bit-prepared model and bf16 in the merged copy; the plan must count the real bytes."""
+    """K/V take the embeddings' dtype (fp32 here), not the 4-bit compute dtype; bf16 in the merged copy."""
     model, tok = load_qlora(tiny)
     engine = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=8, merge=merge, stop_at_eos=False))
     engine.generate(grouped(tok, 2), 2, torch.Generator().manual_seed(0))
