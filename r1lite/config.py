@@ -147,6 +147,12 @@ class GRPOConfig(Section):
     log_every: int = Field(1, ge=1, description="steps between metric logs")
     trl: dict[str, Any] = Field({}, description="extra trl.GRPOConfig fields, passed unchanged")
 
+    def backend(self, on_cuda: bool) -> str:
+        """The rollout backend `auto` resolves to on this device."""
+        if self.rollout == "auto":
+            return "engine" if on_cuda else "trl"
+        return self.rollout
+
     @model_validator(mode="after")
     def _batches(self) -> GRPOConfig:
         total = self.prompts_per_step * self.num_generations

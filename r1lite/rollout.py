@@ -53,7 +53,8 @@ class RolloutSettings:
     greedy: bool = False
     merge: str = "auto"  # auto | merged | unmerged
     compile: bool = True  # capture the decode step on CUDA
-    reserve_gib: float = 1.0  # allocator margin kept free on top of the training step's estimate
+    reserve_gib: float = 1.0  # memory always kept free on top of the training step (at least)
+    headroom: float = 0.10  # share of the card kept free on top of the training step (r1lite plan's headroom)
     stop_at_eos: bool = True  # benchmarks turn this off so every completion has full length
     compile_backend: str | None = None  # None: CUDA graphs on CUDA only; e.g. "aot_eager" to trace on CPU (tests)
     sync_every: int = 16  # decode steps between checks that every row has stopped (one device->host sync each)
@@ -203,24 +204,13 @@ def activation_dtype(runner: Any) -> torch.dtype:
 
 
 def training_step_bytes(model: Any, micro_batch: int, seq_len: int, grad_ckpt: bool = True) -> int:
-    """An estimate of the GRPO training step's own memory: optimizer state and one micro-batch's activations.
+    """The training step's own memory for `model`, from the planner's model (`r1lite.plan.train_step_bytes`)."""
+    from r1lite.plan import Shape, train_step_bytes
 
-    - trainable parameters: fp32 master, gradient and two Adam moments (16 bytes each);
-    - activations of `micro_batch` sequences of `seq_len` tokens: with gradient checkpointing each
-      layer keeps its input (residual stream, in the embeddings' dtype) and one layer at a time is
-      recomputed (~8 hidden + 4 intermediate values per token in bf16); without it every layer keeps those;
-    - the LM head: TRL 1.16 projects in tiles of 4,096 tokens x 32,768 vocabulary entries (forward and
-      backward buffers), never the whole [tokens, vocab] logits.
-    """
-    c = _text_config(base_model_of(model).config)
+    shape = Shape.from_config(base_model_of(model).config)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    tokens = micro_batch * seq_len
-    residual = tokens * c.hidden_size * _itemsize(activation_dtype(model))
-    inner = tokens * (8 * c.hidden_size + 4 * c.intermediate_size) * 2
-    layers = c.num_hidden_layers
-    activations = layers * residual + inner if grad_ckpt else layers * (residual + inner)
-    head = 2 * min(tokens, 4096) * min(c.vocab_size, 32768) * 4 + 2 * tokens * c.hidden_size * 4
-    return 16 * trainable + activations + head
+    act = _itemsize(activation_dtype(model))
+    return train_step_bytes(shape, trainable, micro_batch, seq_len, grad_ckpt, act)
 
 
 def free_bytes(device: torch.device) -> int | None:
@@ -229,6 +219,10 @@ def free_bytes(device: torch.device) -> int | None:
         return None
     free, _ = torch.cuda.mem_get_info(device)
     return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def total_bytes(device: torch.device) -> int | None:
+    return torch.cuda.mem_get_info(device)[1] if device.type == "cuda" else None
 
 
 class RolloutMemoryError(R1liteError):
@@ -319,20 +313,24 @@ class RolloutEngine:
             self.eos_ids = []
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos_ids or [0])[0]
         self._states: dict[int, _DecodeState] = {}
+        self._merged: Any = None  # one dense copy, shared by every batch size's state
         self.last_choice = ""
+        self.pinned = False  # the GRPO trainer's engine: `release_engines` leaves it to the trainer
         self.grouped_attention = use_grouped_decode_attention(model)
         _LIVE.add(self)
 
     def close(self) -> None:
         """Drop the cache, mask, merged copy and captured step now (the engine stays usable: it rebuilds them)."""
         self._states.clear()
+        self._merged = None
 
     # -- memory policy -------------------------------------------------------------------------
-    def train_reserve(self) -> int:
-        """Bytes the training step needs beside the rollout buffers, plus the allocator margin."""
+    def train_reserve(self, total: int | None = None) -> int:
+        """Bytes the training step needs beside the rollout buffers, plus the headroom `r1lite plan` keeps."""
         s = self.s
         step = training_step_bytes(self.model, s.train_micro_batch, s.train_seq_len, s.train_grad_ckpt)
-        return (step if s.train_micro_batch else 0) + int(s.reserve_gib * GIB)
+        margin = max(s.reserve_gib * GIB, s.headroom * (total or 0))
+        return (step if s.train_micro_batch else 0) + int(margin)
 
     def cache_bytes(self, batch: int, length: int, dtype: torch.dtype, merged: bool) -> int:
         """The static cache in the dtype K/V really take: `dtype` in the merged copy, the embeddings' otherwise."""
@@ -340,8 +338,8 @@ class RolloutEngine:
         return kv_bytes(base_model_of(self.model).config, batch, length, kv_dtype)
 
     def rollout_bytes(self, batch: int, length: int, dtype: torch.dtype, merged: bool) -> int:
-        """What a rollout allocates: the dense copy if merged, the static cache, the logits of one step."""
-        copy = param_bytes(self.model, dtype) if merged else 0
+        """What a rollout allocates: the dense copy if merged (once per engine), the static cache, one step's logits."""
+        copy = param_bytes(self.model, dtype) if merged and self._merged is None else 0
         vocab = _text_config(base_model_of(self.model).config).vocab_size
         return copy + self.cache_bytes(batch, length, dtype, merged) + batch * vocab * 8
 
@@ -353,7 +351,7 @@ class RolloutEngine:
         Either way the chosen path must fit in free memory, or this raises before anything is allocated.
         """
         free = free_bytes(device) if free is None else free
-        reserve = self.train_reserve()
+        reserve = self.train_reserve(total_bytes(device))
         if self.s.merge != "auto":
             merged = self.s.merge == "merged"
             self.last_choice = f"{self.s.merge} (set in the recipe)"
@@ -394,9 +392,12 @@ class RolloutEngine:
         length = -(-needed // 256) * 256
         self._states.pop(batch, None)
         merged = self.choose_merge(batch, length, dtype, device)
-        runner = merged_copy(self.model, dtype) if merged else self.model
-        if merged:
-            use_grouped_decode_attention(runner)
+        if merged and self._merged is None:
+            self._merged = merged_copy(self.model, dtype)
+            use_grouped_decode_attention(self._merged)
+        elif merged:
+            refresh_merged(self._merged, self.model, dtype)
+        runner = self._merged if merged else self.model
         cache = StaticCache(config=base_model_of(self.model).config, max_cache_len=length)
         mask = torch.ones((batch, length), dtype=torch.long, device=device)
         state = _DecodeState(runner, merged, cache, mask, length)
@@ -407,9 +408,18 @@ class RolloutEngine:
     # -- one rollout ---------------------------------------------------------------------------
     @torch.no_grad()
     def generate(
-        self, prompt_ids: list[list[int]], num_generations: int = 1, generator: torch.Generator | None = None
+        self,
+        prompt_ids: list[list[int]],
+        num_generations: int = 1,
+        generator: torch.Generator | None = None,
+        sampling: RolloutSettings | None = None,
     ) -> RolloutOutput:
-        """Completions for `prompt_ids`, where each run of `num_generations` equal prompts shares a prefill."""
+        """Completions for `prompt_ids`, where each run of `num_generations` equal prompts shares a prefill.
+
+        `sampling` overrides the engine's temperature, top-k, top-p and greedy for this call only (a
+        greedy eval on the training engine reuses its buffers).
+        """
+        sampling = sampling or self.s
         from transformers import DynamicCache
 
         groups = [prompt_ids[i] for i in range(0, len(prompt_ids), num_generations)]
@@ -457,7 +467,7 @@ class RolloutEngine:
             eos = torch.tensor(self.eos_ids or [-1], device=device)
             logits, steps = first_logits, 0
             for t in range(self.s.max_new_tokens):
-                tok, lp = sample(logits, self.s, generator)
+                tok, lp = sample(logits, sampling, generator)
                 tok = torch.where(done, torch.full_like(tok, self.pad_id), tok)
                 tokens[:, t], logps[:, t] = tok, torch.where(done, torch.zeros_like(lp), lp)
                 steps = t + 1
@@ -527,23 +537,39 @@ _LIVE: weakref.WeakSet = weakref.WeakSet()
 _ENGINES_ATTR = "_r1lite_engines"
 
 
-def engine_for(model: Any, tokenizer: Any, settings: RolloutSettings) -> RolloutEngine:
-    """One engine per (model, settings), kept on the model itself, so repeated calls reuse its buffers.
+_SAMPLING = ("temperature", "top_p", "top_k", "greedy")
 
-    Kept on the model, not in a module-level table: an engine holds its model, so a table entry would
-    keep the model, cache, merged copy and captured graphs alive for the rest of the process.
+
+def engine_for(model: Any, tokenizer: Any, settings: RolloutSettings) -> RolloutEngine:
+    """One engine per model and buffer settings, kept on the model itself, so later calls reuse its buffers.
+
+    Sampling settings are not part of the key (they are passed per call), so a greedy held-out eval
+    inside GRPO runs on the training engine's cache and merged copy. Kept on the model, not in a
+    module-level table: an engine holds its model, so a table entry would keep the model, cache,
+    merged copy and captured graphs alive for the rest of the process.
     """
     engines = model.__dict__.setdefault(_ENGINES_ATTR, {})
-    key = repr(settings)
+    for engine in engines.values():  # the GRPO trainer's engine serves any caller with its length
+        if engine.pinned and (engine.s.max_new_tokens, engine.s.stop_at_eos) == (
+            settings.max_new_tokens,
+            settings.stop_at_eos,
+        ):
+            return engine
+    key = repr({k: v for k, v in vars(settings).items() if k not in _SAMPLING})
     if key not in engines:
         engines[key] = RolloutEngine(model, tokenizer, settings)
     return engines[key]
 
 
 def release_engines(model: Any) -> None:
-    """Free the buffers of every engine `engine_for` made for `model` (an eval is done with them)."""
-    for engine in model.__dict__.pop(_ENGINES_ATTR, {}).values():
-        engine.close()
+    """Free the buffers of the engines `engine_for` made for `model`, except the GRPO trainer's own."""
+    engines = model.__dict__.get(_ENGINES_ATTR, {})
+    for key, engine in list(engines.items()):
+        if not engine.pinned:
+            engine.close()
+            del engines[key]
+    if not engines:
+        model.__dict__.pop(_ENGINES_ATTR, None)
 
 
 def live_engines() -> int:
@@ -594,9 +620,8 @@ def make_rollout_func(settings: RolloutSettings) -> Any:
 
     def rollout_func(prompts: list[Any], trainer: Any) -> dict[str, Any]:
         model = trainer.accelerator.unwrap_model(trainer.model)
-        if state.get("model") is not model:
-            state["model"], state["engine"] = model, RolloutEngine(model, trainer.processing_class, settings)
-        engine: RolloutEngine = state["engine"]
+        engine = engine_for(model, trainer.processing_class, settings)
+        engine.pinned = True
         if not isinstance(prompts[0], str):
             raise ValueError("the rollout engine takes rendered text prompts; use data.prompt_format base/chat")
         prompt_ids = trainer.processing_class(text=prompts)["input_ids"]

@@ -382,25 +382,36 @@ def base_model_of_runner(runner):
     return base_model_of(runner)
 
 
-def test_periodic_eval_frees_its_engine(tiny, tmp_path):
-    """The held-out eval inside GRPO must not keep a second cache and merged copy beside the training step."""
+@pytest.mark.parametrize("training_engine", [False, True])
+def test_periodic_eval_adds_no_second_cache(tiny, tmp_path, training_engine):
+    """The held-out eval inside GRPO decodes on the training engine's buffers, or frees its own when done."""
     from types import SimpleNamespace
 
     from r1lite.recipes import load_recipe
+    from r1lite.rollout import engine_for, live_engines, settings_from_recipe
     from r1lite.stages import data
     from r1lite.stages.grpo import PeriodicEval
 
     recipe = load_recipe(
         "countdown",
         "cpu",
-        [f"model.name={tiny}", "grpo.rollout=engine", "data.dir=data/t", "data.train_size=8", "data.test_size=2"],
+        [f"model.name={tiny}", "grpo.rollout=engine", "data.dir=data/t", "data.train_size=8", "data.test_size=4"]
+        + ["grpo.max_completion_length=8", "grpo.eval_examples=3", "eval.batch_size=4"],
     )
     data.run(recipe.data)
     model, tok = load(tiny, lora=True)
+    trainer_engine = None
+    if training_engine:  # what make_rollout_func sets up: a pinned engine that has rolled out 4 rows
+        trainer_engine = engine_for(model, tok, settings_from_recipe(recipe))
+        trainer_engine.pinned = True
+        trainer_engine.generate(grouped(tok, 2)[:4], 2)
     callback = PeriodicEval(recipe, tok, tmp_path / "m.jsonl", every=1)
     callback.on_step_end(None, SimpleNamespace(global_step=1), None, model=model)
     assert (tmp_path / "m.jsonl").is_file()
-    assert "_r1lite_engines" not in model.__dict__
+    if training_engine:
+        assert live_engines() == 1 and list(trainer_engine._states) == [4]  # 3 prompts padded to the batch of 4
+    else:
+        assert "_r1lite_engines" not in model.__dict__ and live_engines() == 0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from r1lite.cli import data, doctor, recipes, report, score, train
+    from r1lite.cli import data, doctor, plan, recipes, report, score, train
 
     app.add_typer(data.app, name="data")
     app.add_typer(recipes.app, name="recipes")
@@ -42,6 +42,7 @@ def _register() -> None:
     app.command("report")(report.report)
     app.add_typer(report.runs_app, name="runs")
     app.command("doctor")(doctor.doctor)
+    app.command("plan")(plan.plan)
 
 
 @app.callback()

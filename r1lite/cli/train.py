@@ -16,16 +16,44 @@ ResumeOpt = Annotated[
     bool, typer.Option("--resume", help="continue an interrupted GRPO stage from its last checkpoint")
 ]
 WandbOpt = Annotated[str | None, typer.Option("--wandb", help="online | offline | disabled (overrides the recipe)")]
+AutoFitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--auto-fit", help="choose micro-batch, merge mode and eval/SFT batch so the run fits this GPU (r1lite plan)"
+    ),
+]
 
 
-def _recipe(name: str, profile: str | None, set_: list[str] | None, wandb: str | None = None):
-    """The resolved recipe, after checking its device and TRL pass-through keys (before any real work)."""
+def _recipe(name: str, profile: str | None, set_: list[str] | None, wandb: str | None = None, auto_fit: bool = False):
+    """The resolved recipe, after checking memory, device and TRL pass-through keys (before any real work)."""
     from r1lite.config import check_trl_sections
     from r1lite.models import pick_device
 
     recipe = resolve_recipe(name, profile, [*(set_ or []), *([f"tracking.wandb={wandb}"] if wandb else [])])
+    recipe = _fit(recipe, auto_fit)
     pick_device(recipe.model)
     check_trl_sections(recipe)
+    return recipe
+
+
+def _fit(recipe: Any, auto_fit: bool) -> Any:
+    """Refuse a GPU run `r1lite plan` says cannot fit this machine's card, or (--auto-fit) adjust it to fit."""
+    from r1lite import plan, ui
+
+    card = plan.detected_card()
+    if card is None or recipe.model.device == "cpu":
+        return recipe  # host memory is not planned
+    try:
+        plan.shape_for(recipe.model.name)
+    except R1liteError:
+        ui.log(f"plan: the shape of {recipe.model.name} is unknown, so its memory was not checked")
+        return recipe
+    if not auto_fit:
+        plan.check_fits(recipe, card)
+        return recipe
+    recipe, changes = plan.auto_fit(recipe, card)
+    if changes:  # shown even with --quiet: the run differs from the recipe (config.yaml records it)
+        ui.console.print("--auto-fit for " + card.name + ": " + ", ".join(f"{k}={v}" for k, v in changes.items()))
     return recipe
 
 
@@ -68,6 +96,7 @@ def run(
     set_: SetOpt = None,
     resume: ResumeOpt = False,
     wandb: WandbOpt = None,
+    auto_fit: AutoFitOpt = False,
 ) -> None:
     """Run the whole pipeline: data -> base eval -> SFT -> GRPO -> final eval, printing before/after."""
     from r1lite import pipeline
@@ -75,7 +104,7 @@ def run(
     from r1lite.stages.eval import comparison_table
     from r1lite.ui import console
 
-    r = _recipe(recipe, profile, set_, wandb)
+    r = _recipe(recipe, profile, set_, wandb, auto_fit)
     console.print(f"run [bold]{r.run_name}[/] -> {pipeline.run_dir(r)}")
     try:
         result = pipeline.run(r, resume=resume)
@@ -87,13 +116,17 @@ def run(
 
 
 def sft(
-    recipe: RecipeArg = "countdown", profile: ProfileOpt = None, set_: SetOpt = None, wandb: WandbOpt = None
+    recipe: RecipeArg = "countdown",
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    wandb: WandbOpt = None,
+    auto_fit: AutoFitOpt = False,
 ) -> None:
     """LoRA SFT warm-up on solver traces; writes runs/<run>/sft/adapter."""
     from r1lite.stages import data
     from r1lite.stages import sft as stage
 
-    r = _recipe(recipe, profile, set_, wandb)
+    r = _recipe(recipe, profile, set_, wandb, auto_fit)
     data.run(r.data)
     root = _stage_dir(r)
     with _tracked(r, root, "sft") as tracker:
@@ -109,12 +142,13 @@ def grpo(
         str | None, typer.Option(help="start from this LoRA adapter (default: the run's SFT one)")
     ] = None,
     wandb: WandbOpt = None,
+    auto_fit: AutoFitOpt = False,
 ) -> None:
     """GRPO with the recipe's (4-bit) policy + LoRA; writes runs/<run>/grpo/adapter."""
     from r1lite.stages import data
     from r1lite.stages import grpo as stage
 
-    r = _recipe(recipe, profile, set_, wandb)
+    r = _recipe(recipe, profile, set_, wandb, auto_fit)
     start = Path(adapter) if adapter else None
     if start is not None and not (start / "adapter_config.json").is_file():
         raise R1liteError(f"--adapter {adapter} is not a LoRA adapter folder (no adapter_config.json)")
@@ -134,6 +168,7 @@ def eval_(
     adapter: Annotated[str | None, typer.Option(help="LoRA adapter to apply")] = None,
     compare: Annotated[str | None, typer.Option(help="a second adapter, or 'base', for a before/after table")] = None,
     label: Annotated[str | None, typer.Option(help="name of the output files under eval/")] = None,
+    auto_fit: AutoFitOpt = False,
 ) -> None:
     """Evaluate a model (+ adapter) on the test split: accuracy, pass@k, format, length, search."""
     from r1lite.stages import data
@@ -141,7 +176,7 @@ def eval_(
     from r1lite.stages.eval import comparison_table
     from r1lite.ui import console
 
-    r = _recipe(recipe, profile, [*(set_ or []), *([f"model.name={model}"] if model else [])])
+    r = _recipe(recipe, profile, [*(set_ or []), *([f"model.name={model}"] if model else [])], auto_fit=auto_fit)
     data.run(r.data)
     root = _stage_dir(r)
     result = stage.run(r, root, adapter=adapter, label=label or ("adapter" if adapter else "base"))

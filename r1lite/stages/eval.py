@@ -51,15 +51,18 @@ def generate(
     if engine:
         from r1lite.rollout import RolloutSettings, engine_for
 
-        settings = RolloutSettings(max_new_tokens=max_new_tokens, temperature=temperature, greedy=not sample)
-        rollout = engine_for(model, tokenizer, settings)
+        sampling = RolloutSettings(max_new_tokens=max_new_tokens, temperature=temperature, greedy=not sample)
+        rollout = engine_for(model, tokenizer, sampling)  # inside GRPO: the training engine, same buffers
     out: list[list[tuple[str, int]]] = []
     batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
     for batch in ui.track(batches, len(batches), desc):
         # tokenized exactly as TRL tokenizes GRPO prompts, so eval sees what training saw
         if rollout is not None:
             ids = [p for p in tokenizer(text=batch)["input_ids"] for _ in range(n)]
-            rows = rollout.generate(ids, num_generations=n).completion_ids
+            # a short last batch is padded with copies of its last prompt: one batch shape, one cache
+            fill = (batch_size - len(batch)) * n
+            rows = rollout.generate(ids + ids[-n:] * (fill // n), num_generations=n, sampling=sampling).completion_ids
+            rows = rows[: len(ids)]
         else:
             enc = tokenizer(text=batch, return_tensors="pt", padding=True).to(device)
             kwargs = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if sample else {}
@@ -135,9 +138,8 @@ def evaluate(
     # the backend GRPO rolls out with: our engine (same greedy tokens as generate, much faster on CUDA)
     # or transformers' generate
     from r1lite.rollout import release_engines
-    from r1lite.stages.grpo import rollout_backend
 
-    engine = rollout_backend(recipe, next(model.parameters()).device.type == "cuda") == "engine"
+    engine = recipe.grpo.backend(next(model.parameters()).device.type == "cuda") == "engine"
     greedy = [g[0] for g in generate(model, tokenizer, prompts, max_new, cfg.batch_size, desc=desc, engine=engine)]
     rows = score(examples, greedy, cfg.reward)
     summary = summarize(rows)

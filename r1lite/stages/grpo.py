@@ -77,13 +77,6 @@ class PeriodicEval(TrainerCallback):
         ui.log(f"grpo step {state.global_step}: held-out accuracy {summary['accuracy']:.1%}")
 
 
-def rollout_backend(recipe: Recipe, on_cuda: bool) -> str:
-    choice = recipe.grpo.rollout
-    if choice == "auto":
-        return "engine" if on_cuda else "trl"
-    return choice
-
-
 def trainer_args(recipe: Recipe, out: Path, on_cuda: bool, backend: str) -> Any:
     from trl import GRPOConfig
 
@@ -140,7 +133,7 @@ def build_trainer(
     path = resolve_model(recipe.model.name)
     tokenizer = load_tokenizer(path, recipe.model.revision)
     on_cuda = pick_device(recipe.model) == "cuda"
-    backend = rollout_backend(recipe, on_cuda)
+    backend = recipe.grpo.backend(on_cuda)
     model = load_model(path, recipe.model, recipe.quantization)
     peft_config = lora_config(recipe.lora)
     if init_adapter is not None:

@@ -1,0 +1,68 @@
+"""`r1lite plan`: predicted peak memory per stage, step time, run time and cost, offline and instantly."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from r1lite.cli.common import ProfileOpt, RecipeArg, SetOpt
+
+
+def plan(
+    recipe: RecipeArg = "countdown",
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    gpu: Annotated[str | None, typer.Option("--gpu", help="a card: 8, 12, 16, 24, 48, 80 (GB), H200, 4090")] = None,
+    vram: Annotated[float | None, typer.Option("--vram", help="the card's memory in GiB (no timing)")] = None,
+    gpus: Annotated[int, typer.Option("--gpus", min=1, help="GPUs the rollout batch is split over")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Will the recipe fit, how long will it take, what will it cost: before any model is downloaded or loaded."""
+    from r1lite.cli.common import resolve_recipe
+    from r1lite.errors import R1liteError
+    from r1lite.plan import Card, card_by_name, card_for_profile, make_plan
+
+    if gpu and vram is not None:
+        raise R1liteError("give --gpu or --vram, not both")
+    r = resolve_recipe(recipe, profile, set_, detect=False)
+    card = card_by_name(gpu) if gpu else Card(f"{vram:g} GiB card", vram) if vram is not None else None
+    card = card or card_for_profile(r.profile)
+    p = make_plan(r, card, gpus)
+    if as_json:
+        print(json.dumps(p.as_dict()))
+        return
+    _print(p)
+
+
+def _print(p) -> None:
+    from rich.table import Table
+
+    from r1lite.plan import HEADROOM
+    from r1lite.ui import console
+
+    d = p.as_dict()
+    title = f"{p.model} ({d['profile'] or 'no profile'}), {d['device']}, rollouts by {p.rollout}"
+    if p.merged is not None:
+        title += f", LoRA {'merged into a bf16 copy' if p.merged else 'unmerged'} for decoding"
+    table = Table("stage", "peak GiB", "largest parts (GiB)", title=title)
+    for name, stage in d["stages"].items():
+        parts = sorted(stage["parts"].items(), key=lambda kv: -kv[1])
+        table.add_row(name, f"{stage['peak_gib']:.2f}", ", ".join(f"{k} {v:.2f}" for k, v in parts[:4]))
+    console.print(table)
+    extra = "tensors x 1.05 for the allocator" + (" + 0.6 GiB CUDA context" if p.on_cuda else "")
+    console.print(f"peak: [bold]{d['peak_gib']:.2f} GiB[/] in {d['peak_stage']} ({extra})")
+    if p.card is not None:
+        verdict = "fits" if d["fits_with_headroom"] else "fits, with < 10 % to spare" if d["fits"] else "does NOT fit"
+        console.print(f"{p.card.name} ({p.card.gib:.1f} GiB): [bold]{verdict}[/]")
+    if p.verdicts:
+        cards = ", ".join(f"{name} {'yes' if ok else 'no'}" for name, ok in p.verdicts.items())
+        console.print(f"fits with {HEADROOM:.0%} headroom: {cards}")
+    if p.step_seconds is not None:
+        usd = "n/a (set cost.gpu_hourly_usd)" if p.usd is None else f"${p.usd:.2f}"
+        console.print(f"time: ~{p.step_seconds:.0f} s per GRPO step, ~{p.run_hours:.1f} h for the run; cost {usd}")
+        for source in p.timing_sources:
+            console.print(f"  [dim]{source}[/]")
+    elif p.on_cuda:
+        console.print("time: give --gpu NAME for a step-time and cost estimate")

@@ -1,0 +1,612 @@
+"""`r1lite plan`: whether a recipe fits a card, how long it runs and what it costs, before anything loads.
+
+    >>> p = make_plan(load_recipe("countdown", "gpu-16gb"), card_by_name("16"))
+    >>> p.fits, p.peak_gib, p.stages["grpo_train"].parts          # bytes per part, per stage
+    >>> check_fits(recipe, card)            # raises with the setting to change when it cannot fit
+    >>> auto_fit(recipe, card)              # the recipe with micro-batch, merge and eval batch that fit
+
+A model of memory, not a measurement: it counts what r1lite's stages allocate, part by part, from
+the model's shape and the recipe, the way transformers 5.24 / TRL 1.16 / PEFT 0.21 / bitsandbytes 0.50
+allocate it (see each function). It is checked against stock-TRL GRPO peaks measured on an H200
+(tests/test_plan.py, within 15 %) and against CPU runs of tiny models. Tensor bytes are what
+`torch.cuda.max_memory_allocated` counts; a card also needs the CUDA context and allocator slack,
+which `peak` adds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from r1lite.errors import R1liteError
+
+GIB = 2**30
+PROMPT_TOKENS = 160  # a rendered Countdown prompt is ~140 Qwen tokens; chat templates add ~20
+CUDA_CONTEXT_GIB = 0.6  # CUDA context + cuBLAS workspace, outside max_memory_allocated
+ALLOCATOR_SLACK = 0.05  # fragmentation of PyTorch's caching allocator, share of tensor bytes
+HEADROOM = 0.10  # a plan "fits comfortably" with this share of the card left over
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+# ----------------------------------------------------------------------------------------------
+# Model shapes
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    vocab: int
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int = 0  # 0: hidden // heads
+    tied: bool = True
+    qkv_bias: bool = False
+    source: str = ""
+
+    @property
+    def d(self) -> int:
+        return self.head_dim or self.hidden // self.heads
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) features of each decoder-layer linear."""
+        h, q, kv, i = self.hidden, self.heads * self.d, self.kv_heads * self.d, self.intermediate
+        return {
+            "q_proj": (h, q),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (q, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
+
+    @property
+    def linear_params(self) -> int:
+        return self.layers * sum(a * b for a, b in self.linear_shapes().values())
+
+    @property
+    def other_params(self) -> int:
+        """Embeddings (and an untied LM head), norms, attention biases: never quantized."""
+        bias = (self.heads + 2 * self.kv_heads) * self.d if self.qkv_bias else 0
+        return self.vocab * self.hidden * (1 if self.tied else 2) + self.layers * (2 * self.hidden + bias) + self.hidden
+
+    @property
+    def params(self) -> int:
+        return self.linear_params + self.other_params
+
+    def lora_params(self, r: int, targets: list[str] | str) -> int:
+        names = LORA_TARGETS if targets == "all-linear" else [t for t in targets if t in LORA_TARGETS]
+        return self.layers * sum(r * sum(self.linear_shapes()[n]) for n in names)
+
+    @classmethod
+    def from_config(cls, config: Any, source: str = "config.json") -> Shape:
+        c = config.get_text_config() if hasattr(config, "get_text_config") else config
+        get = (lambda k, d=None: c.get(k, d)) if isinstance(c, dict) else (lambda k, d=None: getattr(c, k, d))
+        return cls(
+            vocab=get("vocab_size"),
+            hidden=get("hidden_size"),
+            intermediate=get("intermediate_size"),
+            layers=get("num_hidden_layers"),
+            heads=get("num_attention_heads"),
+            kv_heads=get("num_key_value_heads") or get("num_attention_heads"),
+            head_dim=get("head_dim") or 0,
+            tied=bool(get("tie_word_embeddings", True)),
+            qkv_bias=get("model_type") == "qwen2" or bool(get("attention_bias", False)),
+            source=source,
+        )
+
+
+_QWEN = "published config.json on the Hugging Face hub"
+SHAPES: dict[str, Shape] = {
+    "qwen/qwen2.5-0.5b": Shape(151936, 896, 4864, 24, 14, 2, qkv_bias=True, source=_QWEN),
+    "qwen/qwen2.5-1.5b": Shape(151936, 1536, 8960, 28, 12, 2, qkv_bias=True, source=_QWEN),
+    "qwen/qwen2.5-3b": Shape(151936, 2048, 11008, 36, 16, 2, qkv_bias=True, source=_QWEN),
+    "qwen/qwen2.5-7b": Shape(152064, 3584, 18944, 28, 28, 4, tied=False, qkv_bias=True, source=_QWEN),
+    "smollm2-135m-instruct": Shape(49152, 576, 1536, 30, 9, 3, source="SmolLM2-135M-Instruct config.json"),
+}
+SHAPES["huggingfacetb/smollm2-135m-instruct"] = SHAPES["smollm2-135m-instruct"]
+
+
+def shape_for(name: str) -> Shape:
+    """The built-in shape of a model the recipes name (instruct variants too), or a local folder's config.json."""
+    key = name.lower().removesuffix("-instruct")
+    if name.lower() in SHAPES or key in SHAPES:
+        return SHAPES.get(name.lower(), SHAPES.get(key))
+    config = Path(name).expanduser() / "config.json"
+    if config.is_file():
+        return Shape.from_config(json.loads(config.read_text()), source=str(config))
+    known = ", ".join(sorted(k for k in SHAPES if "/" in k))
+    raise R1liteError(
+        f"r1lite plan does not know the shape of '{name}'; point model.name at a local folder with config.json, "
+        f"or use one of: {known}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Cards
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Card:
+    name: str
+    gib: float  # memory CUDA reports as total (a "16 GB" card: ~15.6 GiB)
+    bandwidth_gbs: float = 0.0  # memory bandwidth, GB/s (vendor data sheets)
+    tflops: float = 0.0  # dense bf16 tensor TFLOP/s (vendor data sheets, no sparsity)
+    price: str | None = None  # key of cost.GPU_PRICES
+
+
+CARDS: list[Card] = [
+    Card("8 GB (RTX 4060)", 7.6, 272, 60),
+    Card("12 GB (RTX 3060/4070)", 11.6, 504, 117, None),
+    Card("16 GB (RTX 4080)", 15.6, 717, 195),
+    Card("24 GB (RTX 4090)", 23.6, 1008, 330, "RTX 4090"),
+    Card("48 GB (L40S/A6000)", 47.5, 864, 362),
+    Card("80 GB (A100/H100)", 79.2, 2039, 312, "A100"),
+    Card("H200", 139.8, 4800, 989, "H200"),
+]
+
+
+def card_by_name(name: str) -> Card:
+    """A card from the table by a size ("16", "16gb") or a name ("H200", "4090"); a clear error otherwise."""
+    key = name.lower().replace(" ", "").removesuffix("gb").removesuffix("gib")
+    by_size = [c for c in CARDS if c.name.split()[0].lower() == key]
+    by_name = [c for c in CARDS if key and key in c.name.lower().replace(" ", "")]
+    if by_size or by_name:
+        return (by_size or by_name)[0]
+    valid = ", ".join(c.name for c in CARDS)
+    raise R1liteError(f"unknown GPU '{name}'; use --vram GIB, or one of: {valid}")
+
+
+def card_for_profile(profile: str | None) -> Card | None:
+    """The card a `gpu-<N>gb` profile is named for."""
+    if profile and profile.startswith("gpu-") and profile.endswith("gb"):
+        return card_by_name(profile[4:-2])
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory parts (bytes)
+# ----------------------------------------------------------------------------------------------
+
+
+def weight_bytes(shape: Shape, mode: str, double_quant: bool, dtype_bytes: int) -> int:
+    """The frozen base: bitsandbytes quantizes the decoder linears; embeddings, norms, biases stay in dtype.
+
+    NF4/FP4: 4 bits per weight, one absmax per 64 weights (fp32, or 8-bit with one fp32 per 256 blocks
+    under double quantization); int8: one byte per weight plus one fp32 scale per output row.
+    """
+    linear = shape.linear_params
+    if mode in ("nf4", "fp4"):
+        absmax = linear / 64 * (1 + 4 / 256) if double_quant else linear / 64 * 4
+        quantized = linear / 2 + absmax
+    elif mode == "int8":
+        quantized = linear + shape.layers * sum(out for _, out in shape.linear_shapes().values()) * 4
+    else:
+        quantized = linear * dtype_bytes
+    return int(quantized + shape.other_params * dtype_bytes)
+
+
+def lora_bytes(trainable: int, adapter_bytes: int = 4, training: bool = True) -> int:
+    """Adapters: weights, and when training their gradients and AdamW's two moments, all in the adapter dtype."""
+    return trainable * adapter_bytes * (4 if training else 1)
+
+
+def kv_bytes(shape: Shape, rows: int, length: int, act_bytes: int) -> int:
+    """K and V of every layer for `rows` sequences of `length` tokens, in the activations' dtype."""
+    return 2 * shape.layers * rows * shape.kv_heads * shape.d * length * act_bytes
+
+
+def training_activation_parts(
+    shape: Shape,
+    micro_batch: int,
+    seq_len: int,
+    grad_ckpt: bool,
+    act_bytes: int,
+    compute_bytes: int,
+    lora_cast_copies: bool,
+    on_cpu: bool = False,
+) -> dict[str, int]:
+    """Activations of one micro-batch at the peak of its backward pass, in two parts.
+
+    `activations_kept`: what the forward leaves for the backward. Per token and layer: the layer input
+    and the normed input of both blocks, q/k/v, the rotated q/k and the attention output, the MLP's
+    gate, up, activation and product (4 x intermediate); bf16 norms also keep an fp32 upcast of their
+    input; with fp32 LoRA weights under bf16 autocast, PEFT casts each adapted layer's input and autocast
+    keeps a bf16 copy for the adapter's backward. CPU SDPA with a padding mask takes the math path, which
+    keeps the [batch, heads, seq, seq] attention weights. With gradient checkpointing only each layer's
+    input is kept and a layer's worth is rebuilt during its backward.
+
+    `backward_working_set`: the largest transient of the backward, either TRL 1.16's fused LM head (one
+    [4,096 tokens x 32,768] logits tile, allocated at full width whatever the vocabulary, plus the fp32
+    gradient of the hidden states) or one layer's gradients (2 hidden + 2 intermediate per token) on top
+    of its recomputed activations. On CUDA a Triton kernel folds each tile in place; on CPU TRL's torch
+    fallback makes ~7 fp32 temporaries of the tile's used width (measured: bench/plan_check.py).
+    """
+    h, i, q, kv = shape.hidden, shape.intermediate, shape.heads * shape.d, shape.kv_heads * shape.d
+    tokens = micro_batch * seq_len
+    per_token = (4 * h + 3 * q + 3 * kv + 4 * i) * act_bytes
+    if act_bytes == 2:
+        per_token += 2 * h * 4  # RMSNorm's fp32 upcast of its input, kept for the backward
+    if lora_cast_copies:
+        per_token += (6 * h + i) * 2
+    layer = tokens * per_token
+    if on_cpu:
+        layer += micro_batch * shape.heads * seq_len * seq_len * 4
+    transient = tokens * (2 * h + 2 * i) * act_bytes
+    head = min(tokens, 4096) * 32768 * compute_bytes + tokens * h * 4
+    if on_cpu:
+        head += 7 * min(tokens, 4096) * min(shape.vocab, 32768) * 4
+    if grad_ckpt:
+        kept = shape.layers * tokens * h * act_bytes
+        working = max(head, layer + transient)
+    else:
+        kept = shape.layers * layer
+        working = max(head, transient)
+    return {"activations_kept": int(kept), "backward_working_set": int(working)}
+
+
+def decode_logits_bytes(shape: Shape, rows: int) -> int:
+    """One decode step's logits in fp32 and sampling's copies (scaled, softmax, filtered)."""
+    return rows * shape.vocab * 4 * 4
+
+
+def train_step_bytes(
+    shape: Shape, trainable: int, micro_batch: int, seq_len: int, grad_ckpt: bool, act_bytes: int
+) -> int:
+    """The GRPO/SFT training step beside the resident weights: adapter states and one micro-batch's activations.
+
+    This is the reserve the rollout engine keeps free when it decides whether to merge.
+    """
+    parts = training_activation_parts(
+        shape, micro_batch, seq_len, grad_ckpt, act_bytes, act_bytes, lora_cast_copies=act_bytes == 2
+    )
+    return lora_bytes(trainable) + sum(parts.values())
+
+
+# ----------------------------------------------------------------------------------------------
+# The plan
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    parts: dict[str, int]
+
+    @property
+    def tensor_bytes(self) -> int:
+        return sum(self.parts.values())
+
+    def peak_gib(self, on_cuda: bool) -> float:
+        """Tensor bytes plus allocator slack, plus the CUDA context on a GPU."""
+        return self.tensor_bytes * (1 + ALLOCATOR_SLACK) / GIB + (CUDA_CONTEXT_GIB if on_cuda else 0.0)
+
+    def as_dict(self, on_cuda: bool) -> dict[str, Any]:
+        return {
+            "peak_gib": round(self.peak_gib(on_cuda), 2),
+            "tensor_gib": round(self.tensor_bytes / GIB, 3),
+            "parts": {k: round(v / GIB, 3) for k, v in self.parts.items() if v},
+        }
+
+
+@dataclass
+class Plan:
+    model: str
+    profile: str | None
+    shape: Shape
+    on_cuda: bool
+    card: Card | None
+    stages: dict[str, Stage]
+    merged: bool | None  # the engine's merge decision (None: TRL generates)
+    rollout: str
+    step_seconds: float | None
+    run_hours: float | None
+    usd: float | None
+    timing_sources: list[str] = field(default_factory=list)
+    gpus: int = 1
+    verdicts: dict[str, bool] = field(default_factory=dict)  # card -> fits with headroom, planned for that card
+
+    @property
+    def peak_gib(self) -> float:
+        return max(s.peak_gib(self.on_cuda) for s in self.stages.values())
+
+    @property
+    def peak_stage(self) -> str:
+        return max(self.stages, key=lambda k: self.stages[k].peak_gib(self.on_cuda))
+
+    def fits(self, card: Card | None = None, headroom: float = 0.0) -> bool | None:
+        card = card or self.card
+        return None if card is None else self.peak_gib <= card.gib * (1 - headroom)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "profile": self.profile,
+            "device": "cuda" if self.on_cuda else "cpu",
+            "gpus": self.gpus,
+            "card": self.card.name if self.card else None,
+            "card_gib": self.card.gib if self.card else None,
+            "peak_gib": round(self.peak_gib, 2),
+            "peak_stage": self.peak_stage,
+            "fits": self.fits(),
+            "fits_with_headroom": self.fits(headroom=HEADROOM),
+            "rollout": self.rollout,
+            "merged": self.merged,
+            "stages": {k: s.as_dict(self.on_cuda) for k, s in self.stages.items()},
+            "step_seconds": None if self.step_seconds is None else round(self.step_seconds, 1),
+            "run_hours": None if self.run_hours is None else round(self.run_hours, 2),
+            "usd": None if self.usd is None else round(self.usd, 2),
+            "cards": self.verdicts,
+            "timing_sources": self.timing_sources,
+            "shape_source": self.shape.source,
+        }
+
+
+def make_plan(
+    recipe: Any,
+    card: Card | None = None,
+    gpus: int = 1,
+    stock_trl: bool = False,
+    prompt_tokens: int = PROMPT_TOKENS,
+    verdicts: bool = True,
+) -> Plan:
+    """Every stage's memory, the engine's merge decision, step time, run time and cost for `recipe`.
+
+    `stock_trl` models TRL 1.16 as it comes (adapters cast to bf16 on a quantized base, HF generate),
+    which is what the calibration measurements ran; `prompt_tokens` is the longest prompt of a batch.
+    """
+    shape = shape_for(recipe.model.name)
+    on_cuda = recipe.model.device != "cpu"
+    dtype_bytes = 2 if on_cuda and recipe.model.dtype in ("auto", "bfloat16", "float16") else 4
+    compute_bytes = (
+        dtype_bytes
+        if recipe.quantization.mode == "none"
+        else (4 if recipe.quantization.compute_dtype == "float32" else 2)
+    )
+    act = dtype_bytes  # hidden states take the embeddings' dtype
+    q = recipe.quantization
+    weights = weight_bytes(shape, q.mode, q.double_quant, dtype_bytes)
+    trainable = shape.lora_params(recipe.lora.r, recipe.lora.target_modules)
+    adapter_bytes = 2 if stock_trl and q.mode != "none" else 4
+    lora_train = lora_bytes(trainable, adapter_bytes)
+    casts = adapter_bytes == 4 and act == 2
+    g = recipe.grpo
+    rows = g.prompts_per_step * g.num_generations // gpus
+    seq = prompt_tokens + g.max_completion_length
+    backend = "trl" if stock_trl else g.backend(on_cuda)
+
+    def train_parts(micro: int, length: int, ckpt: bool) -> dict[str, int]:
+        return training_activation_parts(shape, micro, length, ckpt, act, compute_bytes, casts, on_cpu=not on_cuda)
+
+    # GRPO: rollout buffers, and whether the engine merges (the same rule as RolloutEngine.choose_merge)
+    cache_len = -(-seq // 256) * 256
+    train = train_parts(g.micro_batch_size, seq, recipe.model.gradient_checkpointing)
+    resident = {"weights": weights, "lora_and_adam": lora_train}
+    merged: bool | None = None
+    rollout_parts: dict[str, int]
+    if backend == "engine":
+        copy = shape.params * 2
+        merged_need = copy + kv_bytes(shape, rows, cache_len, 2) + decode_logits_bytes(shape, rows)
+        if g.rollout_merge == "auto":  # RolloutEngine.choose_merge's rule: the training step and headroom fit beside it
+            need = sum(resident.values()) + merged_need + sum(train.values())
+            merged = card is None or Stage({"all": need}).peak_gib(on_cuda) <= card.gib * (1 - HEADROOM)
+        else:
+            merged = g.rollout_merge == "merged"
+        rollout_parts = {
+            "merged_copy": copy if merged else 0,
+            "kv_cache": kv_bytes(shape, rows, cache_len, 2 if merged else act),
+            "graph_pool": rows * (shape.vocab * 4 + (8 * shape.hidden + 4 * shape.intermediate) * 2)
+            if on_cuda and g.rollout_compile
+            else 0,
+        }
+        held = rollout_parts  # the engine keeps its buffers for the whole run
+    else:
+        rollout_parts = {"kv_cache": kv_bytes(shape, rows, seq, act) + kv_bytes(shape, rows, seq, act) // shape.layers}
+        held = {}
+    stages: dict[str, Stage] = {}
+    e = recipe.eval
+    eval_len = prompt_tokens + e.max_new_tokens
+    eval_cache = -(-eval_len // 256) * 256 if backend == "engine" else eval_len
+    infer_weights = {"weights": weights, "adapter": lora_bytes(trainable, training=False)}
+    eval_merged = backend == "engine" and (merged is not False)
+    stages["eval"] = Stage(
+        {
+            **infer_weights,
+            "merged_copy": shape.params * 2 if eval_merged else 0,
+            "kv_cache": kv_bytes(shape, e.batch_size, eval_cache, 2 if eval_merged else act),
+            "logits": decode_logits_bytes(shape, e.batch_size),
+        }
+    )
+    if recipe.sft.enabled:
+        s = recipe.sft
+        stages["sft_step"] = Stage(
+            {**resident, **train_parts(s.batch_size, s.max_length, recipe.model.gradient_checkpointing)}
+        )
+    if g.enabled:
+        stages["grpo_rollout"] = Stage({**resident, **rollout_parts, "logits": decode_logits_bytes(shape, rows)})
+        stages["grpo_train"] = Stage({**resident, **held, **train})
+        if g.eval_every:
+            # greedy eval batches run on the training engine (padded to eval.batch_size): a second cache
+            # only when that batch differs from the rollout's; the merged copy is shared
+            eval_rows = e.batch_size if backend == "engine" else min(e.batch_size, g.eval_examples)
+            same = backend == "engine" and eval_rows == rows
+            stages["grpo_periodic_eval"] = Stage(
+                {
+                    **resident,
+                    **held,
+                    "eval_kv_cache": 0 if same else kv_bytes(shape, eval_rows, cache_len, 2 if merged else act),
+                    "logits": decode_logits_bytes(shape, eval_rows),
+                }
+            )
+    plan = Plan(recipe.model.name, recipe.profile, shape, on_cuda, card, stages, merged, backend, None, None, None)
+    plan.gpus = gpus
+    _add_timing(plan, recipe, rows, seq)
+    if on_cuda and verdicts:  # each card planned on its own: the engine's merge decision depends on the card
+        plan.verdicts = {
+            c.name: bool(make_plan(recipe, c, gpus, stock_trl, prompt_tokens, verdicts=False).fits(headroom=HEADROOM))
+            for c in CARDS
+        }
+    return plan
+
+
+# ----------------------------------------------------------------------------------------------
+# Time and cost
+# ----------------------------------------------------------------------------------------------
+
+# Decode with HF generate (and with the engine, until it is measured on a GPU) is bound by kernel
+# launches, not bandwidth, at these batch sizes: ms per decoder layer per decode step.
+_CALIBRATION = "H200, stock TRL 1.16 GRPO on Qwen2.5-3B, 64 rows (shared/calibration, 2026-11-28)"
+HF_GENERATE_MS_PER_LAYER = {
+    "nf4": (129.0 / 36, f"{_CALIBRATION}: NF4 HF generate at 496 tok/s"),
+    "none": (95.4 / 36, f"{_CALIBRATION}: bf16 HF generate at 671 tok/s"),
+}
+TRAIN_MFU = (0.30, "assumed share of the card's dense bf16 TFLOP/s reached by LoRA training steps (not measured)")
+CPU_GRPO_S_PER_TOKEN = (
+    3.6 * 60 / (4 * 2 * 4 * 176),
+    "make demo, 2-core AMD EPYC, SmolLM2-135M fp32: 4 GRPO steps of 2x4x176 tokens in 3.6 min (2026-11-28)",
+)
+
+
+def _add_timing(plan: Plan, recipe: Any, rows: int, seq: int) -> None:
+    g, shape = recipe.grpo, plan.shape
+    if not plan.on_cuda:
+        per_token, source = CPU_GRPO_S_PER_TOKEN
+        scale = shape.params / SHAPES["smollm2-135m-instruct"].params
+        plan.step_seconds = per_token * scale * rows * g.max_completion_length
+        plan.timing_sources = [source]
+        plan.run_hours = plan.step_seconds * g.max_steps / 3600
+        plan.usd = 0.0
+        return
+    card = plan.card
+    if card is None or not card.tflops:
+        return
+    mode = "none" if recipe.quantization.mode == "none" else "nf4"
+    ms_per_layer, gen_source = HF_GENERATE_MS_PER_LAYER[mode]
+    decode_s = max(ms_per_layer * shape.layers / 1000, weight_bytes(shape, mode, True, 2) / (card.bandwidth_gbs * 1e9))
+    generation = decode_s * g.max_completion_length
+    mfu, mfu_source = TRAIN_MFU
+    flops_per_token = (8 if recipe.model.gradient_checkpointing else 6) * shape.params
+    train = rows * seq * flops_per_token / (card.tflops * 1e12 * mfu)
+    plan.step_seconds = generation + train
+    evals = (g.max_steps // g.eval_every if g.eval_every else 0) * math.ceil(g.eval_examples / recipe.eval.batch_size)
+    final_evals = 2 * math.ceil(recipe.eval.examples / recipe.eval.batch_size)
+    eval_s = (evals * g.max_completion_length + final_evals * recipe.eval.max_new_tokens) * decode_s
+    sft_s = 0.0
+    if recipe.sft.enabled:
+        sft_tokens = recipe.sft.examples * recipe.sft.epochs * recipe.sft.max_length
+        sft_s = sft_tokens * flops_per_token / (card.tflops * 1e12 * mfu)
+    plan.run_hours = (plan.step_seconds * g.max_steps + eval_s + sft_s) / 3600
+    plan.timing_sources = [
+        f"decode: {gen_source}; taken as card-independent (launch-bound), or the card's bandwidth if slower",
+        f"training: {mfu_source}",
+        "engine decode speed: not yet measured on a GPU; planned at HF generate's rate (an upper bound on time)",
+    ]
+    from r1lite.cost import GPU_PRICES
+
+    hourly = recipe.cost.gpu_hourly_usd
+    if hourly is None and card.price:
+        hourly = GPU_PRICES.get(card.price)
+    plan.usd = None if hourly is None else plan.run_hours * hourly * plan.gpus
+
+
+# ----------------------------------------------------------------------------------------------
+# Refusing what cannot fit, and fitting it
+# ----------------------------------------------------------------------------------------------
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def auto_fit(recipe: Any, card: Card, headroom: float = HEADROOM) -> tuple[Any, dict[str, Any]]:
+    """The recipe with the largest micro-batch, eval batch and SFT batch (merged decoding if possible) that fit.
+
+    Only memory knobs move: the GRPO batch per step, completion length and learning schedule stay as
+    the recipe says (SFT keeps its effective batch through gradient accumulation). Returns the adjusted
+    recipe and the settings changed (none when it already fits).
+    """
+    if make_plan(recipe, card, verdicts=False).fits(headroom=headroom):
+        return recipe, {}
+    g, e, s = recipe.grpo, recipe.eval, recipe.sft
+    total = g.prompts_per_step * g.num_generations
+    merges = ["auto", "unmerged"] if g.rollout_merge != "unmerged" else ["unmerged"]
+    micros = sorted((d for d in _divisors(total) if d <= g.micro_batch_size), reverse=True)
+    evals = sorted({b for b in (e.batch_size, 32, 16, 8, 4, 2, 1) if b <= e.batch_size}, reverse=True)
+    sfts = _divisors(s.batch_size)[::-1]
+    for merge, micro, eval_batch, sft_batch in itertools.product(merges, micros, evals, sfts):
+        candidate = recipe.model_copy(
+            update={
+                "grpo": g.model_copy(update={"micro_batch_size": micro, "rollout_merge": merge}),
+                "eval": e.model_copy(update={"batch_size": eval_batch}),
+                "sft": s.model_copy(
+                    update={"batch_size": sft_batch, "grad_accum": s.grad_accum * (s.batch_size // sft_batch)}
+                ),
+            }
+        )
+        if make_plan(candidate, card, verdicts=False).fits(headroom=headroom):
+            return candidate, _changes(recipe, candidate)
+    raise R1liteError(
+        f"no micro-batch, merge mode or eval batch makes {recipe.model.name} fit {card.name} ({card.gib:.1f} GiB); "
+        "lower grpo.max_completion_length or grpo.prompts_per_step x grpo.num_generations, or use a smaller model"
+    )
+
+
+def _changes(before: Any, after: Any) -> dict[str, Any]:
+    out = {}
+    for section, key in (
+        ("grpo", "micro_batch_size"),
+        ("grpo", "rollout_merge"),
+        ("eval", "batch_size"),
+        ("sft", "batch_size"),
+        ("sft", "grad_accum"),
+    ):
+        old, new = getattr(getattr(before, section), key), getattr(getattr(after, section), key)
+        if old != new:
+            out[f"{section}.{key}"] = new
+    return out
+
+
+def check_fits(recipe: Any, card: Card) -> Plan:
+    """The plan, or one line naming the setting to change and the value that fits (with headroom)."""
+    plan = make_plan(recipe, card, verdicts=False)
+    if plan.fits():
+        return plan
+    try:
+        _, changes = auto_fit(recipe, card)
+    except R1liteError as e:
+        raise R1liteError(
+            f"{recipe.run_name} needs ~{plan.peak_gib:.1f} GiB at its peak ({plan.peak_stage}) but {card.name} has "
+            f"{card.gib:.1f} GiB; {e}"
+        ) from None
+    fix = " ".join(f"--set {k}={v}" for k, v in changes.items())
+    raise R1liteError(
+        f"{recipe.run_name} needs ~{plan.peak_gib:.1f} GiB at its peak ({plan.peak_stage}) but {card.name} has "
+        f"{card.gib:.1f} GiB; use {fix}, or --auto-fit to choose these for you"
+    )
+
+
+def detected_card(vram_gib: float | None = None) -> Card | None:
+    """The card this machine has (None without CUDA), or one of `vram_gib`."""
+    if vram_gib is not None:
+        return Card(f"{vram_gib:g} GiB card", vram_gib)
+    from r1lite.hardware import probe
+
+    hw = probe()
+    if not hw.cuda:
+        return None
+    from r1lite.cost import price_for
+
+    _, price_key = price_for(hw.gpu_name)
+    known = next((c for c in CARDS if price_key and c.price == price_key), None)
+    return (
+        replace(known, name=hw.gpu_name or known.name, gib=hw.gpu_total_gib)
+        if known
+        else Card(hw.gpu_name or "GPU", hw.gpu_total_gib)
+    )

@@ -1,0 +1,230 @@
+"""`r1lite plan`: the memory model against measurements (H200 stock TRL, CPU tiny models), the profiles
+against their cards, and the refusal / --auto-fit paths of the training commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from r1lite.cli.main import app
+from r1lite.errors import R1liteError
+from r1lite.plan import GIB, HEADROOM, Card, auto_fit, card_by_name, card_for_profile, make_plan, shape_for
+from r1lite.recipes import load_recipe, profiles_of
+
+runner = CliRunner()
+CALIBRATION = Path(__file__).resolve().parents[2] / "shared" / "calibration" / "h200-stock-trl-grpo.json"
+
+
+def calibration_runs() -> list[dict]:
+    if not CALIBRATION.is_file():
+        pytest.skip(f"{CALIBRATION} is not here (it ships in ../shared beside the checkout)")
+    return [r for r in json.loads(CALIBRATION.read_text())["runs"] if "continuous" not in r["generation"]]
+
+
+def test_plan_predicts_stock_trl_peaks_measured_on_an_h200():
+    """Told the calibration's configuration, the plan's tensor peak is within 15 % of max_memory_allocated."""
+    runs = calibration_runs()
+    assert len(runs) == 3
+    for run in runs:
+        mode = "nf4" if run["policy"].startswith("NF4") else "none"
+        recipe = load_recipe(
+            "countdown",
+            None,
+            [
+                "model.name=Qwen/Qwen2.5-3B",
+                f"quantization.mode={mode}",
+                "lora.r=16",
+                "lora.alpha=32",
+                "grpo.prompts_per_step=8",
+                "grpo.num_generations=8",
+                "grpo.micro_batch_size=64",
+                "grpo.max_completion_length=256",
+                "grpo.eval_every=0",
+                "sft.enabled=false",
+            ],
+        )
+        plan = make_plan(recipe, card_by_name("H200"), stock_trl=True, prompt_tokens=40)
+        predicted = max(s.tensor_bytes for s in plan.stages.values() if s is not plan.stages["eval"]) / GIB
+        assert predicted == pytest.approx(run["peak_gib"], rel=0.15), run
+        assert plan.stages["grpo_train"].parts["weights"] / GIB == pytest.approx(run["load_gib"], rel=0.15)
+
+
+@pytest.mark.slow
+def test_plan_predicts_a_cpu_grpo_step_of_a_tiny_model(tmp_path):
+    """The same model predicts a CPU run: the GRPO training step's peak tensor bytes, measured, within 20 %."""
+    import torch
+
+    from r1lite.memtrack import PeakTensorBytes
+    from r1lite.stages import data
+    from r1lite.stages.grpo import build_trainer
+    from r1lite.tiny import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "m", hidden=256, layers=4)
+    recipe = load_recipe(
+        "countdown",
+        "cpu",
+        [
+            f"model.name={model_dir}",
+            "data.dir=data/t",
+            "data.train_size=16",
+            "data.test_size=2",
+            "grpo.prompts_per_step=2",
+            "grpo.num_generations=4",
+            "grpo.micro_batch_size=8",
+            "grpo.max_completion_length=64",
+            "grpo.eval_every=0",
+            'grpo.trl={"generation_kwargs": {"eos_token_id": null, "suppress_tokens": null}}',
+            "tracking.wandb=disabled",
+        ],
+    )
+    data.run(recipe.data)
+    trainer = build_trainer(recipe, tmp_path / "run")
+    trainer.create_optimizer()
+    batch = [trainer.train_dataset[i] for i in (0, 0, 0, 0, 1, 1, 1, 1)]
+    trainer.model.train()
+    inputs = trainer._generate_and_score_completions(batch)
+    trainer.current_gradient_accumulation_steps = 1
+
+    def step() -> None:
+        trainer.compute_loss(trainer.model, inputs).backward()
+        trainer.optimizer.step()
+
+    step()  # the optimizer's state exists from the second step on
+    with PeakTensorBytes(trainer.model, trainer.optimizer) as measured:
+        step()
+    assert inputs["completion_ids"].shape[1] == 64 and trainer.args.bf16 is False
+    plan = make_plan(recipe, prompt_tokens=inputs["prompt_ids"].shape[1])
+    predicted = plan.stages["grpo_train"].tensor_bytes
+    print(f"\nplan {predicted / 2**20:.1f} MiB, measured {measured.peak / 2**20:.1f} MiB")
+    assert predicted == pytest.approx(measured.peak, rel=0.20), (predicted / 2**20, measured.peak / 2**20)
+    del trainer
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("profile", [p for p in profiles_of("countdown") if p.startswith("gpu-")])
+def test_every_gpu_profile_fits_its_card_with_headroom(profile):
+    plan = make_plan(load_recipe("countdown", profile, []), card_for_profile(profile))
+    assert plan.fits(headroom=HEADROOM), (profile, plan.peak_gib, plan.card)
+
+
+def test_plan_json_answers_offline_with_every_field(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = runner.invoke(app, ["plan", "countdown", "-p", "gpu-16gb", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert {"model", "profile", "card_gib", "peak_gib", "fits", "stages", "step_seconds", "run_hours", "usd"} <= set(out)
+    assert out["model"] == "Qwen/Qwen2.5-3B" and out["fits"] is True and out["card_gib"] == pytest.approx(15.6)
+    for stage in ("eval", "sft_step", "grpo_rollout", "grpo_train", "grpo_periodic_eval"):
+        assert out["stages"][stage]["peak_gib"] > 0 and out["stages"][stage]["parts"]
+    assert out["peak_gib"] == max(s["peak_gib"] for s in out["stages"].values())
+    assert out["step_seconds"] > 0 and out["run_hours"] > 0
+    assert set(out["cards"]) == {c for c in out["cards"]} and out["cards"]["H200"] is True
+
+
+def test_plan_text_and_card_options():
+    result = runner.invoke(app, ["plan", "countdown", "-p", "gpu-24gb", "--gpu", "12"])
+    assert result.exit_code == 0, result.output
+    assert "does NOT fit" in result.output and "grpo_train" in result.output
+    result = runner.invoke(app, ["plan", "countdown", "-p", "gpu-16gb", "--vram", "40", "--json"])
+    assert json.loads(result.output)["card_gib"] == 40
+    bad = runner.invoke(app, ["plan", "countdown", "--gpu", "9000"])
+    assert bad.exit_code == 2 and "unknown GPU '9000'" in bad.output
+
+
+def test_shapes_from_a_local_config_and_a_clear_error_for_unknown_models(tmp_path):
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            dict(
+                model_type="llama",
+                vocab_size=1000,
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+            )
+        )
+    )
+    shape = shape_for(str(tmp_path))
+    assert (shape.hidden, shape.kv_heads, shape.qkv_bias) == (64, 2, False)
+    assert shape.params == 1000 * 64 + 2 * (64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 128 + 2 * 64) + 64
+    assert shape_for("Qwen/Qwen2.5-3B-Instruct") == shape_for("Qwen/Qwen2.5-3B")
+    assert shape_for("Qwen/Qwen2.5-3B").params == pytest.approx(3.09e9, rel=0.01)  # the published 3.09B
+    with pytest.raises(R1liteError, match="does not know the shape of 'someone/else'"):
+        shape_for("someone/else")
+
+
+def test_auto_fit_changes_only_memory_knobs_and_fits_with_headroom():
+    recipe = load_recipe("countdown", "gpu-24gb", [])
+    card = card_by_name("12")
+    assert not make_plan(recipe, card).fits()
+    fitted, changes = auto_fit(recipe, card)
+    assert changes and set(changes) <= {
+        "grpo.micro_batch_size",
+        "grpo.rollout_merge",
+        "eval.batch_size",
+        "sft.batch_size",
+        "sft.grad_accum",
+    }
+    assert make_plan(fitted, card).fits(headroom=HEADROOM)
+    assert fitted.grpo.prompts_per_step == recipe.grpo.prompts_per_step
+    assert fitted.grpo.max_completion_length == recipe.grpo.max_completion_length
+    with pytest.raises(R1liteError, match="lower grpo.max_completion_length"):
+        auto_fit(recipe, Card("tiny card", 2.0))
+
+
+def fake_card(monkeypatch, gib: float) -> None:
+    from r1lite import plan
+
+    monkeypatch.setattr(plan, "detected_card", lambda vram_gib=None: Card(f"test card {gib} GiB", gib))
+
+
+def test_a_run_that_cannot_fit_is_refused_before_any_model_loads(monkeypatch, tmp_path):
+    from r1lite import models
+
+    fake_card(monkeypatch, 11.6)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    result = runner.invoke(app, ["run", "countdown", "-p", "gpu-24gb"])
+    assert result.exit_code == 2
+    assert "needs ~" in result.output and "--set grpo.micro_batch_size=" in result.output
+    assert "--auto-fit" in result.output
+    assert not (tmp_path / "runs").exists()
+    # --auto-fit makes it fit; the run then stops only because this machine has no CUDA
+    result = runner.invoke(app, ["--quiet", "grpo", "countdown", "-p", "gpu-24gb", "--auto-fit"])
+    assert "--auto-fit for test card" in result.output and "grpo.micro_batch_size=" in result.output
+    assert "needs ~" not in result.output
+
+
+def test_engine_reserve_is_the_plans_training_step(tmp_path):
+    """The rollout engine decides whether to merge from the same model of the training step as the plan."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from r1lite.plan import Shape, train_step_bytes
+    from r1lite.rollout import RolloutEngine, RolloutSettings
+    from r1lite.tiny import build_tokenizer
+
+    config = Qwen2Config(
+        vocab_size=151936,
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, target_modules="all-linear"))
+    settings = RolloutSettings(train_micro_batch=4, train_seq_len=1184, train_grad_ckpt=True, reserve_gib=0.0)
+    engine = RolloutEngine(model, build_tokenizer(), settings)
+    shape = Shape.from_config(config)
+    trainable = shape.lora_params(32, "all-linear")
+    assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert engine.train_reserve() == train_step_bytes(shape, trainable, 4, 1184, True, 2)
+    recipe = load_recipe("countdown", "gpu-12gb", [])
+    assert shape_for(recipe.model.name) == Shape.from_config(config, source=shape_for(recipe.model.name).source)
