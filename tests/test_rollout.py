@@ -395,8 +395,16 @@ def test_periodic_eval_adds_no_second_cache(tiny, tmp_path, training_engine):
     recipe = load_recipe(
         "countdown",
         "cpu",
-        [f"model.name={tiny}", "grpo.rollout=engine", "data.dir=data/t", "data.train_size=8", "data.test_size=4"]
-        + ["grpo.max_completion_length=8", "grpo.eval_examples=3", "eval.batch_size=4"],
+        [
+            f"model.name={tiny}",
+            "grpo.rollout=engine",
+            "data.dir=data/t",
+            "data.train_size=8",
+            "data.test_size=4",
+            "grpo.max_completion_length=8",
+            "grpo.eval_examples=3",
+            "eval.batch_size=4",
+        ],
     )
     data.run(recipe.data)
     model, tok = load(tiny, lora=True)
