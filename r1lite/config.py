@@ -36,10 +36,10 @@ class DataConfig(Section):
     num_max: int = Field(99, ge=1, description="largest number")
     target_min: int = Field(1, description="smallest target")
     target_max: int = Field(100, description="largest target")
-    prompt_format: Literal["base", "qwen-instruct", "chat"] = Field(
+    prompt_format: Literal["base", "qwen-instruct", "chat", "compact"] = Field(
         "base",
         description="'base': TinyZero's base-model template; 'qwen-instruct': its ChatML one; "
-        "'chat': the model's own chat template",
+        "'chat': the model's own chat template; 'compact': a one-line question (~40 tokens, for CPU runs)",
     )
     dir: str = Field("data/countdown", description="where train.jsonl, test.jsonl and manifest.json go")
 
@@ -97,6 +97,9 @@ class SFTConfig(Section):
     enabled: bool = Field(True, description="run the LoRA SFT warm-up before GRPO")
     examples: int = Field(2_000, ge=1, description="training problems turned into reasoning traces")
     max_dead_ends: int = Field(2, ge=0, description="at most this many failed tries per trace")
+    trace_style: Literal["search", "short"] = Field(
+        "search", description="search: tries, dead ends, back-ups and a check; short: the solution's steps and a check"
+    )
     epochs: float = Field(1.0, gt=0, description="passes over the traces (ignored when max_steps > 0)")
     max_steps: int = Field(-1, description="optimizer steps; -1: from epochs")
     learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate for the adapter")

@@ -81,6 +81,73 @@ def plot_curves(run_dirs: list[Path], out: Path, stage: str = "grpo") -> Path | 
     return out
 
 
+BEHAVIOUR = [
+    ("completion_length", "completion length (tokens)"),
+    ("search_rate", "share showing search (tries, back-ups, checks)"),
+    ("self_check_rate", "share checking its own result"),
+    ("accuracy", "accuracy (train samples)"),
+]
+
+
+def plot_behaviour(run_dir: Path, out: Path) -> Path | None:
+    """The "aha" curves: how long the model reasons, and how often it searches and checks, step by step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    keys = [(k, label) for k, label in BEHAVIOUR if series(run_dir, "grpo", k)[0]]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.0), squeeze=False)
+    for ax, (key, label) in zip(axes.flat, keys, strict=True):
+        steps, values = series(run_dir, "grpo", key)
+        ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, color="tab:purple")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("GRPO step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    fig.suptitle("behaviour during GRPO", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def diagnostics_raised(run_dir: Path) -> dict[str, tuple[int, int, str]]:
+    """Each diagnostic that held at some GRPO step: (first step, steps held, latest message)."""
+    raised: dict[str, tuple[int, int, str]] = {}
+    for row in metrics(run_dir, "grpo"):
+        for name, message in (row.get("diagnostics") or {}).items():
+            first, held, _ = raised.get(name, (row["step"], 0, ""))
+            raised[name] = (first, held + 1, message)
+    return raised
+
+
+def side_by_side(run_dir: Path, n: int = 6, width: int = 400) -> list[str]:
+    """Markdown rows: the same held-out problems, base vs trained completion, each with its reward reason.
+
+    Problems the trained model got right come first, then ones where the answer changed, then the rest.
+    """
+    base_path, final_path = run_dir / "eval/base.jsonl", run_dir / "eval/final.jsonl"
+    if not (base_path.is_file() and final_path.is_file()):
+        return []
+    pairs = list(zip(read_jsonl(base_path), read_jsonl(final_path), strict=False))
+    pairs.sort(key=lambda p: (not p[1]["correct"], p[0]["completion"] == p[1]["completion"]))
+
+    def cell(row: dict[str, Any]) -> str:
+        text = row["completion"].strip().replace("|", "¦").replace("\n", " ⏎ ")
+        text = text if len(text) <= width else text[: width // 2] + " … " + text[-width // 2 :]
+        mark = "✓" if row["correct"] else "✗"
+        return f"{mark} {row['reason']}: `{text}`"
+
+    out = ["| problem | base | trained |", "|---|---|---|"]
+    for before, after in pairs[:n]:
+        out.append(f"| {before['nums']} → {before['target']} | {cell(before)} | {cell(after)} |")
+    return out
+
+
 def plot_sft(run_dir: Path, out: Path) -> Path | None:
     import matplotlib
 
@@ -155,6 +222,7 @@ def build_report(run_dir: Path) -> Path:
         p
         for p in (
             plot_curves([run_dir], plots_dir / "grpo_curves.png"),
+            plot_behaviour(run_dir, plots_dir / "grpo_behaviour.png"),
             plot_sft(run_dir, plots_dir / "sft_loss.png"),
             plot_eval(before, after, plots_dir / "eval_before_after.png") if before and after else None,
         )
@@ -174,6 +242,17 @@ def build_report(run_dir: Path) -> Path:
             if key in before and key in after:
                 md.append(f"| {key} | {_fmt(key, before[key])} | {_fmt(key, after[key])} |")
         md.append("")
+    samples = side_by_side(run_dir)
+    if samples:
+        md += ["## Before and after, same problems", "", *samples, ""]
+    raised = diagnostics_raised(run_dir)
+    md += ["## Diagnostics", ""]
+    if raised:
+        md += ["| diagnostic | first step | steps | latest message |", "|---|---|---|---|"]
+        md += [f"| {name} | {first} | {held} | {msg} |" for name, (first, held, msg) in raised.items()]
+    else:
+        md.append("No GRPO diagnostic was raised." if metrics(run_dir, "grpo") else "No GRPO metrics yet.")
+    md.append("")
     md += ["## Cost", "", "| stage | wall time | GPU-hours | USD |", "|---|---|---|---|"]
     for stage, row in [*cost["stages"].items(), ("**total**", cost["total"])]:
         usd = "n/a" if row["usd"] is None else f"${row['usd']:.2f}"

@@ -44,8 +44,15 @@ def build_tokenizer(vocab_size: int = 400):
     return fast
 
 
-def build_tiny_model(out: str | Path, arch: str = "qwen2", hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
-    """Save a random-weight causal LM + tokenizer to `out` and return the folder."""
+def build_tiny_model(
+    out: str | Path, arch: str = "qwen2", hidden: int = 64, layers: int = 2, seed: int = 0, init_std: float = 0.02
+) -> Path:
+    """Save a random-weight causal LM + tokenizer to `out` and return the folder.
+
+    `init_std` is the weights' initial standard deviation. At the usual 0.02 a tiny model's logits stay
+    within about +-1 whatever its hidden state, so RL cannot make any token likely; learning tests
+    use a larger one so a reward's optimum is reachable.
+    """
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
@@ -64,6 +71,7 @@ def build_tiny_model(out: str | Path, arch: str = "qwen2", hidden: int = 64, lay
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         bos_token_id=None,
+        initializer_range=init_std,
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

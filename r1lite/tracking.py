@@ -30,6 +30,8 @@ KEY_MAP = {
     "reward_std": "reward_std",
     "rewards/countdown_equation/mean": "accuracy",
     "rewards/think_format/mean": "format_rate",
+    "rewards/search_behaviour/mean": "search_rate",
+    "rewards/self_check/mean": "self_check_rate",
     "completions/mean_length": "completion_length",
     "kl": "kl",
     "learning_rate": "learning_rate",
@@ -197,6 +199,7 @@ class RunMonitor(TrainerCallback):
         total_steps: int,
         rewards: list[Any] | None = None,
         sample_every: int = 10,
+        diagnostics: Any = None,
     ) -> None:
         self.stage, self.path, self.tracker = stage, Path(out) / "metrics.jsonl", tracker or Tracker()
         self.total, self.rewards, self.sample_every = total_steps, rewards or [], sample_every
@@ -206,6 +209,7 @@ class RunMonitor(TrainerCallback):
         self._live: Any = None
         self._bar: Any = None
         self._step0 = 0
+        self.diagnostics = diagnostics  # r1lite.diagnostics.Diagnostics, for GRPO
 
     # -- events --------------------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -238,9 +242,19 @@ class RunMonitor(TrainerCallback):
         if mem is not None:
             m["gpu_mem_gib"] = mem
         step = state.global_step
-        append_jsonl(self.path, {"stage": self.stage, "step": step, "elapsed_s": round(now - self.start, 2), **m})
+        summary_line = any(k.startswith("train_") for k in m)  # the Trainer's end-of-run summary
+        record: dict[str, Any] = {"stage": self.stage, "step": step, "elapsed_s": round(now - self.start, 2), **m}
+        if self.diagnostics is not None and not summary_line:
+            for finding in self.diagnostics.update(m):
+                ui.warn(f"{self.stage} step {step}: {finding.message} [{finding.name}]")
+            if self.diagnostics.active:
+                record["diagnostics"] = dict(self.diagnostics.active)
+            from r1lite.diagnostics import CHECKS
+
+            m = {**m, **{f"diagnostics/{name}": float(name in self.diagnostics.active) for name in CHECKS}}
+        append_jsonl(self.path, record)
         self.tracker.log(self.stage, m, step)
-        if not any(k.startswith("train_") for k in m):  # skip the Trainer's end-of-run summary
+        if not summary_line:
             self.latest = m
         sample = self._sample()
         if sample and step % self.sample_every == 0:
@@ -291,6 +305,9 @@ class RunMonitor(TrainerCallback):
         for i in range(0, len(row), 4):
             table.add_row(*row[i : i + 4])
         parts: list[Any] = [self._bar, table]
+        if self.diagnostics is not None and self.diagnostics.active:
+            lines = "\n".join(f"[bold]{name}[/]: {msg}" for name, msg in self.diagnostics.active.items())
+            parts.append(Panel(lines, title="diagnostics", title_align="left", border_style="yellow"))
         sample = self._sample()
         if sample:
             text = sample["completion"][-600:]

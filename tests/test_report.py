@@ -78,10 +78,17 @@ def test_report_matches_metrics(tiny_run):
     result = runner.invoke(app, ["report", str(run_dir)])
     assert result.exit_code == 0, result.output
     html, md = (run_dir / "report.html").read_text(), (run_dir / "report.md").read_text()
-    for name in ("grpo_curves.png", "sft_loss.png", "eval_before_after.png"):
+    for name in ("grpo_curves.png", "grpo_behaviour.png", "sft_loss.png", "eval_before_after.png"):
         data = (run_dir / "plots" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
-    assert html.count("data:image/png;base64,") == 3
+    assert html.count("data:image/png;base64,") == 4
+    # the same held-out problems before and after, each completion with its reward reason
+    assert "## Before and after, same problems" in md
+    base_rows = read_jsonl(run_dir / "eval/base.jsonl")
+    assert any(f"| {r['nums']} → {r['target']} |" in md and r["reason"] in md for r in base_rows)
+    # the tiny random model never stops: every completion is cut at max_completion_length
+    assert "| truncated | 1 | 3 |" in md and "raise grpo.max_completion_length" in md
+    assert series(run_dir, "grpo", "search_rate")[0] == [1, 2, 3]  # behaviour curves, via weight-0 rewards
     final = read_json(run_dir / "eval/final.json")
     assert f"| accuracy | {read_json(run_dir / 'eval/base.json')['accuracy']:.1%} | {final['accuracy']:.1%} |" in md
     rows = [r for r in read_jsonl(run_dir / "grpo/metrics.jsonl") if "reward" in r]

@@ -108,10 +108,13 @@ def trainer_args(recipe: Recipe, out: Path, on_cuda: bool, backend: str) -> Any:
     return build_trl_config(GRPOConfig, ours, g.trl, "grpo")
 
 
+LOGGED = ("countdown_equation", "think_format", "search_behaviour", "self_check")
+
+
 def reward_plan(recipe: Recipe) -> list[tuple[str, float]]:
-    """The recipe's weighted rewards, plus accuracy and format at weight 0 so TRL logs them every step."""
+    """The recipe's weighted rewards, plus accuracy, format and behaviours at weight 0 so TRL logs them every step."""
     plan = [(r.name, r.weight) for r in recipe.grpo.rewards]
-    return plan + [(name, 0.0) for name in ("countdown_equation", "think_format") if name not in dict(plan)]
+    return plan + [(name, 0.0) for name in LOGGED if name not in dict(plan)]
 
 
 def build_trainer(
@@ -124,6 +127,7 @@ def build_trainer(
     """A ready GRPOTrainer for the recipe (used by `run` and by the benchmark)."""
     from datasets import Dataset
 
+    from r1lite.diagnostics import Diagnostics
     from r1lite.grpo_trainer import GRPOTrainer
     from r1lite.models import keep_fp32_adapters, load_model, load_tokenizer, lora_config, pick_device, resolve_model
     from r1lite.rewards import trl_reward_funcs
@@ -165,7 +169,15 @@ def build_trainer(
     keep_fp32_adapters(trainer.model)  # TRL stores adapters in bf16 on a quantized base
     quiet_library_output(trainer)
     trainer.add_callback(
-        RunMonitor("grpo", out, tracker, recipe.grpo.max_steps, reward_funcs, recipe.tracking.sample_every)
+        RunMonitor(
+            "grpo",
+            out,
+            tracker,
+            recipe.grpo.max_steps,
+            reward_funcs,
+            recipe.tracking.sample_every,
+            diagnostics=Diagnostics(recipe),
+        )
     )
     trainer.add_callback(PeriodicEval(recipe, tokenizer, out / "metrics.jsonl", recipe.grpo.eval_every, tracker))
     for callback in callbacks or []:

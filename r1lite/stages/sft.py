@@ -29,7 +29,7 @@ def build_dataset(recipe: Recipe, tokenizer: Any) -> list[dict[str, str]]:
     rows = []
     for ex in data.load_split(recipe.data, "train")[: recipe.sft.examples]:
         prompt = countdown.render_prompt(ex["nums"], ex["target"], recipe.data.prompt_format, tokenizer)
-        trace = countdown.make_trace(ex["nums"], ex["target"], rng, recipe.sft.max_dead_ends)
+        trace = countdown.make_trace(ex["nums"], ex["target"], rng, recipe.sft.max_dead_ends, recipe.sft.trace_style)
         rows.append({"prompt": prompt, "completion": trace})
     return rows
 

@@ -231,16 +231,24 @@ def _dead_ends(nums: list[int], target: int, rng: random.Random) -> list[tuple[V
     return moves
 
 
-def make_trace(nums: Sequence[int], target: int, rng: random.Random, max_dead_ends: int = 2) -> str:
+def make_trace(
+    nums: Sequence[int], target: int, rng: random.Random, max_dead_ends: int = 2, style: str = "search"
+) -> str:
     """A `<think>` body that tries moves, verifies them, backs up, then finds and checks an answer.
 
     Every number in it is computed exactly, so the trace never teaches wrong arithmetic. The text
     continues a prompt that ends in `<think>` and ends with `</think>\\n<answer>EXPR</answer>`.
+    `style="short"` keeps only the solution's steps and a one-line check (~40% of the tokens), for
+    warm-ups that must be cheap (the CPU demo).
     """
     nums = [int(n) for n in nums]
     tree = _solve_tree(nums, target)
     if tree is None:
         raise ValueError(f"{nums} cannot make {target}")
+    if style == "short":
+        steps = [f"Try {a} {op} {b} = {v}." for a, op, b, v in _steps(tree)]
+        expr = show(tree)
+        return "\n" + "\n".join([*steps, f"Check: {expr} = {target}."]) + f"\n</think>\n<answer>{expr}</answer>"
     lines = [f"\nWe need {target} from {_fmt(nums)}, using each number once."]
     for a, op, b, v in _dead_ends(nums, target, rng)[: rng.randint(0, max_dead_ends)]:
         rest = [*_remove(nums, a, b), v]
@@ -273,7 +281,9 @@ _SYSTEM = (
     "provides the user with the answer."
 )
 ASSISTANT_PREFIX = "Let me solve this step by step.\n<think>"
-PROMPT_FORMATS = ("base", "qwen-instruct", "chat")
+PROMPT_FORMATS = ("base", "qwen-instruct", "chat", "compact")
+# not TinyZero's: a one-line question for runs where prompt tokens are the cost (the 2-core CPU demo)
+_COMPACT = "Make {target} from {nums} with + - * /, each number once. Answer in <answer></answer>."
 
 
 def base_prompt(nums: Sequence[int], target: int) -> str:
@@ -317,6 +327,12 @@ def render_prompt(nums: Sequence[int], target: int, fmt: str, tokenizer: Any = N
             raise ValueError("prompt format 'chat' needs a tokenizer with a chat template; use 'base'")
         text = tokenizer.apply_chat_template(chat_messages(nums, target), tokenize=False, add_generation_prompt=True)
         return text + ASSISTANT_PREFIX
+    if fmt == "compact":
+        question = _COMPACT.format(nums=list(nums), target=target)
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            return f"{question}\n<think>"
+        messages = [{"role": "user", "content": question}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + "<think>"
     raise ValueError(f"unknown prompt format {fmt!r}; choose one of {', '.join(PROMPT_FORMATS)}")
 
 
@@ -423,3 +439,25 @@ def shows_search(completion: str) -> bool:
     """True when the reasoning tries alternatives or verifies a result (two or more such cues)."""
     think = completion.split("</think>", 1)[0]
     return len(_SEARCH.findall(think)) >= 2
+
+
+_SELF_CHECK = re.compile(r"\b(check|checking|verify|verified|double[- ]check|confirm|wait)\b", re.I)
+
+
+def self_checks(completion: str) -> bool:
+    """True when the reasoning checks its own result ("Check: ...", "let me verify", "wait")."""
+    return bool(_SELF_CHECK.search(completion.split("</think>", 1)[0]))
+
+
+# Behaviour as rewards, so GRPO logs them every step at weight 0: the curves of the "aha" moment.
+@register("search_behaviour")
+def search_behaviour(completion: str, nums: Sequence[int] = (), target: int = 0) -> tuple[float, str]:
+    """1.0 when the reasoning tries alternatives or verifies (see `shows_search`); a behaviour, not correctness."""
+    n = len(_SEARCH.findall(completion.split("</think>", 1)[0]))
+    return (1.0 if n >= 2 else 0.0), f"{n} search cue{'s' * (n != 1)}"
+
+
+@register("self_check")
+def self_check_behaviour(completion: str, nums: Sequence[int] = (), target: int = 0) -> tuple[float, str]:
+    """1.0 when the reasoning checks its own result; a behaviour, not correctness."""
+    return (1.0, "checks its result") if self_checks(completion) else (0.0, "no self-check")
