@@ -392,8 +392,8 @@ def make_plan(
     merged: bool | None = None
     rollout_parts: dict[str, int]
     if backend == "engine":
-        copy = shape.params * 2
-        merged_need = copy + kv_bytes(shape, rows, cache_len, 2) + decode_logits_bytes(shape, rows)
+        copy = shape.params * compute_bytes  # the engine's dense copy is in the compute dtype
+        merged_need = copy + kv_bytes(shape, rows, cache_len, compute_bytes) + decode_logits_bytes(shape, rows)
         if g.rollout_merge == "auto":  # RolloutEngine.choose_merge's rule: the training step and headroom fit beside it
             need = sum(resident.values()) + merged_need + sum(train.values())
             merged = card is None or Stage({"all": need}).peak_gib(on_cuda) <= card.gib * (1 - HEADROOM)
@@ -401,7 +401,7 @@ def make_plan(
             merged = g.rollout_merge == "merged"
         rollout_parts = {
             "merged_copy": copy if merged else 0,
-            "kv_cache": kv_bytes(shape, rows, cache_len, 2 if merged else act),
+            "kv_cache": kv_bytes(shape, rows, cache_len, compute_bytes if merged else act),
             "graph_pool": rows * (shape.vocab * 4 + (8 * shape.hidden + 4 * shape.intermediate) * 2)
             if on_cuda and g.rollout_compile
             else 0,
@@ -419,8 +419,8 @@ def make_plan(
     stages["eval"] = Stage(
         {
             **infer_weights,
-            "merged_copy": shape.params * 2 if eval_merged else 0,
-            "kv_cache": kv_bytes(shape, e.batch_size, eval_cache, 2 if eval_merged else act),
+            "merged_copy": shape.params * compute_bytes if eval_merged else 0,
+            "kv_cache": kv_bytes(shape, e.batch_size, eval_cache, compute_bytes if eval_merged else act),
             "logits": decode_logits_bytes(shape, e.batch_size),
         }
     )
@@ -441,7 +441,9 @@ def make_plan(
                 {
                     **resident,
                     **held,
-                    "eval_kv_cache": 0 if same else kv_bytes(shape, eval_rows, cache_len, 2 if merged else act),
+                    "eval_kv_cache": 0
+                    if same
+                    else kv_bytes(shape, eval_rows, cache_len, compute_bytes if merged else act),
                     "logits": decode_logits_bytes(shape, eval_rows),
                 }
             )
@@ -468,21 +470,28 @@ HF_GENERATE_MS_PER_LAYER = {
     "none": (95.4 / 36, f"{_CALIBRATION}: bf16 HF generate at 671 tok/s"),
 }
 TRAIN_MFU = (0.30, "assumed share of the card's dense bf16 TFLOP/s reached by LoRA training steps (not measured)")
-CPU_GRPO_S_PER_TOKEN = (
-    3.6 * 60 / (4 * 2 * 4 * 176),
-    "make demo, 2-core AMD EPYC, SmolLM2-135M fp32: 4 GRPO steps of 2x4x176 tokens in 3.6 min (2026-11-28)",
-)
+# CPU throughput of SmolLM2-135M in fp32 on 2 cores, scaled by parameter count for other models
+CPU_SOURCE = "2-core AMD EPYC, SmolLM2-135M fp32, make demo (2026-11-29)"
+CPU_TRAIN_S_PER_TOKEN = 1 / 230  # SFT and GRPO training, prompt + completion tokens
+CPU_DECODE_S_PER_STEP = 0.10  # one decode step of a batch of up to 32 rows
+
+
+def _add_cpu_timing(plan: Plan, recipe: Any, rows: int, seq: int) -> None:
+    g, e = recipe.grpo, recipe.eval
+    scale = plan.shape.params / SHAPES["smollm2-135m-instruct"].params
+    train_s, decode_s = CPU_TRAIN_S_PER_TOKEN * scale, CPU_DECODE_S_PER_STEP * scale
+    plan.step_seconds = g.max_completion_length * decode_s * math.ceil(rows / 32) + rows * seq * train_s
+    sft_s = recipe.sft.examples * recipe.sft.epochs * (PROMPT_TOKENS + 100) * train_s if recipe.sft.enabled else 0
+    eval_s = 2 * math.ceil(e.examples / min(e.batch_size, 32)) * e.max_new_tokens * decode_s
+    plan.run_hours = (plan.step_seconds * g.max_steps + sft_s + eval_s) / 3600
+    plan.usd = 0.0
+    plan.timing_sources = [f"CPU: {CPU_SOURCE}; scaled by parameter count for other models"]
 
 
 def _add_timing(plan: Plan, recipe: Any, rows: int, seq: int) -> None:
     g, shape = recipe.grpo, plan.shape
     if not plan.on_cuda:
-        per_token, source = CPU_GRPO_S_PER_TOKEN
-        scale = shape.params / SHAPES["smollm2-135m-instruct"].params
-        plan.step_seconds = per_token * scale * rows * g.max_completion_length
-        plan.timing_sources = [source]
-        plan.run_hours = plan.step_seconds * g.max_steps / 3600
-        plan.usd = 0.0
+        _add_cpu_timing(plan, recipe, rows, seq)
         return
     card = plan.card
     if card is None or not card.tflops:

@@ -45,7 +45,7 @@ def _print(p) -> None:
     d = p.as_dict()
     title = f"{p.model} ({d['profile'] or 'no profile'}), {d['device']}, rollouts by {p.rollout}"
     if p.merged is not None:
-        title += f", LoRA {'merged into a bf16 copy' if p.merged else 'unmerged'} for decoding"
+        title += f", LoRA {'merged into a dense copy' if p.merged else 'unmerged'} for decoding"
     table = Table("stage", "peak GiB", "largest parts (GiB)", title=title)
     for name, stage in d["stages"].items():
         parts = sorted(stage["parts"].items(), key=lambda kv: -kv[1])
