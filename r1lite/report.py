@@ -105,6 +105,8 @@ def plot_behaviour(run_dir: Path, out: Path) -> Path | None:
         steps, values = series(run_dir, "grpo", key)
         ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, color="tab:purple")
         ax.set_title(label, fontsize=9)
+        if key != "completion_length":  # shares
+            ax.set_ylim(-0.05, 1.05)
         ax.set_xlabel("GRPO step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)

@@ -316,7 +316,7 @@ class RolloutEngine:
         self._merged: Any = None  # one dense copy, shared by every batch size's state
         self.last_choice = ""
         self.pinned = False  # the GRPO trainer's engine: `release_engines` leaves it to the trainer
-        self.grouped_attention = use_grouped_decode_attention(model)
+        use_grouped_decode_attention(model)
         _LIVE.add(self)
 
     def close(self) -> None:
@@ -535,9 +535,7 @@ class RolloutEngine:
 # Every engine alive, for tests and diagnostics; weak, so it keeps none of them alive.
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 _ENGINES_ATTR = "_r1lite_engines"
-
-
-_SAMPLING = ("temperature", "top_p", "top_k", "greedy")
+_SAMPLING = ("temperature", "top_p", "top_k", "greedy")  # per call, not part of an engine's identity
 
 
 def engine_for(model: Any, tokenizer: Any, settings: RolloutSettings) -> RolloutEngine:
@@ -592,10 +590,9 @@ def _compute_dtype(model: Any) -> torch.dtype:
 # ----------------------------------------------------------------------------------------------
 
 
-PROMPT_TOKENS_ESTIMATE = 256  # a rendered Countdown prompt is ~150 tokens; TRL pads a batch to its longest
-
-
 def settings_from_recipe(recipe: Any) -> RolloutSettings:
+    from r1lite.plan import PROMPT_TOKENS
+
     g = recipe.grpo
     return RolloutSettings(
         max_new_tokens=g.max_completion_length,
@@ -605,7 +602,7 @@ def settings_from_recipe(recipe: Any) -> RolloutSettings:
         merge=g.rollout_merge,
         compile=g.rollout_compile,
         train_micro_batch=g.micro_batch_size,
-        train_seq_len=PROMPT_TOKENS_ESTIMATE + g.max_completion_length,
+        train_seq_len=PROMPT_TOKENS + g.max_completion_length,
         train_grad_ckpt=recipe.model.gradient_checkpointing,
     )
 
