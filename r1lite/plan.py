@@ -26,6 +26,14 @@ from r1lite.errors import R1liteError
 
 GIB = 2**30
 PROMPT_TOKENS = 160  # a rendered Countdown prompt is ~140 Qwen tokens; chat templates add ~20
+COMPACT_PROMPT_TOKENS = 70  # data.prompt_format=compact, with SmolLM2's default system prompt
+
+
+def prompt_tokens_for(recipe: Any) -> int:
+    """The longest prompt of a batch, estimated from the recipe's prompt format."""
+    return COMPACT_PROMPT_TOKENS if recipe.data.prompt_format == "compact" else PROMPT_TOKENS
+
+
 CUDA_CONTEXT_GIB = 0.6  # CUDA context + cuBLAS workspace, outside max_memory_allocated
 ALLOCATOR_SLACK = 0.05  # fragmentation of PyTorch's caching allocator, share of tensor bytes
 HEADROOM = 0.10  # a plan "fits comfortably" with this share of the card left over
@@ -354,14 +362,16 @@ def make_plan(
     card: Card | None = None,
     gpus: int = 1,
     stock_trl: bool = False,
-    prompt_tokens: int = PROMPT_TOKENS,
+    prompt_tokens: int | None = None,
     verdicts: bool = True,
 ) -> Plan:
     """Every stage's memory, the engine's merge decision, step time, run time and cost for `recipe`.
 
     `stock_trl` models TRL 1.16 as it comes (adapters cast to bf16 on a quantized base, HF generate),
-    which is what the calibration measurements ran; `prompt_tokens` is the longest prompt of a batch.
+    which is what the calibration measurements ran; `prompt_tokens` is the longest prompt of a batch
+    (default: estimated from the prompt format).
     """
+    prompt_tokens = prompt_tokens or prompt_tokens_for(recipe)
     shape = shape_for(recipe.model.name)
     on_cuda = recipe.model.device != "cpu"
     dtype_bytes = 2 if on_cuda and recipe.model.dtype in ("auto", "bfloat16", "float16") else 4
@@ -449,7 +459,7 @@ def make_plan(
             )
     plan = Plan(recipe.model.name, recipe.profile, shape, on_cuda, card, stages, merged, backend, None, None, None)
     plan.gpus = gpus
-    _add_timing(plan, recipe, rows, seq)
+    _add_timing(plan, recipe, rows, seq, prompt_tokens)
     if on_cuda and verdicts:  # each card planned on its own: the engine's merge decision depends on the card
         plan.verdicts = {
             c.name: bool(make_plan(recipe, c, gpus, stock_trl, prompt_tokens, verdicts=False).fits(headroom=HEADROOM))
@@ -476,22 +486,23 @@ CPU_TRAIN_S_PER_TOKEN = 1 / 130  # SFT and GRPO training, prompt + completion to
 CPU_DECODE_S_PER_STEP = 0.20  # one decode step of a batch of up to 32 rows, the engine on CPU
 
 
-def _add_cpu_timing(plan: Plan, recipe: Any, rows: int, seq: int) -> None:
+def _add_cpu_timing(plan: Plan, recipe: Any, rows: int, seq: int, prompt: int) -> None:
     g, e = recipe.grpo, recipe.eval
     scale = plan.shape.params / SHAPES["smollm2-135m-instruct"].params
     train_s, decode_s = CPU_TRAIN_S_PER_TOKEN * scale, CPU_DECODE_S_PER_STEP * scale
     plan.step_seconds = g.max_completion_length * decode_s * math.ceil(rows / 32) + rows * seq * train_s
-    sft_s = recipe.sft.examples * recipe.sft.epochs * (PROMPT_TOKENS + 100) * train_s if recipe.sft.enabled else 0
+    sft_tokens = min(prompt + (60 if recipe.sft.trace_style == "short" else 150), recipe.sft.max_length)
+    sft_s = recipe.sft.examples * recipe.sft.epochs * sft_tokens * train_s if recipe.sft.enabled else 0
     eval_s = 2 * math.ceil(e.examples / min(e.batch_size, 32)) * e.max_new_tokens * decode_s
     plan.run_hours = (plan.step_seconds * g.max_steps + sft_s + eval_s) / 3600
     plan.usd = 0.0
     plan.timing_sources = [f"CPU: {CPU_SOURCE}; scaled by parameter count for other models"]
 
 
-def _add_timing(plan: Plan, recipe: Any, rows: int, seq: int) -> None:
+def _add_timing(plan: Plan, recipe: Any, rows: int, seq: int, prompt: int) -> None:
     g, shape = recipe.grpo, plan.shape
     if not plan.on_cuda:
-        _add_cpu_timing(plan, recipe, rows, seq)
+        _add_cpu_timing(plan, recipe, rows, seq, prompt)
         return
     card = plan.card
     if card is None or not card.tflops:

@@ -591,7 +591,7 @@ def _compute_dtype(model: Any) -> torch.dtype:
 
 
 def settings_from_recipe(recipe: Any) -> RolloutSettings:
-    from r1lite.plan import PROMPT_TOKENS
+    from r1lite.plan import prompt_tokens_for
 
     g = recipe.grpo
     return RolloutSettings(
@@ -602,7 +602,7 @@ def settings_from_recipe(recipe: Any) -> RolloutSettings:
         merge=g.rollout_merge,
         compile=g.rollout_compile,
         train_micro_batch=g.micro_batch_size,
-        train_seq_len=PROMPT_TOKENS + g.max_completion_length,
+        train_seq_len=prompt_tokens_for(recipe) + g.max_completion_length,
         train_grad_ckpt=recipe.model.gradient_checkpointing,
     )
 
