@@ -15,12 +15,12 @@ from r1lite.plan import GIB, HEADROOM, Card, auto_fit, card_by_name, card_for_pr
 from r1lite.recipes import load_recipe, profiles_of
 
 runner = CliRunner()
-CALIBRATION = Path(__file__).resolve().parents[2] / "shared" / "calibration" / "h200-stock-trl-grpo.json"
+# measured on an H200 (2026-11-28); a copy of ../shared/calibration/h200-stock-trl-grpo.json, so the test
+# runs wherever the repository does
+CALIBRATION = Path(__file__).resolve().parent / "data" / "h200-stock-trl-grpo.json"
 
 
 def calibration_runs() -> list[dict]:
-    if not CALIBRATION.is_file():
-        pytest.skip(f"{CALIBRATION} is not here (it ships in ../shared beside the checkout)")
     return [r for r in json.loads(CALIBRATION.read_text())["runs"] if "continuous" not in r["generation"]]
 
 
@@ -205,14 +205,15 @@ def test_engine_reserve_is_the_plans_training_step(tmp_path):
     from r1lite.rollout import RolloutEngine, RolloutSettings
     from r1lite.tiny import build_tokenizer
 
+    s = shape_for("Qwen/Qwen2.5-1.5B")
     config = Qwen2Config(
-        vocab_size=151936,
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_hidden_layers=28,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
+        vocab_size=s.vocab,
+        hidden_size=s.hidden,
+        intermediate_size=s.intermediate,
+        num_hidden_layers=s.layers,
+        num_attention_heads=s.heads,
+        num_key_value_heads=s.kv_heads,
+        tie_word_embeddings=s.tied,
     )
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
@@ -223,5 +224,4 @@ def test_engine_reserve_is_the_plans_training_step(tmp_path):
     trainable = shape.lora_params(32, "all-linear")
     assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert engine.train_reserve() == train_step_bytes(shape, trainable, 4, 1184, True, 2)
-    recipe = load_recipe("countdown", "gpu-12gb", [])
-    assert shape_for(recipe.model.name) == Shape.from_config(config, source=shape_for(recipe.model.name).source)
+    assert Shape.from_config(config, source=s.source) == s  # the config round-trips into the plan's shape
