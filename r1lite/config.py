@@ -138,6 +138,11 @@ class GRPOConfig(Section):
         "in free GPU memory), or decode the (4-bit) model + LoRA unmerged",
     )
     rollout_compile: bool = Field(True, description="engine only: capture the decode step (CUDA graphs) on CUDA")
+    vllm_mode: Literal["colocate", "server"] = Field(
+        "colocate",
+        description="rollout=vllm only: colocate (vLLM shares each training GPU) or server (a `trl vllm-serve` "
+        "process on other GPUs); TRL's vllm_mode",
+    )
     rollout_is_cap: float = Field(
         2.0,
         ge=0,
@@ -165,6 +170,14 @@ class GRPOConfig(Section):
                 f"({total}); try {max(d for d in range(1, self.micro_batch_size + 1) if total % d == 0)}"
             )
         return self
+
+
+class DistributedConfig(Section):
+    strategy: Literal["ddp", "zero2", "zero3"] = Field(
+        "ddp",
+        description="with --gpus N: ddp (replicate the policy), zero2 (shard optimizer state) or zero3 (shard "
+        "weights too; not with a 4-bit policy); recipes/accelerate/<strategy>.yaml is the accelerate config",
+    )
 
 
 class EvalConfig(Section):
@@ -203,6 +216,7 @@ class Recipe(Section):
     sft: SFTConfig = SFTConfig()
     grpo: GRPOConfig = GRPOConfig()
     eval: EvalConfig = EvalConfig()
+    distributed: DistributedConfig = DistributedConfig()
     tracking: TrackingConfig = TrackingConfig()
     cost: CostConfig = CostConfig()
 
@@ -218,6 +232,21 @@ def check_trl_keys(cls: type, extra: dict[str, Any], section: str) -> None:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"; did you mean '{section}.trl.{close[0]}'?" if close else ""
             raise RecipeError(f"'{section}.trl.{key}' is not a field of trl.{cls.__name__}{hint}")
+
+
+def check_backends(recipe: Recipe) -> None:
+    """Fail before any work when the recipe asks for something this install cannot run."""
+    import importlib.util
+
+    if recipe.grpo.rollout == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise RecipeError(
+            "grpo.rollout=vllm needs vLLM on a CUDA machine (pip install vllm); or use grpo.rollout=engine"
+        )
+    if recipe.distributed.strategy == "zero3" and recipe.quantization.mode != "none":
+        raise RecipeError(
+            "distributed.strategy=zero3 shards full-precision weights and cannot shard a bitsandbytes "
+            f"{recipe.quantization.mode} policy; set quantization.mode=none or use distributed.strategy=zero2"
+        )
 
 
 def check_trl_sections(recipe: Recipe) -> None:

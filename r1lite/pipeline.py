@@ -86,11 +86,12 @@ def final_adapter(recipe: Recipe, root: Path) -> Path | None:
 
 def run(recipe: Recipe, resume: bool = False, grpo_callbacks: list | None = None) -> dict[str, Any]:
     """Run every stage that is not already done; returns the summary written to summary.json."""
-    from r1lite.tracking import open_tracker
+    from r1lite.distributed import is_main
+    from r1lite.tracking import Tracker, open_tracker
 
     root = run_dir(recipe)
     root.mkdir(parents=True, exist_ok=True)
-    tracker = open_tracker(recipe, root)
+    tracker = open_tracker(recipe, root) if is_main() else Tracker()  # one W&B run, from the main process
     try:
         return _run(recipe, root, resume, grpo_callbacks, tracker)
     finally:
@@ -98,12 +99,15 @@ def run(recipe: Recipe, resume: bool = False, grpo_callbacks: list | None = None
 
 
 def _run(recipe: Recipe, root: Path, resume: bool, grpo_callbacks: list | None, tracker: Any) -> dict[str, Any]:
+    from r1lite.distributed import is_main, wait_for_everyone
     from r1lite.environment import describe
     from r1lite.recipes import to_yaml
     from r1lite.stages import data, eval, grpo, sft
 
-    write_text(root / "config.yaml", to_yaml(recipe))
-    write_json(root / "hardware.json", describe())
+    main = is_main()  # with several processes, only the main one writes the run directory
+    if main:
+        write_text(root / "config.yaml", to_yaml(recipe))
+        write_json(root / "hardware.json", describe())
     fps, state = fingerprints(recipe), load_state(root)
     sft_adapter = root / "sft" / "adapter"
     adapter = final_adapter(recipe, root)
@@ -115,7 +119,8 @@ def _run(recipe: Recipe, root: Path, resume: bool, grpo_callbacks: list | None, 
                 f"the checkpoints in {root / 'grpo'} come from a different recipe; "
                 "rerun without --resume to start GRPO over"
             )
-        write_json(marker, {"fingerprint": fps["grpo"]})
+        if main:
+            write_json(marker, {"fingerprint": fps["grpo"]})
         init = sft_adapter if recipe.sft.enabled else None
         grpo.run(recipe, root, init, resume=resume, callbacks=grpo_callbacks, tracker=tracker)
 
@@ -136,6 +141,7 @@ def _run(recipe: Recipe, root: Path, resume: bool, grpo_callbacks: list | None, 
             lambda: eval.run(recipe, root, adapter=str(adapter) if adapter else None, label="final", tracker=tracker),
         ),
     ]
+    main_only = {"data", "eval_base", "eval_final"}  # the main process does these while the others wait
     for stage, enabled, outputs, action in plan:
         if not enabled:
             continue
@@ -144,15 +150,18 @@ def _run(recipe: Recipe, root: Path, resume: bool, grpo_callbacks: list | None, 
             continue
         ui.log(f"[bold]== {stage} ==[/]")
         start = time.monotonic()
-        action()
+        if main or stage not in main_only:
+            action()
         free_memory()
+        wait_for_everyone()
         state[stage] = {
             "fingerprint": fps[stage],
             "seconds": round(time.monotonic() - start, 1),
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        write_json(root / "stages.json", state)
-    return write_summary(recipe, root, tracker)
+        if main:
+            write_json(root / "stages.json", state)
+    return write_summary(recipe, root, tracker) if main else {}
 
 
 def write_summary(recipe: Recipe, root: Path, tracker: Any = None) -> dict[str, Any]:

@@ -216,7 +216,7 @@ class RunMonitor(TrainerCallback):
         self.total = state.max_steps or self.total
         self.start = time.monotonic()
         self._step0 = state.global_step
-        if ui.is_live():
+        if ui.is_live() and state.is_world_process_zero:
             from rich.live import Live
 
             self._bar = ui.make_progress()
@@ -230,7 +230,7 @@ class RunMonitor(TrainerCallback):
             self._live.update(self._render())
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        if not logs:
+        if not logs or not state.is_world_process_zero:  # logs are gathered already: one process writes them
             return
         m = normalise(logs)
         now = time.monotonic()

@@ -47,9 +47,10 @@ def _register() -> None:
 
 @app.callback()
 def _root(quiet: Annotated[bool, typer.Option("--quiet", "-q", help="plain, minimal output")] = False) -> None:
+    from r1lite.distributed import is_main
     from r1lite.ui import is_live, set_quiet
 
-    set_quiet(quiet)
+    set_quiet(quiet or not is_main())  # one process of several speaks
     _quiet_libraries(plain=not is_live())
 
 

@@ -16,6 +16,13 @@ ResumeOpt = Annotated[
     bool, typer.Option("--resume", help="continue an interrupted GRPO stage from its last checkpoint")
 ]
 WandbOpt = Annotated[str | None, typer.Option("--wandb", help="online | offline | disabled (overrides the recipe)")]
+GpusOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--gpus", min=1, help="run N processes through `accelerate launch` (distributed.strategy picks DDP or ZeRO)"
+    ),
+]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="with --gpus: print the launch command and batch split")]
 AutoFitOpt = Annotated[
     bool,
     typer.Option(
@@ -26,13 +33,14 @@ AutoFitOpt = Annotated[
 
 def _recipe(name: str, profile: str | None, set_: list[str] | None, wandb: str | None = None, auto_fit: bool = False):
     """The resolved recipe, after checking memory, device and TRL pass-through keys (before any real work)."""
-    from r1lite.config import check_trl_sections
+    from r1lite.config import check_backends, check_trl_sections
     from r1lite.models import pick_device
 
     recipe = resolve_recipe(name, profile, [*(set_ or []), *([f"tracking.wandb={wandb}"] if wandb else [])])
     recipe = _fit(recipe, auto_fit)
     pick_device(recipe.model)
     check_trl_sections(recipe)
+    check_backends(recipe)
     return recipe
 
 
@@ -69,6 +77,34 @@ def _stage_dir(r):
     return root
 
 
+def _launch(argv: list[str], recipe: Any, gpus: int, dry_run: bool) -> None:
+    """Print (dry run) or exec the `accelerate launch` command that runs `r1lite <argv>` on `gpus` processes."""
+    import os
+    import shutil
+    import sys
+
+    from r1lite.config import check_backends
+    from r1lite.distributed import launch_command, show, split_batch
+    from r1lite.ui import console, is_live
+
+    check_backends(recipe)
+    g, s = recipe.grpo, recipe.sft
+    micro, accumulation = split_batch(g.prompts_per_step * g.num_generations, g.micro_batch_size, gpus)
+    sft_micro, sft_accumulation = split_batch(s.batch_size * s.grad_accum, s.batch_size, gpus, "sft")
+    command = launch_command((["--quiet"] if not is_live() else []) + argv, gpus, recipe.distributed.strategy)
+    console.print(show(command), markup=False, soft_wrap=True)
+    console.print(
+        f"per process: GRPO {micro} completions x {accumulation} accumulation steps "
+        f"({g.prompts_per_step * g.num_generations} per optimizer step over {gpus} processes); "
+        f"SFT {sft_micro} x {sft_accumulation}",
+        soft_wrap=True,
+    )
+    if dry_run:
+        return
+    launcher = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
+    os.execv(launcher, [launcher, *command[1:]])
+
+
 def _interrupted(stage: str) -> None:
     from r1lite.ui import err_console
 
@@ -97,19 +133,33 @@ def run(
     resume: ResumeOpt = False,
     wandb: WandbOpt = None,
     auto_fit: AutoFitOpt = False,
+    gpus: GpusOpt = None,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Run the whole pipeline: data -> base eval -> SFT -> GRPO -> final eval, printing before/after."""
     from r1lite import pipeline
     from r1lite.cost import cost_line
+    from r1lite.distributed import is_main, world_size
     from r1lite.stages.eval import comparison_table
     from r1lite.ui import console
 
+    if gpus is not None and world_size() == 1:  # not yet launched: become `accelerate launch ... r1lite run`
+        argv = ["run", recipe, *(["--profile", profile] if profile else [])]
+        argv += [x for s in set_ or [] for x in ("--set", s)]
+        argv += [*(["--resume"] if resume else []), *(["--wandb", wandb] if wandb else [])]
+        argv += ["--auto-fit"] if auto_fit else []
+        _launch(argv, resolve_recipe(recipe, profile, set_), gpus, dry_run)
+        return
+    if dry_run:
+        raise R1liteError("--dry-run goes with --gpus N")
     r = _recipe(recipe, profile, set_, wandb, auto_fit)
     console.print(f"run [bold]{r.run_name}[/] -> {pipeline.run_dir(r)}")
     try:
         result = pipeline.run(r, resume=resume)
     except KeyboardInterrupt:
         _interrupted("the run")
+    if not is_main():
+        return
     console.print(comparison_table(result["base"], result["final"]))
     console.print(cost_line(result["cost"]))
     console.print(f"report: r1lite report {result['run_dir']}")

@@ -54,8 +54,8 @@ class PeriodicEval(TrainerCallback):
         self.examples = data.load_split(recipe.data, "test")[: recipe.grpo.eval_examples]
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        if not self.every or state.global_step % self.every or model is None:
-            return
+        if not self.every or state.global_step % self.every or model is None or not state.is_world_process_zero:
+            return  # the main process evaluates; the others go on and wait for it at the next collective
         from r1lite.stages.eval import evaluate
 
         was_training = model.training
@@ -80,15 +80,17 @@ class PeriodicEval(TrainerCallback):
 def trainer_args(recipe: Recipe, out: Path, on_cuda: bool, backend: str) -> Any:
     from trl import GRPOConfig
 
+    from r1lite.distributed import split_batch, world_size
     from r1lite.models import trainer_defaults
 
     g = recipe.grpo
-    total = g.prompts_per_step * g.num_generations
+    # prompts_per_step x num_generations is the global batch of one optimizer step, whatever the processes
+    micro, accumulation = split_batch(g.prompts_per_step * g.num_generations, g.micro_batch_size, world_size())
     ours = dict(
         output_dir=str(out / "trainer"),
         max_steps=g.max_steps,
-        per_device_train_batch_size=g.micro_batch_size,
-        gradient_accumulation_steps=total // g.micro_batch_size,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
         num_generations=g.num_generations,
         learning_rate=g.learning_rate,
         beta=g.beta,
@@ -99,6 +101,7 @@ def trainer_args(recipe: Recipe, out: Path, on_cuda: bool, backend: str) -> Any:
         max_completion_length=g.max_completion_length,
         reward_weights=[w for _, w in reward_plan(recipe)],
         use_vllm=backend == "vllm",
+        **({"vllm_mode": g.vllm_mode} if backend == "vllm" else {}),
         logging_steps=g.log_every,
         save_strategy="steps",
         save_steps=g.save_every,
@@ -194,20 +197,24 @@ def run(
     tracker: Any = None,
 ) -> Path:
     """Train with GRPO; returns `run_dir/grpo/adapter`. Without `resume`, old checkpoints are cleared."""
+    from r1lite.distributed import is_main, wait_for_everyone
     from r1lite.models import atomic_dir
 
     out = run_dir / "grpo"
     checkpoint = last_checkpoint(out) if resume else None
-    if not resume and (out / "trainer").exists():
+    if not resume and (out / "trainer").exists() and is_main():
         shutil.rmtree(out / "trainer")
         (out / "metrics.jsonl").unlink(missing_ok=True)
+    wait_for_everyone()
     if resume and checkpoint is None:
         ui.log("grpo: --resume given but no checkpoint found; starting from step 0")
     trainer = build_trainer(recipe, run_dir, init_adapter, callbacks, tracker)
     if checkpoint is not None:
         ui.log(f"grpo: resuming from {checkpoint.name}")
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    with atomic_dir(out / ADAPTER) as tmp:
-        trainer.model.save_pretrained(tmp)
-        trainer.processing_class.save_pretrained(tmp)
+    if is_main():  # one writer for the run directory
+        with atomic_dir(out / ADAPTER) as tmp:
+            trainer.model.save_pretrained(tmp)
+            trainer.processing_class.save_pretrained(tmp)
+    wait_for_everyone()
     return out / ADAPTER

@@ -39,6 +39,7 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None) -> Path:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from r1lite.distributed import is_main, split_batch, wait_for_everyone, world_size
     from r1lite.models import (
         atomic_dir,
         keep_fp32_adapters,
@@ -58,13 +59,15 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None) -> Path:
     ui.log(f"sft: {len(rows)} traces on {recipe.model.name} ({recipe.quantization.mode}), LoRA r={recipe.lora.r}")
     model = load_model(path, recipe.model, recipe.quantization)
     on_cuda = pick_device(recipe.model) == "cuda"
+    # batch_size x grad_accum is the global batch of one optimizer step, whatever the processes
+    micro, accumulation = split_batch(cfg.batch_size * cfg.grad_accum, cfg.batch_size, world_size(), "sft")
     ours = dict(
         output_dir=str(out / "trainer"),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
         max_length=cfg.max_length,
         completion_only_loss=True,
         logging_steps=1,
@@ -82,10 +85,13 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None) -> Path:
     keep_fp32_adapters(trainer.model)  # TRL stores adapters in bf16 on a quantized base
     quiet_library_output(trainer)
     trainer.add_callback(RunMonitor("sft", out, tracker, total_steps=trainer.args.max_steps))
-    (out / "metrics.jsonl").unlink(missing_ok=True)
+    if is_main():
+        (out / "metrics.jsonl").unlink(missing_ok=True)
     trainer.train()
-    with atomic_dir(out / ADAPTER) as tmp:
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    write_text(out / "sample.txt", rows[0]["prompt"] + rows[0]["completion"] + "\n")
+    if is_main():  # one writer for the run directory
+        with atomic_dir(out / ADAPTER) as tmp:
+            trainer.model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        write_text(out / "sample.txt", rows[0]["prompt"] + rows[0]["completion"] + "\n")
+    wait_for_everyone()
     return out / ADAPTER
