@@ -155,10 +155,10 @@ class GRPOConfig(Section):
     log_every: int = Field(1, ge=1, description="steps between metric logs")
     trl: dict[str, Any] = Field({}, description="extra trl.GRPOConfig fields, passed unchanged")
 
-    def backend(self, on_cuda: bool) -> str:
-        """The rollout backend `auto` resolves to on this device."""
+    def backend(self, on_cuda: bool, sharded: bool = False) -> str:
+        """The rollout backend `auto` resolves to: our engine on CUDA unless ZeRO-3 shards the weights."""
         if self.rollout == "auto":
-            return "engine" if on_cuda else "trl"
+            return "engine" if on_cuda and not sharded else "trl"
         return self.rollout
 
     @model_validator(mode="after")
@@ -241,6 +241,11 @@ def check_backends(recipe: Recipe) -> None:
     if recipe.grpo.rollout == "vllm" and importlib.util.find_spec("vllm") is None:
         raise RecipeError(
             "grpo.rollout=vllm needs vLLM on a CUDA machine (pip install vllm); or use grpo.rollout=engine"
+        )
+    if recipe.distributed.strategy == "zero3" and recipe.grpo.rollout == "engine":
+        raise RecipeError(
+            "the rollout engine needs whole weights in every process and distributed.strategy=zero3 shards them; "
+            "use grpo.rollout=auto (TRL's generation gathers them) or vllm"
         )
     if recipe.distributed.strategy == "zero3" and recipe.quantization.mode != "none":
         raise RecipeError(

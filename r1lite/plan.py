@@ -386,11 +386,16 @@ def make_plan(
     trainable = shape.lora_params(recipe.lora.r, recipe.lora.target_modules)
     adapter_bytes = 2 if stock_trl and q.mode != "none" else 4
     lora_train = lora_bytes(trainable, adapter_bytes)
+    strategy = recipe.distributed.strategy if gpus > 1 else "ddp"
+    if strategy in ("zero2", "zero3"):  # gradients and Adam moments sharded over the processes
+        lora_train = int(trainable * adapter_bytes * (1 + 3 / gpus))
+    if strategy == "zero3":  # the weights too
+        weights //= gpus
     casts = adapter_bytes == 4 and act == 2
     g = recipe.grpo
     rows = g.prompts_per_step * g.num_generations // gpus
     seq = prompt_tokens + g.max_completion_length
-    backend = "trl" if stock_trl else g.backend(on_cuda)
+    backend = "trl" if stock_trl else g.backend(on_cuda, sharded=gpus > 1 and recipe.distributed.strategy == "zero3")
 
     def train_parts(micro: int, length: int, ckpt: bool) -> dict[str, int]:
         return training_activation_parts(shape, micro, length, ckpt, act, compute_bytes, casts, on_cpu=not on_cuda)

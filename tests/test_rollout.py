@@ -414,7 +414,7 @@ def test_periodic_eval_adds_no_second_cache(tiny, tmp_path, training_engine):
         trainer_engine.pinned = True
         trainer_engine.generate(grouped(tok, 2)[:4], 2)
     callback = PeriodicEval(recipe, tok, tmp_path / "m.jsonl", every=1)
-    callback.on_step_end(None, SimpleNamespace(global_step=1), None, model=model)
+    callback.on_step_end(None, SimpleNamespace(global_step=1, is_world_process_zero=True), None, model=model)
     assert (tmp_path / "m.jsonl").is_file()
     if training_engine:
         assert live_engines() == 1 and list(trainer_engine._states) == [4]  # 3 prompts padded to the batch of 4

@@ -77,6 +77,12 @@ class PeriodicEval(TrainerCallback):
         ui.log(f"grpo step {state.global_step}: held-out accuracy {summary['accuracy']:.1%}")
 
 
+def _zero3(recipe: Recipe) -> bool:
+    from r1lite.distributed import world_size
+
+    return recipe.distributed.strategy == "zero3" and world_size() > 1
+
+
 def trainer_args(recipe: Recipe, out: Path, on_cuda: bool, backend: str) -> Any:
     from trl import GRPOConfig
 
@@ -140,7 +146,7 @@ def build_trainer(
     path = resolve_model(recipe.model.name)
     tokenizer = load_tokenizer(path, recipe.model.revision)
     on_cuda = pick_device(recipe.model) == "cuda"
-    backend = recipe.grpo.backend(on_cuda)
+    backend = recipe.grpo.backend(on_cuda, sharded=_zero3(recipe))
     model = load_model(path, recipe.model, recipe.quantization)
     peft_config = lora_config(recipe.lora)
     if init_adapter is not None:
