@@ -79,26 +79,14 @@ def test_vllm_mode_reaches_trl():
 
 
 def _run(tmp: Path, model: Path, processes: int) -> Path:
-    sets = [
-        f"model.name={model}",
-        "data.dir=data/tiny",
-        "data.train_size=48",
-        "data.test_size=8",
-        "sft.examples=16",
-        "sft.batch_size=8",
-        "grpo.max_steps=2",
-        "grpo.save_every=1",
-        "grpo.prompts_per_step=2",
-        "grpo.num_generations=2",
-        "grpo.micro_batch_size=4",
-        "grpo.max_completion_length=16",
+    from test_pipeline import tiny_overrides  # the pipeline tests' tiny run
+
+    sets = tiny_overrides(
+        str(model),
         "grpo.rollout=trl",
         # every completion full length, so token counts compare across process counts
         'grpo.trl={"generation_kwargs": {"eos_token_id": null, "suppress_tokens": null}}',
-        "eval.examples=4",
-        "eval.max_new_tokens=16",
-        "tracking.wandb=disabled",
-    ]
+    )
     cli = ["-m", "r1lite", "--quiet", "run", "countdown", "-p", "cpu", *[x for s in sets for x in ("--set", s)]]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
     command = (launcher if processes > 1 else [sys.executable]) + cli
