@@ -66,14 +66,22 @@ def _fit(recipe: Any, auto_fit: bool) -> Any:
 
 
 def _stage_dir(r):
-    """The run directory for a single-stage command, with the resolved recipe written into it."""
+    """The data and the run directory for a single-stage command, with the resolved recipe written into it.
+
+    With several processes the main one prepares both while the others wait.
+    """
+    from r1lite.distributed import is_main, wait_for_everyone
     from r1lite.fileio import write_text
     from r1lite.pipeline import run_dir
     from r1lite.recipes import to_yaml
+    from r1lite.stages import data
 
     root = run_dir(r)
-    root.mkdir(parents=True, exist_ok=True)
-    write_text(root / "config.yaml", to_yaml(r))
+    if is_main():
+        data.run(r.data)
+        root.mkdir(parents=True, exist_ok=True)
+        write_text(root / "config.yaml", to_yaml(r))
+    wait_for_everyone()
     return root
 
 
@@ -115,9 +123,10 @@ def _interrupted(stage: str) -> None:
 @contextlib.contextmanager
 def _tracked(recipe: Any, root: Path, stage: str) -> Iterator[Any]:
     """The run's W&B tracker for one command; Ctrl-C becomes a resume hint and exit code 130."""
-    from r1lite.tracking import open_tracker
+    from r1lite.distributed import is_main
+    from r1lite.tracking import Tracker, open_tracker
 
-    tracker = open_tracker(recipe, root)
+    tracker = open_tracker(recipe, root) if is_main() else Tracker()  # one W&B run, from the main process
     try:
         yield tracker
     except KeyboardInterrupt:
@@ -173,11 +182,9 @@ def sft(
     auto_fit: AutoFitOpt = False,
 ) -> None:
     """LoRA SFT warm-up on solver traces; writes runs/<run>/sft/adapter."""
-    from r1lite.stages import data
     from r1lite.stages import sft as stage
 
     r = _recipe(recipe, profile, set_, wandb, auto_fit)
-    data.run(r.data)
     root = _stage_dir(r)
     with _tracked(r, root, "sft") as tracker:
         print(stage.run(r, root, tracker))
@@ -195,14 +202,12 @@ def grpo(
     auto_fit: AutoFitOpt = False,
 ) -> None:
     """GRPO with the recipe's (4-bit) policy + LoRA; writes runs/<run>/grpo/adapter."""
-    from r1lite.stages import data
     from r1lite.stages import grpo as stage
 
     r = _recipe(recipe, profile, set_, wandb, auto_fit)
     start = Path(adapter) if adapter else None
     if start is not None and not (start / "adapter_config.json").is_file():
         raise R1liteError(f"--adapter {adapter} is not a LoRA adapter folder (no adapter_config.json)")
-    data.run(r.data)
     root = _stage_dir(r)
     if start is None and r.sft.enabled and (root / "sft" / "adapter").is_dir():
         start = root / "sft" / "adapter"
@@ -221,14 +226,15 @@ def eval_(
     auto_fit: AutoFitOpt = False,
 ) -> None:
     """Evaluate a model (+ adapter) on the test split: accuracy, pass@k, format, length, search."""
-    from r1lite.stages import data
+    from r1lite.distributed import is_main
     from r1lite.stages import eval as stage
     from r1lite.stages.eval import comparison_table
     from r1lite.ui import console
 
     r = _recipe(recipe, profile, [*(set_ or []), *([f"model.name={model}"] if model else [])], auto_fit=auto_fit)
-    data.run(r.data)
     root = _stage_dir(r)
+    if not is_main():
+        return  # evaluation is the main process's; the others have nothing to do
     result = stage.run(r, root, adapter=adapter, label=label or ("adapter" if adapter else "base"))
     if compare:
         other = stage.run(
