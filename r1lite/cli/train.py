@@ -113,6 +113,14 @@ def _launch(argv: list[str], recipe: Any, gpus: int, dry_run: bool) -> None:
     os.execv(launcher, [launcher, *command[1:]])
 
 
+def _say(path: Path) -> None:
+    """Print a stage's output path once, from the main process."""
+    from r1lite.distributed import is_main
+
+    if is_main():
+        print(path)
+
+
 def _interrupted(stage: str) -> None:
     from r1lite.ui import err_console
 
@@ -187,7 +195,7 @@ def sft(
     r = _recipe(recipe, profile, set_, wandb, auto_fit)
     root = _stage_dir(r)
     with _tracked(r, root, "sft") as tracker:
-        print(stage.run(r, root, tracker))
+        _say(stage.run(r, root, tracker))
 
 
 def grpo(
@@ -212,7 +220,7 @@ def grpo(
     if start is None and r.sft.enabled and (root / "sft" / "adapter").is_dir():
         start = root / "sft" / "adapter"
     with _tracked(r, root, "grpo") as tracker:
-        print(stage.run(r, root, start, resume=resume, tracker=tracker))
+        _say(stage.run(r, root, start, resume=resume, tracker=tracker))
 
 
 def eval_(
