@@ -183,17 +183,6 @@ def _itemsize(dtype: torch.dtype) -> int:
     return torch.tensor([], dtype=dtype).element_size()
 
 
-def _text_config(config: Any) -> Any:
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
-def kv_bytes(config: Any, batch: int, length: int, dtype: torch.dtype) -> int:
-    c = _text_config(config)
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-    return 2 * c.num_hidden_layers * batch * kv_heads * head_dim * length * _itemsize(dtype)
-
-
 def activation_dtype(runner: Any) -> torch.dtype:
     """The dtype hidden states (and so K/V) take in `runner`: its input embeddings' dtype.
 
@@ -203,11 +192,18 @@ def activation_dtype(runner: Any) -> torch.dtype:
     return base_model_of(runner).get_input_embeddings().weight.dtype
 
 
+def model_shape(model: Any) -> Any:
+    """The planner's `Shape` of a loaded model: every memory estimate here is `r1lite.plan`'s."""
+    from r1lite.plan import Shape
+
+    return Shape.from_config(base_model_of(model).config)
+
+
 def training_step_bytes(model: Any, micro_batch: int, seq_len: int, grad_ckpt: bool = True) -> int:
     """The training step's own memory for `model`, from the planner's model (`r1lite.plan.train_step_bytes`)."""
-    from r1lite.plan import Shape, train_step_bytes
+    from r1lite.plan import train_step_bytes
 
-    shape = Shape.from_config(base_model_of(model).config)
+    shape = model_shape(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     act = _itemsize(activation_dtype(model))
     return train_step_bytes(shape, trainable, micro_batch, seq_len, grad_ckpt, act)
@@ -334,14 +330,18 @@ class RolloutEngine:
 
     def cache_bytes(self, batch: int, length: int, dtype: torch.dtype, merged: bool) -> int:
         """The static cache in the dtype K/V really take: `dtype` in the merged copy, the embeddings' otherwise."""
+        from r1lite.plan import kv_bytes
+
         kv_dtype = dtype if merged else activation_dtype(self.model)
-        return kv_bytes(base_model_of(self.model).config, batch, length, kv_dtype)
+        return kv_bytes(model_shape(self.model), batch, length, _itemsize(kv_dtype))
 
     def rollout_bytes(self, batch: int, length: int, dtype: torch.dtype, merged: bool) -> int:
         """What a rollout allocates: the dense copy if merged (once per engine), the static cache, one step's logits."""
+        from r1lite.plan import decode_logits_bytes
+
         copy = param_bytes(self.model, dtype) if merged and self._merged is None else 0
-        vocab = _text_config(base_model_of(self.model).config).vocab_size
-        return copy + self.cache_bytes(batch, length, dtype, merged) + batch * vocab * 8
+        logits = decode_logits_bytes(model_shape(self.model), batch)
+        return copy + self.cache_bytes(batch, length, dtype, merged) + logits
 
     def choose_merge(
         self, batch: int, length: int, dtype: torch.dtype, device: torch.device, free: int | None = None
@@ -360,10 +360,11 @@ class RolloutEngine:
             merged = not quantized
             self.last_choice = "merged (CPU)" if merged else "unmerged (quantized on CPU)"
         else:
-            merged = self.rollout_bytes(batch, length, dtype, True) + reserve <= free
+            merged_need = self.rollout_bytes(batch, length, dtype, True)
+            merged = merged_need + reserve <= free
             self.last_choice = (
                 f"{'merged' if merged else 'unmerged'}: a merged copy needs "
-                f"{self.rollout_bytes(batch, length, dtype, True) / GIB:.1f} GiB + {reserve / GIB:.1f} GiB "
+                f"{merged_need / GIB:.1f} GiB + {reserve / GIB:.1f} GiB "
                 f"for the training step, {free / GIB:.1f} GiB free"
             )
         need = self.rollout_bytes(batch, length, dtype, merged)
