@@ -12,7 +12,7 @@ import time
 from r1lite.rewards import get_reward
 
 N = 10_000
-NUMS, TARGET = [44, 19, 35, 2], 98
+EXAMPLE = {"nums": [44, 19, 35, 2], "target": 98}
 CASES = {
     "plain text": "a" * N,
     "many unclosed <answer>": "<answer>" * (N // 8),
@@ -32,7 +32,7 @@ def main() -> None:
             times = []
             for _ in range(50):
                 t = time.perf_counter()
-                fn(text, NUMS, TARGET)
+                fn(text, EXAMPLE)
                 times.append((time.perf_counter() - t) * 1e6)
             results[f"{reward} / {name}"] = {
                 "max_us": round(max(times), 1),

@@ -12,7 +12,7 @@ import dataclasses
 import difflib
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from r1lite.errors import RecipeError
 
@@ -22,36 +22,85 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    task: Literal["countdown"] = Field("countdown", description="task module under r1lite/tasks")
+    """The data section; the task's own settings sit under `data.<task name>` (e.g. `data.countdown`)."""
+
+    task: str = Field(
+        "countdown",
+        description="countdown, rg:<name> (a reasoning-gym generator; r1lite tasks list), a .py file or a module "
+        "with one r1lite.tasks.Task subclass",
+    )
     source: str = Field(
         "generate",
-        description="'generate' (seeded generator), a local .parquet/.jsonl/.csv with nums/target "
-        "columns, or 'hf:DATASET' to load from the Hugging Face hub",
+        description="'generate' (the task's seeded generator), a local .parquet/.jsonl/.csv with the task's "
+        "columns (countdown: nums/target; others: question/answer), or 'hf:DATASET' to load from the hub",
     )
     train_size: int = Field(20_000, ge=1, description="training problems")
     test_size: int = Field(1_024, ge=1, description="held-out problems (TinyZero used 1,024)")
     seed: int = Field(42, description="seed of the generator and of the import shuffle")
-    num_counts: list[int] = Field([3, 4], min_length=1, description="how many numbers a problem has")
-    num_min: int = Field(1, ge=0, description="smallest number")
-    num_max: int = Field(99, ge=1, description="largest number")
-    target_min: int = Field(1, description="smallest target")
-    target_max: int = Field(100, description="largest target")
     prompt_format: Literal["base", "qwen-instruct", "chat", "compact"] = Field(
         "base",
         description="'base': TinyZero's base-model template; 'qwen-instruct': its ChatML one; "
-        "'chat': the model's own chat template; 'compact': a one-line question (~40 tokens, for CPU runs)",
+        "'chat': the model's own chat template; 'compact': a one-line question (for CPU runs)",
     )
-    dir: str = Field("data/countdown", description="where train.jsonl, test.jsonl and manifest.json go")
+    dir: str = Field("", description="where train.jsonl, test.jsonl and manifest.json go; default data/<task>")
+    settings: dict[str, Any] = Field({}, description="the task's settings, written as data.<task name>", exclude=True)
 
-    @model_validator(mode="after")
-    def _ranges(self) -> DataConfig:
-        if self.num_min > self.num_max:
-            raise ValueError(f"num_min ({self.num_min}) is above num_max ({self.num_max})")
-        if self.target_min > self.target_max:
-            raise ValueError(f"target_min ({self.target_min}) is above target_max ({self.target_max})")
-        if any(not 2 <= n <= 6 for n in self.num_counts):
-            raise ValueError("num_counts must be between 2 and 6 (the solver is exhaustive)")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _task_settings(cls, raw: Any) -> Any:
+        """Move `data.<task name>` into `settings`, validated by the task's own Settings model."""
+        if not isinstance(raw, dict):
+            return raw
+        from r1lite.tasks import TaskError, task_class
+
+        raw = dict(raw)
+        spec = raw.get("task", "countdown")
+        try:
+            task = task_class(str(spec))
+        except TaskError as e:
+            raise ValueError(str(e)) from None
+        fields = set(cls.model_fields)
+        own = set(task.Settings.model_fields)
+        if own & fields:
+            raise ValueError(f"task {spec}: settings {sorted(own & fields)} clash with data.* fields; rename them")
+        for key in [k for k in raw if k not in fields and k != task.name]:
+            if key in own:
+                raise ValueError(f"'{key}' is a setting of task {spec}; write it as data.{task.name}.{key}")
+            close = difflib.get_close_matches(key, [*fields, task.name], n=1)
+            hint = f"; did you mean 'data.{close[0]}'?" if close else ""
+            raise ValueError(f"unknown key 'data.{key}'{hint}")  # noqa: B904
+        try:
+            # `settings` itself arrives on assignment (validate_assignment re-validates the whole section)
+            given = raw.pop(task.name, None) or raw.pop("settings", None) or {}
+            settings = task.Settings.model_validate(given)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(["data", task.name, *(str(p) for p in first["loc"])])
+            if first["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(str(first["loc"][-1]), own, n=1)
+                hint = f"; did you mean 'data.{task.name}.{close[0]}'?" if close else f"; {task.name} takes {', '.join(own)}"
+                raise ValueError(f"unknown key '{where}'{hint}") from None
+            got = first.get("input")
+            shown = f" (got {got!r})" if not isinstance(got, dict | list) and first["type"] != "missing" else ""
+            raise ValueError(f"{where}: {first['msg'].removeprefix('Value error, ')}{shown}") from None
+        raw["settings"] = settings.model_dump(mode="json")
+        raw["dir"] = raw.get("dir") or f"data/{task(settings).slug}"
+        return raw
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        if self.settings:
+            from r1lite.tasks import task_class
+
+            out[task_class(self.task).name] = dict(self.settings)
+        return out
+
+    def make_task(self) -> Any:
+        """The task this section describes, with its settings."""
+        from r1lite.tasks import load_task
+
+        return load_task(self.task, self.settings)
 
 
 class ModelConfig(Section):
@@ -95,7 +144,12 @@ class RewardWeight(Section):
 
 class SFTConfig(Section):
     enabled: bool = Field(True, description="run the LoRA SFT warm-up before GRPO")
-    examples: int = Field(2_000, ge=1, description="training problems turned into reasoning traces")
+    examples: int = Field(2_000, ge=1, description="training problems turned into warm-up completions")
+    completions: Literal["auto", "traces", "answers"] = Field(
+        "auto",
+        description="traces: the task's solver-made reasoning traces; answers: answer-only completions (close "
+        "the think block, give the answer) for tasks without a solver; auto: traces when the task has them",
+    )
     max_dead_ends: int = Field(2, ge=0, description="at most this many failed tries per trace")
     trace_style: Literal["search", "short"] = Field(
         "search", description="search: tries, dead ends, back-ups and a check; short: the solution's steps and a check"
@@ -124,8 +178,8 @@ class GRPOConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
     top_k: int = Field(0, ge=0, description="0: off")
     max_completion_length: int = Field(1024, ge=8, description="tokens per completion")
-    rewards: list[RewardWeight] = Field(
-        [RewardWeight(name="countdown_tinyzero")], min_length=1, description="summed, weighted rewards"
+    rewards: list[RewardWeight] | None = Field(
+        None, min_length=1, description="summed, weighted rewards; default: the task's (countdown: countdown_tinyzero)"
     )
     rollout: Literal["auto", "engine", "trl", "vllm"] = Field(
         "auto",
@@ -186,7 +240,9 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(1024, ge=8, description="tokens per completion")
     pass_k: int = Field(0, ge=0, description="samples per problem for pass@k; 0: greedy only")
     temperature: float = Field(1.0, gt=0, description="sampling temperature for pass@k")
-    reward: str = Field("countdown_equation", description="reward that decides correctness")
+    reward: str | None = Field(
+        None, description="reward whose 1.0 means correct; default: the task's (countdown: countdown_equation)"
+    )
 
 
 class TrackingConfig(Section):
@@ -219,6 +275,35 @@ class Recipe(Section):
     distributed: DistributedConfig = DistributedConfig()
     tracking: TrackingConfig = TrackingConfig()
     cost: CostConfig = CostConfig()
+
+    @model_validator(mode="after")
+    def _task_defaults(self) -> Recipe:
+        """Fill the task's default rewards and check that every named reward and warm-up exists for it."""
+        from r1lite.rewards import reward_names
+
+        task = self.data.make_task()
+        if self.grpo.rewards is None:
+            self.grpo.rewards = [RewardWeight(name=n, weight=w) for n, w in task.default_rewards]
+        if self.eval.reward is None:
+            self.eval.reward = task.correct_reward
+        names = reward_names(task)
+        for where, name in [*(("grpo.rewards", r.name) for r in self.grpo.rewards), ("eval.reward", self.eval.reward)]:
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"valid: {', '.join(names)}"
+                raise ValueError(f"{where}: '{name}' is not a reward of task {self.data.task}; {hint}")
+        if self.sft.enabled and self.sft.completions == "traces" and not task.has_traces:
+            raise ValueError(
+                f"sft.completions: task {self.data.task} has no solver traces; set sft.completions=answers "
+                "(answer-only warm-up) or sft.enabled=false (RL alone, the R1-Zero way)"
+            )
+        return self
+
+    def sft_completions(self) -> str:
+        """What the warm-up trains on: 'traces' or 'answers' (auto resolved for the task)."""
+        if self.sft.completions != "auto":
+            return self.sft.completions
+        return "traces" if self.data.make_task().has_traces else "answers"
 
     @property
     def run_name(self) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from r1lite.config import Recipe
+from r1lite.config import DataConfig, Recipe
 from r1lite.errors import RecipeError
 
 PACKAGE_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -86,6 +86,8 @@ def _check_path(path: list[str], full: str) -> None:
     for depth, key in enumerate(path):
         if model is None:
             return  # inside a free-form mapping such as grpo.trl
+        if model is DataConfig and key not in model.model_fields:
+            return  # data.<task name>.*: the data section knows its task's settings and names mistakes itself
         if key not in model.model_fields:
             prefix = ".".join(path[:depth])
             names = [f"{prefix}.{k}" if prefix else k for k in model.model_fields]
@@ -134,7 +136,9 @@ def _describe(err: ValidationError, source: str) -> str:
     got = first.get("input")
     shown = f" (got {got!r})" if not isinstance(got, dict | list) and first["type"] != "missing" else ""
     msg = first["msg"].removeprefix("Value error, ")
-    return f"{source}: {key or 'recipe'}: {msg}{shown}{more}"
+    if not key or msg.startswith(("unknown key", "data.")):  # the message names its key itself
+        return f"{source}: {msg}{shown}{more}"
+    return f"{source}: {key}: {msg}{shown}{more}"
 
 
 def resolve(raw: dict[str, Any], profile: str | None, overrides: list[str], source: str) -> Recipe:
@@ -156,6 +160,29 @@ def resolve(raw: dict[str, Any], profile: str | None, overrides: list[str], sour
         return Recipe.model_validate(raw)
     except ValidationError as e:
         raise RecipeError(_describe(e, source)) from None
+
+
+def recipe_for_task(spec: str) -> str | None:
+    """The first recipe (in lookup order) whose data.task is `spec`, e.g. knights_knaves for rg:knights_knaves."""
+    for name, path in list_recipes().items():
+        data = read_yaml(path).get("data") or {}
+        if isinstance(data, dict) and data.get("task", "countdown") == spec:
+            return name
+    return None
+
+
+def task_recipe(spec: str, recipe: str | None, profile: str | None, overrides: list[str]) -> Recipe:
+    """The recipe that `r1lite data/tasks TASK` read their data section from.
+
+    `recipe` when given (it must be for `spec`), else the recipe written for the task, else the defaults.
+    """
+    name = recipe or recipe_for_task(spec)
+    if name is None:
+        return resolve({"name": spec.replace(":", "-"), "data": {"task": spec}}, None, overrides, f"task {spec}")
+    r = load_recipe(name, profile, overrides)
+    if r.data.task != spec:
+        raise RecipeError(f"recipe {name} is for task {r.data.task}, not {spec}; leave out --recipe or pick one for {spec}")
+    return r
 
 
 def profiles_of(name: str) -> list[str]:

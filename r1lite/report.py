@@ -144,9 +144,15 @@ def side_by_side(run_dir: Path, n: int = 6, width: int = 400) -> list[str]:
         mark = "✓" if row["correct"] else "✗"
         return f"{mark} {row['reason']}: `{text}`"
 
+    def problem(row: dict[str, Any]) -> str:
+        if "nums" in row:  # Countdown's rows
+            return f"{row['nums']} → {row['target']}"
+        text = " ".join(str(row.get("question", "")).split()).replace("|", "¦")
+        return text if len(text) <= 160 else text[:159] + "…"
+
     out = ["| problem | base | trained |", "|---|---|---|"]
     for before, after in pairs[:n]:
-        out.append(f"| {before['nums']} → {before['target']} | {cell(before)} | {cell(after)} |")
+        out.append(f"| {problem(before)} | {cell(before)} | {cell(after)} |")
     return out
 
 

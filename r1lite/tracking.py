@@ -28,7 +28,6 @@ from r1lite.fileio import append_jsonl, fingerprint
 KEY_MAP = {
     "reward": "reward",
     "reward_std": "reward_std",
-    "rewards/countdown_equation/mean": "accuracy",
     "rewards/think_format/mean": "format_rate",
     "rewards/search_behaviour/mean": "search_rate",
     "rewards/self_check/mean": "self_check_rate",
@@ -44,13 +43,17 @@ KEY_MAP = {
 }
 
 
-def normalise(logs: dict[str, Any]) -> dict[str, float]:
-    """Numbers only, renamed to our stable metric names (unknown keys keep their name)."""
+def normalise(logs: dict[str, Any], correct_reward: str = "countdown_equation") -> dict[str, float]:
+    """Numbers only, renamed to our stable metric names (unknown keys keep their name).
+
+    The task's correctness reward (logged at weight 0 when not trained on) becomes `accuracy`.
+    """
+    names = {**KEY_MAP, f"rewards/{correct_reward}/mean": "accuracy"}
     out = {}
     for key, value in logs.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
-        out[KEY_MAP.get(key, key.replace("/", "_"))] = float(value)
+        out[names.get(key, key.replace("/", "_"))] = float(value)
     return out
 
 
@@ -200,7 +203,9 @@ class RunMonitor(TrainerCallback):
         rewards: list[Any] | None = None,
         sample_every: int = 10,
         diagnostics: Any = None,
+        correct_reward: str = "countdown_equation",
     ) -> None:
+        self.correct_reward = correct_reward
         self.stage, self.path, self.tracker = stage, Path(out) / "metrics.jsonl", tracker or Tracker()
         self.total, self.rewards, self.sample_every = total_steps, rewards or [], sample_every
         self.start = time.monotonic()
@@ -232,7 +237,7 @@ class RunMonitor(TrainerCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if not logs or not state.is_world_process_zero:  # logs are gathered already: one process writes them
             return
-        m = normalise(logs)
+        m = normalise(logs, self.correct_reward)
         now = time.monotonic()
         if "num_tokens" in m:  # throughput over the interval since the previous log
             if self.last_tokens is not None and now > self.last_tokens[1]:
@@ -261,12 +266,11 @@ class RunMonitor(TrainerCallback):
             self.tracker.table(
                 self.stage,
                 "completions",
-                ["step", "nums", "target", "completion", "reward", "reason"],
+                ["step", "problem", "completion", "reward", "reason"],
                 [
                     [
                         step,
-                        str(sample["nums"]),
-                        sample["target"],
+                        sample["problem"],
                         sample["completion"],
                         sample["reward"],
                         sample["reason"],
@@ -311,7 +315,7 @@ class RunMonitor(TrainerCallback):
         sample = self._sample()
         if sample:
             text = sample["completion"][-600:]
-            title = f"latest sample: {sample['nums']} -> {sample['target']}"
+            title = f"latest sample: {sample['problem']}"
             subtitle = f"reward {sample['reward']:g}: {sample['reason']}"
             parts.append(Panel(text, title=title, subtitle=subtitle, title_align="left", subtitle_align="left"))
         return Group(*parts)

@@ -74,8 +74,10 @@ def test_data_errors_are_one_line_exit_2(tmp_path):
     r = invoke("data", "countdown", "--from", "bad.jsonl", "--out", "x")
     assert r.exit_code == 2 and "needs 'nums'" in r.output
     assert not (tmp_path / "x").exists()  # nothing half-written
-    r = invoke("data", "countdown", "--set", "data.num_min=50", "--set", "data.num_max=10")
+    r = invoke("data", "countdown", "--set", "data.countdown.num_min=50", "--set", "data.countdown.num_max=10")
     assert r.exit_code == 2 and "num_min (50) is above num_max (10)" in r.output
+    r = invoke("data", "countdown", "--set", "data.num_min=5")  # the key before settings moved under the task
+    assert r.exit_code == 2 and "write it as data.countdown.num_min" in r.output
     assert invoke("data", "countdown", "--train-size", "0").exit_code == 2
     assert invoke("data", "countdown", "--bogus").exit_code == 2
 

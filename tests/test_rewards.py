@@ -103,7 +103,7 @@ def test_last_answer_matches_regex(text):
 @settings(max_examples=300, deadline=None)
 def test_rewards_total_on_any_text(text, nums, target):
     for name in reward_names():
-        reward, reason = get_reward(name)(text, nums, target)
+        reward, reason = get_reward(name)(text, {"nums": nums, "target": target})
         assert reward in (0.0, 0.1, 1.0) and isinstance(reason, str)
 
 

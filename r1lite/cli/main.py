@@ -25,7 +25,7 @@ class _Group(TyperGroup):
 
 app = typer.Typer(
     cls=_Group,
-    help="r1lite: reproduce R1-Zero-style reasoning on Countdown with LoRA SFT + 4-bit GRPO on one GPU.",
+    help="r1lite: R1-Zero-style reasoning on Countdown or any verifiable task, with LoRA SFT + 4-bit GRPO on one GPU.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
@@ -33,11 +33,12 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from r1lite.cli import data, doctor, plan, recipes, report, score, train
+    from r1lite.cli import data, doctor, plan, recipes, report, score, tasks, train
 
-    app.add_typer(data.app, name="data")
+    app.command("data")(data.data)
     app.add_typer(recipes.app, name="recipes")
-    app.add_typer(score.app, name="score")
+    app.add_typer(tasks.app, name="tasks")
+    app.command("score")(score.score)
     train.register(app)
     app.command("report")(report.report)
     app.add_typer(report.runs_app, name="runs")

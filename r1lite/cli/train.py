@@ -177,7 +177,7 @@ def run(
         _interrupted("the run")
     if not is_main():
         return
-    console.print(comparison_table(result["base"], result["final"]))
+    console.print(comparison_table(result["base"], result["final"], r.data.make_task().name))
     console.print(cost_line(result["cost"]))
     console.print(f"report: r1lite report {result['run_dir']}")
 
@@ -189,7 +189,7 @@ def sft(
     wandb: WandbOpt = None,
     auto_fit: AutoFitOpt = False,
 ) -> None:
-    """LoRA SFT warm-up on solver traces; writes runs/<run>/sft/adapter."""
+    """LoRA SFT warm-up on solver traces or answer-only completions; writes runs/<run>/sft/adapter."""
     from r1lite.stages import sft as stage
 
     r = _recipe(recipe, profile, set_, wandb, auto_fit)
@@ -248,7 +248,7 @@ def eval_(
         other = stage.run(
             r, root, adapter=None if compare == "base" else compare, label="base" if compare == "base" else "compare"
         )
-        console.print(comparison_table(other, result))
+        console.print(comparison_table(other, result, r.data.make_task().name))
 
 
 def register(app: typer.Typer) -> None:

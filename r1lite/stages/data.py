@@ -1,11 +1,13 @@
 """Data prep: write `train.jsonl`, `test.jsonl` and `manifest.json` for a task, or reuse them.
 
-    >>> run(DataConfig(train_size=100, test_size=20))   # -> Path('data/countdown')
+    >>> run(DataConfig(train_size=100, test_size=20))                       # -> Path('data/countdown')
+    >>> run(DataConfig(task="rg:knights_knaves", train_size=100, test_size=20))
 
-Generated problems come from the seeded generator; imported ones (local parquet/JSONL/CSV with
-`nums`/`target` columns, or `hf:DATASET`) are checked with the solver, de-duplicated, shuffled
-with the seed and split. Train and test never share a (sorted numbers, target) pair. Rerunning
-with the same parameters and intact files is a no-op; all files are written atomically.
+Generated problems come from the task's seeded generator; imported ones (local parquet/JSONL/CSV
+with the task's columns, or `hf:DATASET`) go through the task's `from_row` (Countdown checks each
+with its solver), are de-duplicated, shuffled with the seed and split. Train and test never share
+a problem (the task's `key`). Rerunning with the same parameters and intact files is a no-op; all
+files are written atomically.
 """
 
 from __future__ import annotations
@@ -20,14 +22,17 @@ from r1lite import ui
 from r1lite.config import DataConfig
 from r1lite.errors import DataError
 from r1lite.fileio import read_json, read_jsonl, sha256_file, write_json, write_jsonl
-from r1lite.tasks import countdown
 
 SPLITS = ("train", "test")
 
 
 def params(cfg: DataConfig) -> dict[str, Any]:
-    """What determines the data; the output folder and prompt format do not."""
-    return cfg.model_dump(exclude={"dir", "prompt_format"})
+    """What determines the data; the output folder and prompt format do not.
+
+    The task's settings sit beside the general fields, as Countdown's always have (same manifests).
+    """
+    general = {k: v for k, v in cfg.model_dump(exclude={"dir", "prompt_format"}).items() if k in type(cfg).model_fields}
+    return {**general, **cfg.settings}
 
 
 def is_current(cfg: DataConfig) -> bool:
@@ -49,7 +54,7 @@ def is_current(cfg: DataConfig) -> bool:
 def load_split(cfg: DataConfig, split: str) -> list[dict[str, Any]]:
     path = Path(cfg.dir) / f"{split}.jsonl"
     if not path.is_file():
-        raise DataError(f"{path} is missing; run `r1lite data countdown` first")
+        raise DataError(f"{path} is missing; run `r1lite data {cfg.task}` first")
     return read_jsonl(path)
 
 
@@ -88,56 +93,37 @@ def _read_hub(name: str) -> list[dict[str, Any]]:
         ) from None
 
 
-def _normalise(row: dict[str, Any], index: int) -> tuple[list[int], int]:
-    try:
-        nums = row["nums"]
-        if isinstance(nums, str):
-            nums = json.loads(nums)
-        return [int(n) for n in nums], int(row["target"])
-    except (KeyError, TypeError, ValueError):
-        raise DataError(
-            f"row {index}: needs 'nums' (a list of integers) and 'target' (an integer); got columns {sorted(row)}"
-        ) from None
-
-
-def _import(cfg: DataConfig) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
+def _import(cfg: DataConfig, task: Any) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
     rows = _read_rows(cfg.source)
     random.Random(cfg.seed).shuffle(rows)
-    seen, kept, stats = set(), [], {"read": len(rows), "duplicates": 0, "unsolvable": 0}
+    seen, kept, stats = set(), [], {"read": len(rows), "duplicates": 0, task.rejected_as: 0}
     for i, row in enumerate(ui.track(rows, len(rows), "checking problems")):
-        nums, target = _normalise(row, i)
-        key = countdown.example_key(nums, target)
+        try:
+            example = task.from_row(row)
+        except ValueError as e:
+            raise DataError(f"row {i}: {e}") from None
+        if example is None:
+            stats[task.rejected_as] += 1
+            continue
+        key = task.key(example)
         if key in seen:
             stats["duplicates"] += 1
             continue
         seen.add(key)
-        solution = countdown.solve(nums, target)
-        if solution is None:
-            stats["unsolvable"] += 1
-            continue
-        kept.append({"nums": nums, "target": target, "solution": solution})
+        kept.append(example)
     if len(kept) <= cfg.test_size:
         raise DataError(
-            f"{cfg.source}: only {len(kept)} distinct solvable problems, not enough for a "
+            f"{cfg.source}: only {len(kept)} distinct usable problems, not enough for a "
             f"test split of {cfg.test_size}; lower data.test_size"
         )
     test = kept[: cfg.test_size]
     return {"test": test, "train": kept[cfg.test_size : cfg.test_size + cfg.train_size]}, stats
 
 
-def _generate(cfg: DataConfig) -> dict[str, list[dict[str, Any]]]:
-    kw = dict(
-        num_counts=cfg.num_counts, num_range=(cfg.num_min, cfg.num_max), target_range=(cfg.target_min, cfg.target_max)
+def _generate(cfg: DataConfig, task: Any) -> dict[str, list[dict[str, Any]]]:
+    return task.splits(
+        cfg.train_size, cfg.test_size, cfg.seed, progress=lambda items, n: ui.track(items, n, "generating problems")
     )
-    total, chunk = cfg.test_size + cfg.train_size, 256
-    rows: list[dict[str, Any]] = []
-    seen: set = set()
-    # chunks keep the progress bar moving; each chunk has its own seed, so output is deterministic
-    for i in ui.track(range(0, total, chunk), -(-total // chunk), "generating problems"):
-        part = countdown.generate(min(chunk, total - i), seed=cfg.seed * 1_000_003 + i, exclude=seen, **kw)
-        seen.update(countdown.example_key(r["nums"], r["target"]) for r in part)
-        rows.extend(part)
-    return {"test": rows[: cfg.test_size], "train": rows[cfg.test_size :]}
 
 
 def run(cfg: DataConfig, force: bool = False) -> Path:
@@ -146,10 +132,11 @@ def run(cfg: DataConfig, force: bool = False) -> Path:
     if not force and is_current(cfg):
         ui.log(f"data: {root} is up to date (same parameters, hashes match); reusing it")
         return root
+    task = cfg.make_task()
     if cfg.source == "generate":
-        splits, stats = _generate(cfg), {}
+        splits, stats = _generate(cfg, task), {}
     else:
-        splits, stats = _import(cfg)
+        splits, stats = _import(cfg, task)
     files = {}
     for split in SPLITS:
         path = root / f"{split}.jsonl"

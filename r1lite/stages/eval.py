@@ -1,4 +1,4 @@
-"""Eval: generate on held-out problems and score them — accuracy, pass@k, format, length, search.
+"""Eval: generate on held-out problems and score them — accuracy, pass@k, format, length, search, task metrics.
 
     >>> summary = run(recipe, run_dir, label="base")                  # the recipe's base model
     >>> summary = run(recipe, run_dir, adapter="runs/x/grpo/adapter", label="final")
@@ -19,8 +19,7 @@ from typing import Any
 from r1lite import ui
 from r1lite.config import Recipe
 from r1lite.fileio import write_json, write_jsonl
-from r1lite.rewards import get_reward
-from r1lite.tasks import countdown
+from r1lite.rewards import get_reward, shows_search
 
 METRICS = ("accuracy", "format_rate", "mean_reward", "mean_length", "search_rate")
 
@@ -90,28 +89,35 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 if n - c < k else 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def score(examples: list[dict[str, Any]], completions: list[tuple[str, int]], reward: str) -> list[dict[str, Any]]:
-    correct, tinyzero, fmt = get_reward(reward), get_reward("countdown_tinyzero"), get_reward("think_format")
+def score(
+    examples: list[dict[str, Any]], completions: list[tuple[str, int]], reward: str, task: Any = "countdown"
+) -> list[dict[str, Any]]:
+    """One row per completion: the example's public fields, the completion, correctness and why, format, search."""
+    from r1lite.tasks import load_task
+
+    task = load_task(task) if isinstance(task, str) else task
+    correct, main, fmt = get_reward(reward, task), get_reward(task.main_reward, task), get_reward("think_format", task)
     rows = []
     for ex, (text, length) in zip(examples, completions, strict=True):
-        ok, why = correct(text, ex["nums"], ex["target"])
+        ok, why = correct(text, ex)
         rows.append(
             {
-                "nums": ex["nums"],
-                "target": ex["target"],
+                **task.public(ex),
                 "completion": text,
                 "length": length,
                 "correct": ok == 1.0,
                 "reason": why,
-                "reward": tinyzero(text, ex["nums"], ex["target"])[0],
-                "format": fmt(text)[0] == 1.0,
-                "search": countdown.shows_search(text),
+                "reward": main(text, ex)[0],
+                "format": fmt(text, ex)[0] == 1.0,
+                "search": shows_search(text),
+                **task.metrics(ex, text),
             }
         )
     return rows
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
+def summarize(rows: list[dict[str, Any]], extra: list[str] | tuple[str, ...] = ()) -> dict[str, float]:
+    """Means over the rows: accuracy, format, reward, length, search, and the task's own metrics."""
     mean = lambda key: statistics.fmean(float(r[key]) for r in rows)  # noqa: E731
     return {
         "accuracy": mean("correct"),
@@ -119,6 +125,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
         "mean_reward": mean("reward"),
         "mean_length": mean("length"),
         "search_rate": mean("search"),
+        **{key: mean(key) for key in extra},
         "examples": len(rows),
     }
 
@@ -132,8 +139,8 @@ def evaluate(
     desc: str = "eval",
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Greedy (and optionally sampled) eval of a loaded model on `examples`."""
-    cfg = recipe.eval
-    prompts = [countdown.render_prompt(e["nums"], e["target"], recipe.data.prompt_format, tokenizer) for e in examples]
+    cfg, task = recipe.eval, recipe.data.make_task()
+    prompts = [task.render_prompt(e, recipe.data.prompt_format, tokenizer) for e in examples]
     max_new = max_new_tokens or cfg.max_new_tokens
     # the backend GRPO rolls out with: our engine (same greedy tokens as generate, much faster on CUDA)
     # or transformers' generate
@@ -141,8 +148,9 @@ def evaluate(
 
     engine = recipe.grpo.backend(next(model.parameters()).device.type == "cuda") == "engine"
     greedy = [g[0] for g in generate(model, tokenizer, prompts, max_new, cfg.batch_size, desc=desc, engine=engine)]
-    rows = score(examples, greedy, cfg.reward)
-    summary = summarize(rows)
+    rows = score(examples, greedy, cfg.reward, task)
+    extra = [k for k in task.metrics(examples[0], greedy[0][0])] if examples else []
+    summary = summarize(rows, extra)
     if cfg.pass_k:
         sampled = generate(
             model,
@@ -158,7 +166,7 @@ def evaluate(
         )
         hits = []
         for ex, row, group in zip(examples, rows, sampled, strict=True):
-            scored = score([ex] * len(group), group, cfg.reward)
+            scored = score([ex] * len(group), group, cfg.reward, task)
             row["samples"] = [{"completion": s["completion"], "correct": s["correct"]} for s in scored]
             hits.append(sum(s["correct"] for s in scored))
         summary["pass@1"] = statistics.fmean(h / cfg.pass_k for h in hits)
@@ -197,11 +205,12 @@ def run(
     if tracker is not None:
         numbers = {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         tracker.log(f"eval/{label}", numbers, 0)
+        task = recipe.data.make_task()
         tracker.table(
             f"eval/{label}",
             "completions",
-            ["nums", "target", "completion", "correct", "reason"],
-            [[str(r["nums"]), r["target"], r["completion"], r["correct"], r["reason"]] for r in rows[:64]],
+            ["problem", "completion", "correct", "reason"],
+            [[task.label(ex), r["completion"], r["correct"], r["reason"]] for ex, r in zip(examples, rows[:64])],
             0,
         )
     ui.log(
@@ -211,20 +220,23 @@ def run(
     return summary
 
 
-def comparison_table(before: dict[str, Any], after: dict[str, Any]) -> Any:
+def comparison_table(before: dict[str, Any], after: dict[str, Any], task: str = "countdown") -> Any:
     """A rich table of base vs trained metrics with the change."""
     from rich.table import Table
 
-    table = Table(
-        "metric", before.get("label", "before"), after.get("label", "after"), "change", title="Countdown held-out eval"
-    )
-    keys = [k for k in (*METRICS, *sorted(k for k in after if k.startswith("pass@"))) if k in before and k in after]
+    title = f"{task.replace('_', ' ').capitalize()} held-out eval"
+    table = Table("metric", before.get("label", "before"), after.get("label", "after"), "change", title=title)
+    meta = {*METRICS, "label", "model", "adapter", "examples", "seconds"}
+    extra = sorted(k for k, v in after.items() if k not in meta and isinstance(v, int | float) and not isinstance(v, bool))
+    keys = [k for k in (*METRICS, *extra) if k in before and k in after]
     for key in keys:
         b, a = before[key], after[key]
         if key == "mean_reward":
             table.add_row(key, f"{b:.3f}", f"{a:.3f}", f"{a - b:+.3f}")
         elif key == "mean_length":
             table.add_row(key, f"{b:.0f}", f"{a:.0f}", f"{a - b:+.0f}")
+        elif key not in METRICS and not key.startswith("pass@"):  # a task's own metric: its unit is its own
+            table.add_row(key, f"{b:.3g}", f"{a:.3g}", f"{a - b:+.3g}")
         else:
             table.add_row(key, f"{b:.1%}", f"{a:.1%}", f"{(a - b) * 100:+.1f} pt")
     return table

@@ -1,4 +1,4 @@
-"""GRPO: reinforcement learning on Countdown rewards with a (4-bit) policy and a LoRA adapter.
+"""GRPO: reinforcement learning on the task's rewards with a (4-bit) policy and a LoRA adapter.
 
     >>> adapter = run(recipe, Path("runs/countdown-cpu"))            # -> .../grpo/adapter
     >>> adapter = run(recipe, run_dir, resume=True)                    # continue from the last checkpoint
@@ -11,6 +11,7 @@ periodic held-out eval. Checkpoints every `grpo.save_every` steps make `--resume
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,6 @@ from transformers import TrainerCallback
 from r1lite import ui
 from r1lite.config import Recipe, build_trl_config
 from r1lite.fileio import append_jsonl
-from r1lite.tasks import countdown
 
 ADAPTER = "adapter"
 
@@ -32,14 +32,12 @@ def last_checkpoint(out: Path) -> Path | None:
 
 
 def build_dataset(recipe: Recipe, tokenizer: Any) -> list[dict[str, Any]]:
+    """Rendered prompts, each with its example as JSON: the rewards get it whole, whatever its fields."""
     from r1lite.stages import data
 
+    task = recipe.data.make_task()
     return [
-        {
-            "prompt": countdown.render_prompt(e["nums"], e["target"], recipe.data.prompt_format, tokenizer),
-            "nums": e["nums"],
-            "target": e["target"],
-        }
+        {"prompt": task.render_prompt(e, recipe.data.prompt_format, tokenizer), "example": json.dumps(e)}
         for e in data.load_split(recipe.data, "train")
     ]
 
@@ -117,13 +115,14 @@ def trainer_args(recipe: Recipe, out: Path, on_cuda: bool, backend: str) -> Any:
     return build_trl_config(GRPOConfig, ours, g.trl, "grpo")
 
 
-LOGGED = ("countdown_equation", "think_format", "search_behaviour", "self_check")
+LOGGED = ("think_format", "search_behaviour", "self_check")
 
 
 def reward_plan(recipe: Recipe) -> list[tuple[str, float]]:
     """The recipe's weighted rewards, plus accuracy, format and behaviours at weight 0 so TRL logs them every step."""
-    plan = [(r.name, r.weight) for r in recipe.grpo.rewards]
-    return plan + [(name, 0.0) for name in LOGGED if name not in dict(plan)]
+    plan = [(r.name, r.weight) for r in recipe.grpo.rewards or []]
+    logged = (recipe.eval.reward or recipe.data.make_task().correct_reward, *LOGGED)
+    return plan + [(name, 0.0) for name in logged if name not in dict(plan)]
 
 
 def build_trainer(
@@ -164,7 +163,7 @@ def build_trainer(
         f"{recipe.grpo.prompts_per_step} prompts x {recipe.grpo.num_generations} completions per step"
         + (f", starting from {init_adapter}" if init_adapter else "")
     )
-    reward_funcs = trl_reward_funcs([name for name, _ in reward_plan(recipe)])
+    reward_funcs = trl_reward_funcs([name for name, _ in reward_plan(recipe)], recipe.data.make_task())
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
@@ -186,6 +185,7 @@ def build_trainer(
             reward_funcs,
             recipe.tracking.sample_every,
             diagnostics=Diagnostics(recipe),
+            correct_reward=recipe.eval.reward,
         )
     )
     trainer.add_callback(PeriodicEval(recipe, tokenizer, out / "metrics.jsonl", recipe.grpo.eval_every, tracker))

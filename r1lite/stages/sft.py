@@ -1,10 +1,11 @@
-"""LoRA SFT warm-up: teach the answer format and a search pattern from solver-made traces.
+"""LoRA SFT warm-up: teach the answer format (and, from solver traces, a search pattern).
 
     >>> adapter = run(recipe, Path("runs/countdown-cpu"))     # -> runs/countdown-cpu/sft/adapter
 
-TRL's SFTTrainer on a prompt/completion dataset, so the loss covers the completion (the trace)
-only; the base may be 4-bit (QLoRA). The traces come from `countdown.make_trace`, seeded by the
-recipe, so a rerun with the same recipe trains on the same text.
+TRL's SFTTrainer on a prompt/completion dataset, so the loss covers the completion only; the base
+may be 4-bit (QLoRA). Completions are the task's solver-made reasoning traces (Countdown's
+`make_trace`, seeded by the recipe, so a rerun trains on the same text) or, for tasks without a
+solver, answer-only completions that close the think block and give the answer (`sft.completions`).
 """
 
 from __future__ import annotations
@@ -16,21 +17,24 @@ from typing import Any
 from r1lite import ui
 from r1lite.config import Recipe, build_trl_config
 from r1lite.fileio import write_text
-from r1lite.tasks import countdown
 
 ADAPTER = "adapter"
 
 
 def build_dataset(recipe: Recipe, tokenizer: Any) -> list[dict[str, str]]:
-    """Prompt/completion pairs: the recipe's prompt template and a reasoning trace ending in the answer."""
+    """Prompt/completion pairs: the recipe's prompt template and a trace (or the bare answer) after it."""
     from r1lite.stages import data
 
+    task, traces = recipe.data.make_task(), recipe.sft_completions() == "traces"
     rng = random.Random(recipe.seed)
     rows = []
     for ex in data.load_split(recipe.data, "train")[: recipe.sft.examples]:
-        prompt = countdown.render_prompt(ex["nums"], ex["target"], recipe.data.prompt_format, tokenizer)
-        trace = countdown.make_trace(ex["nums"], ex["target"], rng, recipe.sft.max_dead_ends, recipe.sft.trace_style)
-        rows.append({"prompt": prompt, "completion": trace})
+        prompt = task.render_prompt(ex, recipe.data.prompt_format, tokenizer)
+        if traces:
+            completion = task.trace(ex, rng, recipe.sft.trace_style, recipe.sft.max_dead_ends)
+        else:
+            completion = task.answer_only(ex)
+        rows.append({"prompt": prompt, "completion": completion})
     return rows
 
 
@@ -56,7 +60,8 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None) -> Path:
     path = resolve_model(recipe.model.name)
     tokenizer = load_tokenizer(path, recipe.model.revision)
     rows = build_dataset(recipe, tokenizer)
-    ui.log(f"sft: {len(rows)} traces on {recipe.model.name} ({recipe.quantization.mode}), LoRA r={recipe.lora.r}")
+    what = "traces" if recipe.sft_completions() == "traces" else "answer-only completions"
+    ui.log(f"sft: {len(rows)} {what} on {recipe.model.name} ({recipe.quantization.mode}), LoRA r={recipe.lora.r}")
     model = load_model(path, recipe.model, recipe.quantization)
     on_cuda = pick_device(recipe.model) == "cuda"
     # batch_size x grad_accum is the global batch of one optimizer step, whatever the processes

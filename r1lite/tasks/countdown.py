@@ -11,14 +11,21 @@ generator, Stream-of-Search style reasoning traces for SFT, the prompt templates
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from r1lite.arith import ExpressionError, evaluate
-from r1lite.rewards import register
+from r1lite.rewards import search_behaviour, self_check, self_checks, shows_search, think_format
+from r1lite.tasks import ASSISTANT_PREFIX, PROMPT_FORMATS, Example, RewardFn, Task, last_answer
+
+__all__ = ["ASSISTANT_PREFIX", "PROMPT_FORMATS", "last_answer", "search_behaviour", "self_check", "self_checks",
+           "shows_search"]
 
 Value = int | Fraction
 Tree = Any  # a leaf Value, or (op, left Tree, right Tree)
@@ -276,64 +283,37 @@ _INSTRUCTION = (
     "operations (+, -, *, /) and each number can only be used once. Show your work in <think> </think> "
     "tags. And return the final answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3 </answer>."
 )
-_SYSTEM = (
-    "You are a helpful assistant. You first thinks about the reasoning process in the mind and then "
-    "provides the user with the answer."
-)
-ASSISTANT_PREFIX = "Let me solve this step by step.\n<think>"
-PROMPT_FORMATS = ("base", "qwen-instruct", "chat", "compact")
 # not TinyZero's: a one-line question for runs where prompt tokens are the cost (the 2-core CPU demo)
 _COMPACT = "Make {target} from {nums} with + - * /, each number once. Answer in <answer></answer>."
 
 
+def _example(nums: Sequence[int], target: int) -> Example:
+    return {"nums": list(nums), "target": target}
+
+
 def base_prompt(nums: Sequence[int], target: int) -> str:
     """TinyZero's template for base models."""
-    return (
-        "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
-        "The assistant first thinks about the reasoning process in the mind and then provides the user "
-        "with the answer.\nUser: "
-        + _INSTRUCTION.format(nums=list(nums), target=target)
-        + "\nAssistant: "
-        + ASSISTANT_PREFIX
-    )
+    return Countdown().render_prompt(_example(nums, target), "base")
 
 
 def qwen_instruct_prompt(nums: Sequence[int], target: int) -> str:
     """TinyZero's template for Qwen instruct models (ChatML written out by hand)."""
-    return (
-        f"<|im_start|>system\n{_SYSTEM}<|im_end|>\n<|im_start|>user\n "
-        + _INSTRUCTION.format(nums=list(nums), target=target)
-        + "<|im_end|>\n<|im_start|>assistant\n"
-        + ASSISTANT_PREFIX
-    )
+    return Countdown().render_prompt(_example(nums, target), "qwen-instruct")
 
 
 def chat_messages(nums: Sequence[int], target: int) -> list[dict[str, str]]:
     """The same question as chat messages, for models that bring their own chat template."""
+    from r1lite.tasks import SYSTEM
+
     return [
-        {"role": "system", "content": _SYSTEM},
+        {"role": "system", "content": SYSTEM},
         {"role": "user", "content": _INSTRUCTION.format(nums=list(nums), target=target)},
     ]
 
 
 def render_prompt(nums: Sequence[int], target: int, fmt: str, tokenizer: Any = None) -> str:
     """Prompt text in format `fmt`; every format ends in `<think>` so completions are comparable."""
-    if fmt == "base":
-        return base_prompt(nums, target)
-    if fmt == "qwen-instruct":
-        return qwen_instruct_prompt(nums, target)
-    if fmt == "chat":
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise ValueError("prompt format 'chat' needs a tokenizer with a chat template; use 'base'")
-        text = tokenizer.apply_chat_template(chat_messages(nums, target), tokenize=False, add_generation_prompt=True)
-        return text + ASSISTANT_PREFIX
-    if fmt == "compact":
-        question = _COMPACT.format(nums=list(nums), target=target)
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            return f"{question}\n<think>"
-        messages = [{"role": "user", "content": question}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + "<think>"
-    raise ValueError(f"unknown prompt format {fmt!r}; choose one of {', '.join(PROMPT_FORMATS)}")
+    return Countdown().render_prompt(_example(nums, target), fmt, tokenizer)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,22 +322,6 @@ def render_prompt(nums: Sequence[int], target: int, fmt: str, tokenizer: Any = N
 
 _ALLOWED = re.compile(r"^[\d+\-*/().\s]+$")
 _NUMBER = re.compile(r"\d+")
-
-
-def last_answer(text: str) -> str | None:
-    """Content of the last non-overlapping `<answer>(.*?)</answer>` match, like `re.finditer` gives.
-
-    A find() loop instead of the regex: the regex is quadratic on text with many unclosed tags.
-    """
-    pos, found = 0, None
-    while True:
-        start = text.find("<answer>", pos)
-        if start < 0:
-            return found
-        end = text.find("</answer>", start + 8)
-        if end < 0:
-            return found
-        found, pos = text[start + 8 : end], end + 9
 
 
 def check_equation(equation: str, nums: Sequence[int], target: float) -> tuple[bool, str]:
@@ -377,7 +341,6 @@ def check_equation(equation: str, nums: Sequence[int], target: float) -> tuple[b
     return False, f"evaluates to {value:g}, not {target}"
 
 
-@register("countdown_tinyzero")
 def tinyzero_reward(completion: str, nums: Sequence[int], target: int) -> tuple[float, str]:
     """TinyZero's score: 1.0 correct, 0.1 an answer in the right place that is wrong, 0.0 none.
 
@@ -391,30 +354,11 @@ def tinyzero_reward(completion: str, nums: Sequence[int], target: int) -> tuple[
     return (1.0 if ok else 0.1), reason
 
 
-@register("think_format")
 def think_format_reward(completion: str, nums: Sequence[int] = (), target: int = 0) -> tuple[float, str]:
-    """1.0 for exactly `...</think>\\n<answer>...</answer>` with nothing after it, else 0.0.
-
-    The prompt opens `<think>`, so the completion may restate it only as its very first text.
-    """
-    body = completion.removeprefix("<think>")
-    end = body.find("</think>")
-    if end < 0:
-        return 0.0, "no </think>"
-    if "<think>" in body or body.count("</think>") > 1:
-        return 0.0, "more than one think block"
-    rest = body[end + 8 :]
-    if not rest.startswith("\n<answer>"):
-        return 0.0, "'</think>' is not followed by a newline and <answer>"
-    if not rest.endswith("</answer>"):
-        return 0.0, "text after </answer>" if "</answer>" in rest else "no </answer>"
-    inner = rest[9:-9]
-    if "<answer>" in inner or "</answer>" in inner:
-        return 0.0, "more than one <answer> block"
-    return 1.0, "well formed"
+    """The protocol's format reward (`r1lite.rewards.think_format`), in this module's call form."""
+    return think_format(completion)
 
 
-@register("countdown_equation")
 def equation_reward(completion: str, nums: Sequence[int], target: int) -> tuple[float, str]:
     """1.0 when the last `<answer>` anywhere in the text is a correct equation, else 0.0."""
     answer = last_answer(completion)
@@ -425,39 +369,106 @@ def equation_reward(completion: str, nums: Sequence[int], target: int) -> tuple[
 
 
 # ----------------------------------------------------------------------------------------------
-# Search behaviour (for eval): does a completion try more than one thing, or check itself?
+# The task
 # ----------------------------------------------------------------------------------------------
 
-_SEARCH = re.compile(
-    r"\b(try|let'?s try|another|instead|back up|backtrack|doesn'?t work|does not work|not \d+|"
-    r"too (big|large|small|high|low)|check|verify|alternatively|wait)\b",
-    re.I,
-)
+
+class CountdownSettings(BaseModel):
+    """The generator's knobs, under `data.countdown` in a recipe."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    num_counts: list[int] = Field([3, 4], min_length=1, description="how many numbers a problem has")
+    num_min: int = Field(1, ge=0, description="smallest number")
+    num_max: int = Field(99, ge=1, description="largest number")
+    target_min: int = Field(1, description="smallest target")
+    target_max: int = Field(100, description="largest target")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> CountdownSettings:
+        if self.num_min > self.num_max:
+            raise ValueError(f"num_min ({self.num_min}) is above num_max ({self.num_max})")
+        if self.target_min > self.target_max:
+            raise ValueError(f"target_min ({self.target_min}) is above target_max ({self.target_max})")
+        if any(not 2 <= n <= 6 for n in self.num_counts):
+            raise ValueError("num_counts must be between 2 and 6 (the solver is exhaustive)")
+        return self
 
 
-def shows_search(completion: str) -> bool:
-    """True when the reasoning tries alternatives or verifies a result (two or more such cues)."""
-    think = completion.split("</think>", 1)[0]
-    return len(_SEARCH.findall(think)) >= 2
+class Countdown(Task):
+    """Numbers, a target, + - * / : TinyZero's prompts and rewards, the exact solver's traces."""
 
+    name = "countdown"
+    description = "reach a target from 3-6 numbers with + - * / (TinyZero's task; solver traces for SFT)"
+    Settings = CountdownSettings
+    correct_reward = "countdown_equation"
+    main_reward = "countdown_tinyzero"
+    default_rewards = (("countdown_tinyzero", 1.0),)
+    rejected_as = "unsolvable"
+    fields = ("nums", "target")
+    has_traces = True
 
-_SELF_CHECK = re.compile(r"\b(check|checking|verify|verified|double[- ]check|confirm|wait)\b", re.I)
+    def splits(self, train_size: int, test_size: int, seed: int, progress: Any = lambda x, n: x) -> dict:
+        s = self.settings
+        kw = dict(num_counts=s.num_counts, num_range=(s.num_min, s.num_max), target_range=(s.target_min, s.target_max))
+        total, chunk = test_size + train_size, 256
+        rows: list[Example] = []
+        seen: set = set()
+        # chunks keep the progress bar moving; each chunk has its own seed, so output is deterministic
+        for i in progress(range(0, total, chunk), -(-total // chunk)):
+            part = generate(min(chunk, total - i), seed=seed * 1_000_003 + i, exclude=seen, **kw)
+            seen.update(example_key(r["nums"], r["target"]) for r in part)
+            rows.extend(part)
+        return {"test": rows[:test_size], "train": rows[test_size:]}
 
+    def sample(self, rng: random.Random) -> Example:
+        s = self.settings
+        ranges = dict(num_range=(s.num_min, s.num_max), target_range=(s.target_min, s.target_max))
+        return generate(1, seed=rng.randrange(2**31), num_counts=s.num_counts, **ranges)[0]
 
-def self_checks(completion: str) -> bool:
-    """True when the reasoning checks its own result ("Check: ...", "let me verify", "wait")."""
-    return bool(_SELF_CHECK.search(completion.split("</think>", 1)[0]))
+    def key(self, example: Example) -> Any:
+        return example_key(example["nums"], example["target"])
 
+    def from_row(self, row: dict[str, Any]) -> Example | None:
+        try:
+            nums = row["nums"]
+            if isinstance(nums, str):
+                nums = json.loads(nums)
+            nums, target = [int(n) for n in nums], int(row["target"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(
+                f"needs 'nums' (a list of integers) and 'target' (an integer); got columns {sorted(row)}"
+            ) from None
+        solution = solve(nums, target)
+        return None if solution is None else {"nums": nums, "target": target, "solution": solution}
 
-# Behaviour as rewards, so GRPO logs them every step at weight 0: the curves of the "aha" moment.
-@register("search_behaviour")
-def search_behaviour(completion: str, nums: Sequence[int] = (), target: int = 0) -> tuple[float, str]:
-    """1.0 when the reasoning tries alternatives or verifies (see `shows_search`); a behaviour, not correctness."""
-    n = len(_SEARCH.findall(completion.split("</think>", 1)[0]))
-    return (1.0 if n >= 2 else 0.0), f"{n} search cue{'s' * (n != 1)}"
+    def question(self, example: Example) -> str:
+        return f"Using the numbers {list(example['nums'])}, make {example['target']}."
 
+    def instruction(self, example: Example) -> str:
+        return _INSTRUCTION.format(nums=list(example["nums"]), target=example["target"])
 
-@register("self_check")
-def self_check_behaviour(completion: str, nums: Sequence[int] = (), target: int = 0) -> tuple[float, str]:
-    """1.0 when the reasoning checks its own result; a behaviour, not correctness."""
-    return (1.0, "checks its result") if self_checks(completion) else (0.0, "no self-check")
+    def compact(self, example: Example) -> str:
+        return _COMPACT.format(nums=list(example["nums"]), target=example["target"])
+
+    def answer(self, example: Example) -> str:
+        return example.get("solution") or solve(example["nums"], example["target"]) or ""
+
+    def check(self, answer: str, example: Example) -> tuple[float, str]:
+        ok, reason = check_equation(answer.strip(), example["nums"], example["target"])
+        return (1.0 if ok else 0.0), reason
+
+    def rewards(self) -> dict[str, RewardFn]:
+        return {
+            "countdown_tinyzero": lambda c, ex: tinyzero_reward(c, ex["nums"], ex["target"]),
+            "countdown_equation": lambda c, ex: equation_reward(c, ex["nums"], ex["target"]),
+        }
+
+    def trace(self, example: Example, rng: random.Random, style: str, max_dead_ends: int) -> str:
+        return make_trace(example["nums"], example["target"], rng, max_dead_ends, style)
+
+    def public(self, example: Example) -> dict[str, Any]:
+        return {"nums": example["nums"], "target": example["target"]}
+
+    def label(self, example: Example) -> str:
+        return f"{list(example['nums'])} → {example['target']}"
