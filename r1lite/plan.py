@@ -29,9 +29,25 @@ PROMPT_TOKENS = 160  # a rendered Countdown prompt is ~140 Qwen tokens; chat tem
 COMPACT_PROMPT_TOKENS = 70  # data.prompt_format=compact, with SmolLM2's default system prompt
 
 
+CHARS_PER_TOKEN = 3.5  # English prompt text in Qwen's and SmolLM2's tokenizers (Countdown's: ~560 chars, ~160 tokens)
+CHAT_TEMPLATE_TOKENS = 40  # a chat template's system prompt and role markers (SmolLM2's default)
+
+
 def prompt_tokens_for(recipe: Any) -> int:
-    """The longest prompt of a batch, estimated from the recipe's prompt format."""
-    return COMPACT_PROMPT_TOKENS if recipe.data.prompt_format == "compact" else PROMPT_TOKENS
+    """The longest prompt of a batch, estimated from the recipe's task and prompt format.
+
+    Countdown's are measured constants; another task's longest of 16 sampled prompts, rendered
+    without a tokenizer, at CHARS_PER_TOKEN (no model or tokenizer is loaded to plan).
+    """
+    fmt = recipe.data.prompt_format
+    if recipe.data.task == "countdown":
+        return COMPACT_PROMPT_TOKENS if fmt == "compact" else PROMPT_TOKENS
+    import itertools
+
+    task = recipe.data.make_task()
+    examples = list(itertools.islice(task.stream(recipe.data.seed), 16))
+    chars = max(len(task.render_prompt(e, "qwen-instruct" if fmt == "chat" else fmt)) for e in examples)
+    return math.ceil(chars / CHARS_PER_TOKEN) + (CHAT_TEMPLATE_TOKENS if fmt in ("compact", "chat") else 0)
 
 
 CUDA_CONTEXT_GIB = 0.6  # CUDA context + cuBLAS workspace, outside max_memory_allocated
@@ -496,7 +512,8 @@ def _add_cpu_timing(plan: Plan, recipe: Any, rows: int, seq: int, prompt: int) -
     scale = plan.shape.params / SHAPES["smollm2-135m-instruct"].params
     train_s, decode_s = CPU_TRAIN_S_PER_TOKEN * scale, CPU_DECODE_S_PER_STEP * scale
     plan.step_seconds = g.max_completion_length * decode_s * math.ceil(rows / 32) + rows * seq * train_s
-    sft_tokens = min(prompt + (60 if recipe.sft.trace_style == "short" else 150), recipe.sft.max_length)
+    completion = 20 if recipe.sft_completions() == "answers" else 60 if recipe.sft.trace_style == "short" else 150
+    sft_tokens = min(prompt + completion, recipe.sft.max_length)
     sft_s = recipe.sft.examples * recipe.sft.epochs * sft_tokens * train_s if recipe.sft.enabled else 0
     eval_s = 2 * math.ceil(e.examples / min(e.batch_size, 32)) * e.max_new_tokens * decode_s
     plan.run_hours = (plan.step_seconds * g.max_steps + sft_s + eval_s) / 3600

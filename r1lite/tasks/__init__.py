@@ -266,8 +266,13 @@ def _load_file(path: Path) -> Any:
 
 
 @functools.lru_cache(maxsize=64)
+def _file_task(path: Path, mtime: float, spec: str) -> type[Task]:
+    """Imported once per file version (a path relative to another folder is another file)."""
+    return _from_module(_load_file(path), spec)
+
+
 def task_class(spec: str) -> type[Task]:
-    """The Task class for `countdown`, `rg:<name>`, `path/to/file.py` or `package.module`."""
+    """The Task class for `countdown`, `rg:<name>`, `path/to/file.py` (from the working directory) or `package.module`."""
     if spec == "countdown":
         from r1lite.tasks.countdown import Countdown
 
@@ -277,10 +282,15 @@ def task_class(spec: str) -> type[Task]:
 
         return reasoning_gym_task(spec[3:])
     if spec.endswith(".py"):
-        path = Path(spec)
+        path = Path(spec).resolve()
         if not path.is_file():
-            raise TaskError(f"task file {spec} does not exist")
-        return _from_module(_load_file(path), spec)
+            raise TaskError(f"task file {spec} does not exist (paths are relative to the working directory)")
+        return _file_task(path, path.stat().st_mtime, spec)
+    return _module_task(spec)
+
+
+@functools.lru_cache(maxsize=64)
+def _module_task(spec: str) -> type[Task]:
     if "." in spec:
         try:
             module = importlib.import_module(spec)
