@@ -68,7 +68,7 @@ class DataConfig(Section):
                 raise ValueError(f"'{key}' is a setting of task {spec}; write it as data.{task.name}.{key}")
             close = difflib.get_close_matches(key, [*fields, task.name], n=1)
             hint = f"; did you mean 'data.{close[0]}'?" if close else ""
-            raise ValueError(f"unknown key 'data.{key}'{hint}")  # noqa: B904
+            raise ValueError(f"unknown key 'data.{key}'{hint}")
         try:
             # `settings` itself arrives on assignment (validate_assignment re-validates the whole section)
             given = raw.pop(task.name, None) or raw.pop("settings", None) or {}
@@ -78,7 +78,11 @@ class DataConfig(Section):
             where = ".".join(["data", task.name, *(str(p) for p in first["loc"])])
             if first["type"] == "extra_forbidden":
                 close = difflib.get_close_matches(str(first["loc"][-1]), own, n=1)
-                hint = f"; did you mean 'data.{task.name}.{close[0]}'?" if close else f"; {task.name} takes {', '.join(own)}"
+                hint = (
+                    f"; did you mean 'data.{task.name}.{close[0]}'?"
+                    if close
+                    else f"; {task.name} takes {', '.join(own)}"
+                )
                 raise ValueError(f"unknown key '{where}'{hint}") from None
             got = first.get("input")
             shown = f" (got {got!r})" if not isinstance(got, dict | list) and first["type"] != "missing" else ""

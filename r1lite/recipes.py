@@ -181,7 +181,9 @@ def task_recipe(spec: str, recipe: str | None, profile: str | None, overrides: l
         return resolve({"name": spec.replace(":", "-"), "data": {"task": spec}}, None, overrides, f"task {spec}")
     r = load_recipe(name, profile, overrides)
     if r.data.task != spec:
-        raise RecipeError(f"recipe {name} is for task {r.data.task}, not {spec}; leave out --recipe or pick one for {spec}")
+        raise RecipeError(
+            f"recipe {name} is for task {r.data.task}, not {spec}; leave out --recipe or pick one for {spec}"
+        )
     return r
 
 

@@ -84,7 +84,7 @@ def test_data_errors_are_one_line_exit_2(tmp_path):
 
 def test_recipes_commands():
     r = invoke("recipes", "list")
-    assert r.exit_code == 0 and "countdown" in r.output
+    assert r.exit_code == 0 and "countdown" in r.output and "knights_knaves" in r.output
     r = invoke("recipes", "show", "countdown", "--profile", "cpu", "--set", "grpo.beta=0.04")
     assert r.exit_code == 0 and "beta: 0.04" in r.output and "profile: cpu" in r.output
     r = invoke("recipes", "show", "countdown", "--set", "grpo.bta=1")

@@ -100,10 +100,22 @@ def test_plan_predicts_a_cpu_grpo_step_of_a_tiny_model(tmp_path):
     assert predicted == pytest.approx(measured.peak, rel=0.20), (predicted / 2**20, measured.peak / 2**20)
 
 
-@pytest.mark.parametrize("profile", [p for p in profiles_of("countdown") if p.startswith("gpu-")])
-def test_every_gpu_profile_fits_its_card_with_headroom(profile):
-    plan = make_plan(load_recipe("countdown", profile, []), card_for_profile(profile))
-    assert plan.fits(headroom=HEADROOM), (profile, plan.peak_gib, plan.card)
+@pytest.mark.parametrize(
+    ("recipe", "profile"),
+    [(r, p) for r in ("countdown", "knights_knaves") for p in profiles_of(r) if p.startswith("gpu-")],
+)
+def test_every_gpu_profile_fits_its_card_with_headroom(recipe, profile):
+    plan = make_plan(load_recipe(recipe, profile, []), card_for_profile(profile))
+    assert plan.fits(headroom=HEADROOM), (recipe, profile, plan.peak_gib, plan.card)
+
+
+def test_another_tasks_prompt_length_is_estimated_from_its_prompts():
+    from r1lite.plan import prompt_tokens_for
+
+    assert prompt_tokens_for(load_recipe("countdown")) == 160
+    three = prompt_tokens_for(load_recipe("knights_knaves", "gpu-16gb"))
+    six = prompt_tokens_for(load_recipe("knights_knaves", "gpu-16gb", ["data.knights_knaves.n_people=6"]))
+    assert 150 < three < six  # a 3-person puzzle in the ChatML template is ~200 tokens; more people, more text
 
 
 def test_plan_json_answers_offline_with_every_field(monkeypatch):

@@ -19,7 +19,9 @@ def test_profile_merges_over_base():
 
 
 def test_overrides_are_typed():
-    r = load_recipe("countdown", "cpu", ["grpo.max_steps=3", "data.countdown.num_counts=[4]", "grpo.trl.warmup_steps=10"])
+    r = load_recipe(
+        "countdown", "cpu", ["grpo.max_steps=3", "data.countdown.num_counts=[4]", "grpo.trl.warmup_steps=10"]
+    )
     assert r.grpo.max_steps == 3 and r.data.settings["num_counts"] == [4] and r.grpo.trl == {"warmup_steps": 10}
 
 

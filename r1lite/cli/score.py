@@ -25,7 +25,10 @@ def _lines(path: str) -> list[str]:
 def score(
     task: TaskArg,
     path: Annotated[
-        str, typer.Argument(help="JSONL: a completion plus the example's fields per line (as in the task's data files); '-' for stdin")
+        str,
+        typer.Argument(
+            help="JSONL: a completion plus the example's fields per line (as in the task's data files); '-' for stdin"
+        ),
     ] = "-",
     out: Annotated[str | None, typer.Option("--out", "-o", help="write here instead of stdout")] = None,
 ) -> None:
@@ -57,7 +60,9 @@ def score(
             try:
                 reward, reason = table[name](row["completion"], example)
             except (KeyError, TypeError, ValueError) as e:
-                raise DataError(f"line {i}: {name} cannot score it ({type(e).__name__}: {e}); is it a {task} example?") from None
+                raise DataError(
+                    f"line {i}: {name} cannot score it ({type(e).__name__}: {e}); is it a {task} example?"
+                ) from None
             scores[name] = {"reward": reward, "reason": reason}
         rows.append({**row, "scores": scores})
     if out:

@@ -11,7 +11,9 @@ from r1lite.cli.common import ProfileOpt, SetOpt
 from r1lite.cli.data import TaskArg
 from r1lite.ui import console
 
-app = typer.Typer(help="List tasks (built in and reasoning-gym) and show one: prompt, answer, rewards.", no_args_is_help=True)
+app = typer.Typer(
+    help="List tasks (built in and reasoning-gym) and show one: prompt, answer, rewards.", no_args_is_help=True
+)
 
 
 @app.command("list")
@@ -41,7 +43,9 @@ def show(
     task: TaskArg,
     fmt: Annotated[str, typer.Option("--format", help="prompt format: base, qwen-instruct, compact")] = "base",
     seed: Annotated[int, typer.Option(help="which sample to draw")] = 0,
-    recipe: Annotated[str | None, typer.Option(help="recipe whose task settings to use (default: the one for TASK)")] = None,
+    recipe: Annotated[
+        str | None, typer.Option(help="recipe whose task settings to use (default: the one for TASK)")
+    ] = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -51,7 +55,9 @@ def show(
     from r1lite.tasks import PROMPT_FORMATS
 
     if fmt not in PROMPT_FORMATS or fmt == "chat":
-        raise typer.BadParameter("use base, qwen-instruct or compact (chat needs a model's tokenizer)", param_hint="--format")
+        raise typer.BadParameter(
+            "use base, qwen-instruct or compact (chat needs a model's tokenizer)", param_hint="--format"
+        )
     r = task_recipe(task, recipe, profile, set_ or [])
     t = r.data.make_task()
     stream = t.stream(seed)
@@ -79,4 +85,3 @@ def show(
 def _clip(text: str, width: int = 40) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
-

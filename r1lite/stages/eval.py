@@ -210,7 +210,10 @@ def run(
             f"eval/{label}",
             "completions",
             ["problem", "completion", "correct", "reason"],
-            [[task.label(ex), r["completion"], r["correct"], r["reason"]] for ex, r in zip(examples, rows[:64])],
+            [
+                [task.label(ex), r["completion"], r["correct"], r["reason"]]
+                for ex, r in zip(examples[:64], rows[:64], strict=True)
+            ],
             0,
         )
     ui.log(
@@ -227,7 +230,9 @@ def comparison_table(before: dict[str, Any], after: dict[str, Any], task: str = 
     title = f"{task.replace('_', ' ').capitalize()} held-out eval"
     table = Table("metric", before.get("label", "before"), after.get("label", "after"), "change", title=title)
     meta = {*METRICS, "label", "model", "adapter", "examples", "seconds"}
-    extra = sorted(k for k, v in after.items() if k not in meta and isinstance(v, int | float) and not isinstance(v, bool))
+    extra = sorted(
+        k for k, v in after.items() if k not in meta and isinstance(v, int | float) and not isinstance(v, bool)
+    )
     keys = [k for k in (*METRICS, *extra) if k in before and k in after]
     for key in keys:
         b, a = before[key], after[key]

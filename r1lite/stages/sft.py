@@ -38,6 +38,23 @@ def build_dataset(recipe: Recipe, tokenizer: Any) -> list[dict[str, str]]:
     return rows
 
 
+def check_lengths(rows: list[dict[str, str]], tokenizer: Any, max_length: int) -> None:
+    """Say when sft.max_length cuts completions off; stop when it leaves nothing to learn from."""
+    from r1lite.errors import RecipeError
+
+    prompts = tokenizer([r["prompt"] for r in rows])["input_ids"]
+    full = tokenizer([r["prompt"] + r["completion"] for r in rows])["input_ids"]
+    cut = sum(len(f) > max_length for f in full)
+    if all(len(p) >= max_length for p in prompts):
+        longest = max(len(f) for f in full)
+        raise RecipeError(
+            f"sft.max_length ({max_length} tokens) is shorter than every prompt; the warm-up would see no "
+            f"completion. Raise it (the longest prompt + completion is {longest} tokens)"
+        )
+    if cut:
+        ui.warn(f"sft: {cut} of {len(rows)} examples are longer than sft.max_length ({max_length}); their ends are cut")
+
+
 def run(recipe: Recipe, run_dir: Path, tracker: Any = None) -> Path:
     """Train a LoRA adapter on traces; returns `run_dir/sft/adapter` (written atomically)."""
     from datasets import Dataset
@@ -60,6 +77,7 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None) -> Path:
     path = resolve_model(recipe.model.name)
     tokenizer = load_tokenizer(path, recipe.model.revision)
     rows = build_dataset(recipe, tokenizer)
+    check_lengths(rows, tokenizer, cfg.max_length)
     what = "traces" if recipe.sft_completions() == "traces" else "answer-only completions"
     ui.log(f"sft: {len(rows)} {what} on {recipe.model.name} ({recipe.quantization.mode}), LoRA r={recipe.lora.r}")
     model = load_model(path, recipe.model, recipe.quantization)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from r1lite.errors import DataError, R1liteError
 
@@ -37,9 +37,7 @@ RewardFn = Callable[[str, Example], tuple[float, str]]
 
 PROMPT_FORMATS = ("base", "qwen-instruct", "chat", "compact")
 ASSISTANT_PREFIX = "Let me solve this step by step.\n<think>"
-PROTOCOL = (
-    "Show your work in <think> </think> tags. And return the final answer in <answer> </answer> tags."
-)
+PROTOCOL = "Show your work in <think> </think> tags. And return the final answer in <answer> </answer> tags."
 SYSTEM = (
     "You are a helpful assistant. You first thinks about the reasoning process in the mind and then "
     "provides the user with the answer."
@@ -166,7 +164,9 @@ class Task:
             if tokenizer is None or not getattr(tokenizer, "chat_template", None):
                 raise ValueError("prompt format 'chat' needs a tokenizer with a chat template; use 'base'")
             messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": self.instruction(example)}]
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + ASSISTANT_PREFIX
+            return (
+                tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + ASSISTANT_PREFIX
+            )
         if fmt == "compact":
             question = self.compact(example)
             if tokenizer is None or not getattr(tokenizer, "chat_template", None):
@@ -242,11 +242,19 @@ def _from_module(module: Any, origin: str) -> type[Task]:
         if inspect.isclass(obj) and issubclass(obj, Task) and obj is not Task and obj.__module__ == module.__name__
     ]
     if len(found) != 1:
-        what = "no Task subclass" if not found else f"{len(found)} Task subclasses ({', '.join(c.__name__ for c in found)})"
-        raise TaskError(f"{origin} defines {what}; a task file defines exactly one class that subclasses r1lite.tasks.Task")
+        what = (
+            "no Task subclass"
+            if not found
+            else f"{len(found)} Task subclasses ({', '.join(c.__name__ for c in found)})"
+        )
+        raise TaskError(
+            f"{origin} defines {what}; a task file defines exactly one class that subclasses r1lite.tasks.Task"
+        )
     cls = found[0]
     if not cls.name:
-        raise TaskError(f"{origin}: {cls.__name__} needs a `name` (the recipe key of its settings, e.g. name = 'my_task')")
+        raise TaskError(
+            f"{origin}: {cls.__name__} needs a `name` (the recipe key of its settings, e.g. name = 'my_task')"
+        )
     return cls
 
 
@@ -272,7 +280,7 @@ def _file_task(path: Path, mtime: float, spec: str) -> type[Task]:
 
 
 def task_class(spec: str) -> type[Task]:
-    """The Task class for `countdown`, `rg:<name>`, `path/to/file.py` (from the working directory) or `package.module`."""
+    """The Task class for `countdown`, `rg:<name>`, `path/to/file.py` (from the working dir) or `package.module`."""
     if spec == "countdown":
         from r1lite.tasks.countdown import Countdown
 
@@ -298,13 +306,23 @@ def _module_task(spec: str) -> type[Task]:
             raise TaskError(f"cannot import task module {spec}: {e}") from None
         return _from_module(module, spec)
     close = difflib.get_close_matches(spec, BUILTIN, n=1)
-    hint = f"did you mean '{close[0]}'?" if close else "use countdown, rg:<name> (r1lite tasks list), a .py file or a module"
+    hint = (
+        f"did you mean '{close[0]}'?"
+        if close
+        else "use countdown, rg:<name> (r1lite tasks list), a .py file or a module"
+    )
     raise TaskError(f"unknown task '{spec}'; {hint}")
 
 
 def load_task(spec: str, settings: BaseModel | dict[str, Any] | None = None) -> Task:
     """An instance of the task `spec` with its settings validated."""
     cls = task_class(spec)
-    task = cls(settings)
+    try:
+        task = cls(settings)
+    except ValidationError as e:  # a recipe validates settings first; this is for code and the CLI
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        msg = first["msg"].removeprefix("Value error, ")
+        raise TaskError(f"task {spec}: {where + ': ' if where else ''}{msg}") from None
     task.spec = spec
     return task

@@ -24,8 +24,15 @@ from r1lite.arith import ExpressionError, evaluate
 from r1lite.rewards import search_behaviour, self_check, self_checks, shows_search, think_format
 from r1lite.tasks import ASSISTANT_PREFIX, PROMPT_FORMATS, Example, RewardFn, Task, last_answer
 
-__all__ = ["ASSISTANT_PREFIX", "PROMPT_FORMATS", "last_answer", "search_behaviour", "self_check", "self_checks",
-           "shows_search"]
+__all__ = [
+    "ASSISTANT_PREFIX",
+    "PROMPT_FORMATS",
+    "last_answer",
+    "search_behaviour",
+    "self_check",
+    "self_checks",
+    "shows_search",
+]
 
 Value = int | Fraction
 Tree = Any  # a leaf Value, or (op, left Tree, right Tree)

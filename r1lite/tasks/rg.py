@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import functools
 import json
 from collections.abc import Iterator
@@ -37,21 +38,103 @@ OWNED = ("seed", "size")  # r1lite sets these: data.seed and the split sizes
 #   game_of_life_halting   its verifier scores both True and False 1.0 on some entries
 #   puzzle24               its verifier does not check which numbers an expression uses
 VERIFIED = (
-    "ab acre advanced_geometry aiw arc_1d base_conversion basic_arithmetic bf binary_alternation binary_matrix "
-    "bitwise_arithmetic caesar_cipher calendar_arithmetic chain_sum circuit_logic codeio coin_flip "
-    "color_cube_rotation complex_arithmetic count_bits count_primes countdown course_schedule cryptarithm "
-    "decimal_arithmetic decimal_chain_sum dice emoji_mystery family_relationships figlet_font "
-    "fraction_simplification futoshiki game_of_life gcd group_anagrams gsm_symbolic intermediate_integration "
-    "isomorphic_strings jugs kakurasu knight_swap knights_knaves largest_island lcm leg_counting letter_counting "
-    "letter_jumble list_functions mahjong_puzzle manipulate_matrix maze mini_sudoku modulo_grid n_queens "
-    "needle_haystack number_filtering number_format number_sequence number_sorting palindrome_generation "
-    "palindrome_partitioning path_star polynomial_equations polynomial_multiplication pool_matrix power_function "
-    "prime_factorization products quantum_lock ransom_note rectangle_count rotate_matrix rotten_oranges "
-    "self_reference sentence_reordering shortest_path simple_equations simple_geometry simple_integration sokoban "
-    "spell_backward spiral_matrix string_insertion string_manipulation string_splitting string_synthesis sudoku "
-    "survo syllogism time_intervals tower_of_hanoi tsumego word_ladder word_sequence_reversal word_sorting "
-    "zebra_puzzles"
-).split()
+    "ab",
+    "acre",
+    "advanced_geometry",
+    "aiw",
+    "arc_1d",
+    "base_conversion",
+    "basic_arithmetic",
+    "bf",
+    "binary_alternation",
+    "binary_matrix",
+    "bitwise_arithmetic",
+    "caesar_cipher",
+    "calendar_arithmetic",
+    "chain_sum",
+    "circuit_logic",
+    "codeio",
+    "coin_flip",
+    "color_cube_rotation",
+    "complex_arithmetic",
+    "count_bits",
+    "count_primes",
+    "countdown",
+    "course_schedule",
+    "cryptarithm",
+    "decimal_arithmetic",
+    "decimal_chain_sum",
+    "dice",
+    "emoji_mystery",
+    "family_relationships",
+    "figlet_font",
+    "fraction_simplification",
+    "futoshiki",
+    "game_of_life",
+    "gcd",
+    "group_anagrams",
+    "gsm_symbolic",
+    "intermediate_integration",
+    "isomorphic_strings",
+    "jugs",
+    "kakurasu",
+    "knight_swap",
+    "knights_knaves",
+    "largest_island",
+    "lcm",
+    "leg_counting",
+    "letter_counting",
+    "letter_jumble",
+    "list_functions",
+    "mahjong_puzzle",
+    "manipulate_matrix",
+    "maze",
+    "mini_sudoku",
+    "modulo_grid",
+    "n_queens",
+    "needle_haystack",
+    "number_filtering",
+    "number_format",
+    "number_sequence",
+    "number_sorting",
+    "palindrome_generation",
+    "palindrome_partitioning",
+    "path_star",
+    "polynomial_equations",
+    "polynomial_multiplication",
+    "pool_matrix",
+    "power_function",
+    "prime_factorization",
+    "products",
+    "quantum_lock",
+    "ransom_note",
+    "rectangle_count",
+    "rotate_matrix",
+    "rotten_oranges",
+    "self_reference",
+    "sentence_reordering",
+    "shortest_path",
+    "simple_equations",
+    "simple_geometry",
+    "simple_integration",
+    "sokoban",
+    "spell_backward",
+    "spiral_matrix",
+    "string_insertion",
+    "string_manipulation",
+    "string_splitting",
+    "string_synthesis",
+    "sudoku",
+    "survo",
+    "syllogism",
+    "time_intervals",
+    "tower_of_hanoi",
+    "tsumego",
+    "word_ladder",
+    "word_sequence_reversal",
+    "word_sorting",
+    "zebra_puzzles",
+)
 
 
 def _registry() -> dict[str, tuple[type, type]]:
@@ -109,10 +192,19 @@ def _settings_model(name: str, config: type) -> type[BaseModel]:
     )
 
 
+def _restore(default: Any, value: Any) -> Any:
+    """A JSON/YAML value back in the type of the dataclass's default: tuples and enums do not survive JSON."""
+    if isinstance(default, tuple) and isinstance(value, list):
+        return tuple(value)
+    if isinstance(default, enum.Enum) and not isinstance(value, enum.Enum):
+        return type(default)(value)
+    return value
+
+
 def make_config(config: type, settings: dict[str, Any], seed: int, size: int) -> Any:
-    """The generator's config: lists from YAML become tuples where the dataclass's defaults are tuples."""
+    """The generator's config from our (JSON-typed) settings, validated by reasoning-gym."""
     defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
-    values = {k: tuple(v) if isinstance(v, list) and isinstance(defaults.get(k), tuple) else v for k, v in settings.items()}
+    values = {k: _restore(defaults.get(k), v) for k, v in settings.items()}
     cfg = config(**values, seed=seed, size=size)
     if hasattr(cfg, "validate"):
         cfg.validate()
@@ -159,7 +251,9 @@ class ReasoningGymTask(Task):
     def answer(self, example: Example) -> str:
         answer = example.get("answer")
         if answer is None:
-            raise TaskError(f"rg:{self.rg_name} entries have no single answer (any valid one scores); no answer-only warm-up")
+            raise TaskError(
+                f"rg:{self.rg_name} entries have no single answer (any valid one scores); no answer-only warm-up"
+            )
         return str(answer)
 
     def public(self, example: Example) -> dict[str, Any]:
@@ -170,7 +264,7 @@ class ReasoningGymTask(Task):
         return f"rg-{self.rg_name}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reasoning_gym_task(name: str) -> type[Task]:
     """The Task class for reasoning-gym's generator `name`."""
     registry = _registry()
