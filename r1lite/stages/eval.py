@@ -149,7 +149,7 @@ def evaluate(
     engine = recipe.grpo.backend(next(model.parameters()).device.type == "cuda") == "engine"
     greedy = [g[0] for g in generate(model, tokenizer, prompts, max_new, cfg.batch_size, desc=desc, engine=engine)]
     rows = score(examples, greedy, cfg.reward, task)
-    extra = [k for k in task.metrics(examples[0], greedy[0][0])] if examples else []
+    extra = list(task.metrics(examples[0], greedy[0][0])) if examples else []  # the task's own metric names
     summary = summarize(rows, extra)
     if cfg.pass_k:
         sampled = generate(

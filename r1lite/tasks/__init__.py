@@ -111,8 +111,7 @@ class Task:
         """Distinct problems, the test split first so it does not depend on train_size."""
         total, seen, rows, draws = train_size + test_size, set(), [], 0
         limit = 20 * total + 1_000
-        with_bar = progress(range(total), total)
-        bar = iter(with_bar)
+        bar = iter(progress(range(total), total))  # advanced once per kept problem
         for ex in self.stream(seed):
             draws += 1
             if draws > limit:

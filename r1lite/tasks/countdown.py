@@ -21,18 +21,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from r1lite.arith import ExpressionError, evaluate
-from r1lite.rewards import search_behaviour, self_check, self_checks, shows_search, think_format
-from r1lite.tasks import ASSISTANT_PREFIX, PROMPT_FORMATS, Example, RewardFn, Task, last_answer
 
-__all__ = [
-    "ASSISTANT_PREFIX",
-    "PROMPT_FORMATS",
-    "last_answer",
-    "search_behaviour",
-    "self_check",
-    "self_checks",
-    "shows_search",
-]
+# re-exported: the shared protocol pieces (search cues, prompt constants) this module held before tasks had an interface
+from r1lite.rewards import search_behaviour, self_check, self_checks, shows_search, think_format  # noqa: F401
+from r1lite.tasks import ASSISTANT_PREFIX, PROMPT_FORMATS, Example, RewardFn, Task, last_answer  # noqa: F401
 
 Value = int | Fraction
 Tree = Any  # a leaf Value, or (op, left Tree, right Tree)
