@@ -88,7 +88,7 @@ class DataConfig(Section):
             shown = f" (got {got!r})" if not isinstance(got, dict | list) and first["type"] != "missing" else ""
             raise ValueError(f"{where}: {first['msg'].removeprefix('Value error, ')}{shown}") from None
         raw["settings"] = settings.model_dump(mode="json")
-        raw["dir"] = raw.get("dir") or f"data/{task(settings).slug}"
+        raw["dir"] = raw.get("dir") or f"data/{task.folder()}"
         return raw
 
     @model_serializer(mode="wrap")

@@ -85,6 +85,7 @@ class Task:
     default_rewards: ClassVar[tuple[tuple[str, float], ...]] = (("answer", 1.0), ("think_format", 0.1))
     rejected_as: ClassVar[str] = "invalid"  # what imported rows that `from_row` drops are counted as
     fields: ClassVar[tuple[str, ...]] = ("answer",)  # example fields the rewards read (`r1lite score` checks them)
+    slug: ClassVar[str] = ""  # folder-safe name when `name` is not one (rg:maze -> rg-maze)
     spec: str = ""  # how the recipe named it (set by load_task)
 
     def __init__(self, settings: BaseModel | dict[str, Any] | None = None) -> None:
@@ -219,10 +220,10 @@ class Task:
         """A one-line name of the problem for tables and live views."""
         return _short(" ".join(self.question(example).split()), 100)
 
-    @property
-    def slug(self) -> str:
-        """Folder-safe name: data/<slug> is the default data folder."""
-        return self.name
+    @classmethod
+    def folder(cls) -> str:
+        """The default data folder's name, data/<folder>: the `slug` when a task sets one, else its name."""
+        return cls.slug or cls.name
 
 
 def _short(text: str, width: int = 60) -> str:

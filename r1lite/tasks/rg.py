@@ -259,10 +259,6 @@ class ReasoningGymTask(Task):
     def public(self, example: Example) -> dict[str, Any]:
         return {"question": example["question"], "answer": example.get("answer")}
 
-    @property
-    def slug(self) -> str:
-        return f"rg-{self.rg_name}"
-
 
 @functools.cache
 def reasoning_gym_task(name: str) -> type[Task]:
@@ -280,6 +276,7 @@ def reasoning_gym_task(name: str) -> type[Task]:
         {
             "name": name,
             "rg_name": name,
+            "slug": f"rg-{name}",
             "description": doc[0] if doc else f"reasoning-gym's {name}",
             "Settings": _settings_model(name, config),
             "__module__": __name__,
