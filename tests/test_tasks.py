@@ -17,7 +17,7 @@ from r1lite.cli.main import app
 from r1lite.errors import R1liteError
 from r1lite.fileio import read_json, read_jsonl
 from r1lite.recipes import load_recipe, resolve
-from r1lite.tasks import Task, TaskError, task_class
+from r1lite.tasks import Task, TaskError, load_task, task_class
 from r1lite.tasks.rg import VERIFIED
 
 runner = CliRunner()
@@ -99,12 +99,20 @@ def test_countdown_outputs_are_unchanged(tmp_path):
 def test_grpo_rows_carry_the_whole_example_to_the_rewards():
     from r1lite.rewards import trl_reward_funcs
 
-    ex = {"nums": [44, 19, 35], "target": 98, "solution": "44 + 19 + 35"}
+    a = {"nums": [44, 19, 35], "target": 98, "solution": "44 + 19 + 35"}
+    b = {"nums": [2, 3], "target": 6, "solution": "2 * 3"}
     tiny, fmt = trl_reward_funcs(["countdown_tinyzero", "think_format"])
-    completions = ["x</think>\n<answer>44 + 19 + 35</answer>", "<answer>1</answer>"]
-    assert tiny(completions, example=[json.dumps(ex)] * 2) == [1.0, 0.1]
-    assert tiny.last_sample["problem"] == "[44, 19, 35] → 98"
-    assert fmt(completions, example=[json.dumps(ex)] * 2, trainer_state=None) == [1.0, 0.0]
+    completions = ["x</think>\n<answer>44 + 19 + 35</answer>", "<answer>2 * 3</answer>"]
+    rows = [json.dumps(a), json.dumps(b)]
+    assert tiny(completions, example=rows) == [1.0, 1.0]  # each completion scored against its own example
+    assert tiny(completions, example=rows[::-1]) == [0.1, 0.1]
+    assert tiny.last_sample["problem"] == "[2, 3] → 6"
+    assert fmt(completions, example=rows, trainer_state=None) == [1.0, 0.0]
+    # any task's rows: a reasoning-gym entry reaches its verifier whole, metadata included
+    (answer,) = trl_reward_funcs(["answer"], "rg:knights_knaves")
+    entry = next(load_task("rg:knights_knaves").stream(0))
+    right = f"</think>\n<answer>{entry['answer']}</answer>"
+    assert answer([right, "<answer>nobody</answer>"], example=[json.dumps(entry)] * 2) == [1.0, 0.0]
 
 
 # ----------------------------------------------------------------------------------------------
