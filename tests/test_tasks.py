@@ -272,6 +272,14 @@ def test_reasoning_gym_data_is_seeded_disjoint_and_imports(tmp_path):
     r = invoke("data", "rg:knights_knaves", "--from", str(a / "train.jsonl"), "--test-size", "10", "--out", "c")
     assert r.exit_code == 0, r.output
     assert read_jsonl(Path("c/test.jsonl"))[0] in train
+    flat = [{**e, "metadata": json.dumps(e["metadata"])} for e in train]  # as a table would store it
+    Path("flat.jsonl").write_text("".join(json.dumps(e) + "\n" for e in flat))
+    r = invoke("data", "rg:knights_knaves", "--from", "flat.jsonl", "--test-size", "10", "--out", "d")
+    assert r.exit_code == 0, r.output
+    assert read_jsonl(Path("d/test.jsonl")) == read_jsonl(Path("c/test.jsonl"))
+    Path("bad.jsonl").write_text('{"question": "q", "answer": "a"}\n')
+    r = invoke("data", "rg:knights_knaves", "--from", "bad.jsonl", "--out", "e")
+    assert r.exit_code == 2 and "row 0: needs 'question', 'answer', 'metadata'" in r.output
     r = invoke("data", "rg:knights_knaves", "--recipe", "countdown")
     assert r.exit_code == 2 and "recipe countdown is for task countdown" in r.output
 

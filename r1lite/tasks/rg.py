@@ -239,6 +239,20 @@ class ReasoningGymTask(Task):
     def sample(self, rng: Any) -> Example:
         return jsonable(self.dataset(rng.randrange(2**31), 1)[0])
 
+    def from_row(self, row: dict[str, Any]) -> Example | None:
+        """An entry from a file or the hub; tables often store `metadata` as a JSON string."""
+        if any(k not in row for k in self.fields):
+            raise ValueError(
+                f"needs {', '.join(repr(k) for k in self.fields)} (a reasoning-gym entry); got {sorted(row)}"
+            )
+        metadata = row["metadata"]
+        if isinstance(metadata, str):
+            try:
+                metadata = json.loads(metadata)
+            except json.JSONDecodeError:
+                raise ValueError("'metadata' is a string but not JSON") from None
+        return {"question": row["question"], "answer": row["answer"], "metadata": metadata}
+
     def check(self, answer: str, example: Example) -> tuple[float, str]:
         try:
             score = float(self._scorer.score_answer(answer.strip(), example))
