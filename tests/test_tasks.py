@@ -422,6 +422,9 @@ def test_knights_knaves_recipe_runs_end_to_end_on_a_tiny_model(tmp_path):
     assert final["examples"] == 4 and 0 <= final["accuracy"] <= 1
     metrics = read_jsonl(tmp_path / "runs/knights_knaves-cpu/grpo/metrics.jsonl")
     assert any("accuracy" in m for m in metrics)  # rewards/answer/mean, logged as accuracy
+    assert invoke("report", "runs/knights_knaves-cpu").exit_code == 0
+    report = (tmp_path / "runs/knights_knaves-cpu/report.md").read_text()
+    assert "| A very special island" in report and "You meet 2 inhabitants" in report  # the problems, side by side
 
 
 def test_a_warm_up_that_would_see_no_completion_stops_with_the_setting(capsys):
