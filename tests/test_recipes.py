@@ -60,10 +60,11 @@ def test_missing_and_malformed_files(tmp_path):
         load_recipe("countdown", "gpu-8gb")
 
 
-def test_resolved_recipe_round_trips(tmp_path):
-    r = load_recipe("countdown", "gpu-24gb")
+@pytest.mark.parametrize(("name", "profile"), [("countdown", "gpu-24gb"), ("knights_knaves", "cpu")])
+def test_resolved_recipe_round_trips(tmp_path, name, profile):
+    r = load_recipe(name, profile)
     (tmp_path / "resolved.yaml").write_text(to_yaml(r))
-    assert load_recipe(str(tmp_path / "resolved.yaml")) == r
+    assert load_recipe(str(tmp_path / "resolved.yaml")) == r  # the task's settings come back under data.<task>
 
 
 @pytest.mark.parametrize(
