@@ -60,7 +60,7 @@ def test_missing_and_malformed_files(tmp_path):
         load_recipe("countdown", "gpu-8gb")
 
 
-@pytest.mark.parametrize(("name", "profile"), [("countdown", "gpu-24gb"), ("knights_knaves", "cpu")])
+@pytest.mark.parametrize(("name", "profile"), [("countdown", "gpu-24gb"), ("knights_knaves", "gpu-16gb")])
 def test_resolved_recipe_round_trips(tmp_path, name, profile):
     r = load_recipe(name, profile)
     (tmp_path / "resolved.yaml").write_text(to_yaml(r))
