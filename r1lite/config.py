@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
-from r1lite.errors import RecipeError
+from r1lite.errors import RecipeError, first_problem
 
 
 class Section(BaseModel):
@@ -74,19 +74,17 @@ class DataConfig(Section):
             given = raw.pop(task.name, None) or raw.pop("settings", None) or {}
             settings = task.Settings.model_validate(given)
         except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(["data", task.name, *(str(p) for p in first["loc"])])
-            if first["type"] == "extra_forbidden":
-                close = difflib.get_close_matches(str(first["loc"][-1]), own, n=1)
+            loc, kind, msg = first_problem(e)
+            where = ".".join(["data", task.name, *loc])
+            if kind == "extra_forbidden":
+                close = difflib.get_close_matches(loc[-1], own, n=1)
                 hint = (
                     f"; did you mean 'data.{task.name}.{close[0]}'?"
                     if close
                     else f"; {task.name} takes {', '.join(own)}"
                 )
                 raise ValueError(f"unknown key '{where}'{hint}") from None
-            got = first.get("input")
-            shown = f" (got {got!r})" if not isinstance(got, dict | list) and first["type"] != "missing" else ""
-            raise ValueError(f"{where}: {first['msg'].removeprefix('Value error, ')}{shown}") from None
+            raise ValueError(f"{where}: {msg}") from None
         raw["settings"] = settings.model_dump(mode="json")
         raw["dir"] = raw.get("dir") or f"data/{task.folder()}"
         return raw

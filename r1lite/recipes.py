@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from r1lite.config import DataConfig, Recipe
-from r1lite.errors import RecipeError
+from r1lite.errors import RecipeError, first_problem
 
 PACKAGE_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -124,21 +124,17 @@ def apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
 
 def _describe(err: ValidationError, source: str) -> str:
     """One line for the first validation error, with the closest key for unknown ones."""
-    first = err.errors()[0]
-    loc = [str(p) for p in first["loc"]]
+    loc, kind, msg = first_problem(err)
     key = ".".join(loc)
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    if first["type"] == "extra_forbidden":
+    if kind == "extra_forbidden":
         try:
             _check_path(loc, key)
         except RecipeError as e:
             return f"{source}: {e}{more}"
-    got = first.get("input")
-    shown = f" (got {got!r})" if not isinstance(got, dict | list) and first["type"] != "missing" else ""
-    msg = first["msg"].removeprefix("Value error, ")
     if not key or msg.startswith(("unknown key", "data.")):  # the message names its key itself
-        return f"{source}: {msg}{shown}{more}"
-    return f"{source}: {key}: {msg}{shown}{more}"
+        return f"{source}: {msg}{more}"
+    return f"{source}: {key}: {msg}{more}"
 
 
 def resolve(raw: dict[str, Any], profile: str | None, overrides: list[str], source: str) -> Recipe:

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from r1lite.errors import DataError, R1liteError
+from r1lite.errors import DataError, R1liteError, first_problem
 
 Example = dict[str, Any]
 RewardFn = Callable[[str, Example], tuple[float, str]]
@@ -320,9 +320,7 @@ def load_task(spec: str, settings: BaseModel | dict[str, Any] | None = None) -> 
     try:
         task = cls(settings)
     except ValidationError as e:  # a recipe validates settings first; this is for code and the CLI
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"].removeprefix("Value error, ")
-        raise TaskError(f"task {spec}: {where + ': ' if where else ''}{msg}") from None
+        loc, _, msg = first_problem(e)
+        raise TaskError(f"task {spec}: {'.'.join(loc) + ': ' if loc else ''}{msg}") from None
     task.spec = spec
     return task
