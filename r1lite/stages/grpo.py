@@ -120,9 +120,8 @@ LOGGED = ("think_format", "search_behaviour", "self_check")
 
 def reward_plan(recipe: Recipe) -> list[tuple[str, float]]:
     """The recipe's weighted rewards, plus accuracy, format and behaviours at weight 0 so TRL logs them every step."""
-    plan = [(r.name, r.weight) for r in recipe.grpo.rewards or []]
-    logged = (recipe.eval.reward or recipe.data.make_task().correct_reward, *LOGGED)
-    return plan + [(name, 0.0) for name in logged if name not in dict(plan)]
+    plan = [(r.name, r.weight) for r in recipe.grpo.rewards]  # the recipe filled in the task's defaults
+    return plan + [(name, 0.0) for name in (recipe.eval.reward, *LOGGED) if name not in dict(plan)]
 
 
 def build_trainer(

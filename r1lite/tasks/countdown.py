@@ -407,9 +407,14 @@ class Countdown(Task):
     fields = ("nums", "target")
     has_traces = True
 
-    def splits(self, train_size: int, test_size: int, seed: int, progress: Any = lambda x, n: x) -> dict:
+    def _generator_args(self) -> dict[str, Any]:
         s = self.settings
-        kw = dict(num_counts=s.num_counts, num_range=(s.num_min, s.num_max), target_range=(s.target_min, s.target_max))
+        return dict(
+            num_counts=s.num_counts, num_range=(s.num_min, s.num_max), target_range=(s.target_min, s.target_max)
+        )
+
+    def splits(self, train_size: int, test_size: int, seed: int, progress: Any = lambda x, n: x) -> dict:
+        kw = self._generator_args()
         total, chunk = test_size + train_size, 256
         rows: list[Example] = []
         seen: set = set()
@@ -421,9 +426,7 @@ class Countdown(Task):
         return {"test": rows[:test_size], "train": rows[test_size:]}
 
     def sample(self, rng: random.Random) -> Example:
-        s = self.settings
-        ranges = dict(num_range=(s.num_min, s.num_max), target_range=(s.target_min, s.target_max))
-        return generate(1, seed=rng.randrange(2**31), num_counts=s.num_counts, **ranges)[0]
+        return generate(1, seed=rng.randrange(2**31), **self._generator_args())[0]
 
     def key(self, example: Example) -> Any:
         return example_key(example["nums"], example["target"])
