@@ -328,6 +328,8 @@ def test_countdown_reward_agrees_with_reasoning_gyms_verifier(case, hit):
 
     Where the rules differ, and why, is in the README: reasoning-gym parses with sympy and so accepts
     `**` and names; we accept only the Countdown operators. Its wrong answers score 0.05 or 0.01, ours 0.1.
+    It compares with `np.isclose` (relative tolerance 1e-5), we within 1e-5 absolute, so near misses
+    on large targets are left out here and pinned in the next test.
     """
     from fractions import Fraction
 
@@ -342,6 +344,8 @@ def test_countdown_reward_agrees_with_reasoning_gyms_verifier(case, hit):
     except (ExpressionError, ZeroDivisionError):
         return  # both call a division by zero wrong; sympy's `zoo` is not worth pinning
     target = round(value) if hit and Fraction(value).denominator == 1 else int(value) + 1
+    if 1e-5 <= abs(value - target) <= 1e-6 + 1e-5 * abs(target):
+        return  # numpy's relative tolerance calls this near miss right; see the test below
     entry = {"metadata": {"numbers": given_nums, "target": target}}
     ours = equation_reward(f"<answer>{expr}</answer>", given_nums, target)[0] == 1.0
     theirs = CountdownDataset.score_answer(None, expr, entry) == 1.0
@@ -363,6 +367,10 @@ def test_where_the_countdown_verifiers_differ():
     assert equation_reward("<answer>(2 * 2) ** (3 + 4) / 4</answer>", [2, 2, 3, 4, 4], 4096)[0] == 0.0
     assert CountdownDataset.score_answer(None, "2 + 3", entry) == 0.05  # wrong numbers
     assert equation_reward("<answer>2 + 3</answer>", [2, 3, 4], 4096)[1] == "numbers differ from the given ones"
+    # np.isclose's relative tolerance: off by one on a six-digit target is right there, wrong here
+    big = {"metadata": {"numbers": [13, 17, 19, 24], "target": 100777}}  # the product is 100776
+    assert CountdownDataset.score_answer(None, "13 * 17 * 19 * 24", big) == 1.0
+    assert equation_reward("<answer>13 * 17 * 19 * 24</answer>", [13, 17, 19, 24], 100777)[0] == 0.0
 
 
 # ----------------------------------------------------------------------------------------------
