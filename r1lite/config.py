@@ -176,6 +176,12 @@ class GRPOConfig(Section):
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo"] = Field(
         "dr_grpo", description="TRL loss: dr_grpo (no length bias), dapo (TRL default), grpo, bnpo, cispo, sapo"
     )
+    scale_rewards: Literal["auto", "group", "batch", "none"] = Field(
+        "auto",
+        description="divide advantages by the reward std of the group, of the batch, or not at all (TRL's "
+        "scale_rewards); auto: none for dr_grpo (Dr. GRPO removes the std, a question-level difficulty bias), "
+        "group otherwise",
+    )
     temperature: float = Field(1.0, gt=0, description="sampling temperature during rollouts")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
     top_k: int = Field(0, ge=0, description="0: off")
@@ -193,7 +199,11 @@ class GRPOConfig(Section):
         description="engine only: merge LoRA into a dense working copy for decoding (auto: when it fits "
         "in free GPU memory), or decode the (4-bit) model + LoRA unmerged",
     )
-    rollout_compile: bool = Field(True, description="engine only: capture the decode step (CUDA graphs) on CUDA")
+    rollout_compile: Literal["auto"] | bool = Field(
+        "auto",
+        description="engine only: capture the decode step as a CUDA graph (true), decode eagerly (false), or auto: "
+        "capture only on the paths (merged / unmerged) a GPU check has measured to work and be faster",
+    )
     vllm_mode: Literal["colocate", "server"] = Field(
         "colocate",
         description="rollout=vllm only: colocate (vLLM shares each training GPU) or server (a `trl vllm-serve` "
@@ -210,6 +220,12 @@ class GRPOConfig(Section):
     save_every: int = Field(50, ge=1, description="steps between checkpoints (for --resume)")
     log_every: int = Field(1, ge=1, description="steps between metric logs")
     trl: dict[str, Any] = Field({}, description="extra trl.GRPOConfig fields, passed unchanged")
+
+    def reward_scaling(self) -> str:
+        """TRL's `scale_rewards` for this loss: Dr. GRPO as published does not divide by the std."""
+        if self.scale_rewards != "auto":
+            return self.scale_rewards
+        return "none" if self.loss_type == "dr_grpo" else "group"
 
     def backend(self, on_cuda: bool, sharded: bool = False) -> str:
         """The rollout backend `auto` resolves to: our engine on CUDA unless ZeRO-3 shards the weights."""
@@ -233,6 +249,12 @@ class DistributedConfig(Section):
         "ddp",
         description="with --gpus N: ddp (replicate the policy), zero2 (shard optimizer state) or zero3 (shard "
         "weights too; not with a 4-bit policy); recipes/accelerate/<strategy>.yaml is the accelerate config",
+    )
+    timeout_minutes: float = Field(
+        60.0,
+        ge=1,
+        description="with --gpus N: how long a process waits at a barrier for the others (data preparation runs on "
+        "the main process alone) before the run stops with a timeout",
     )
 
 

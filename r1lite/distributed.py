@@ -5,16 +5,20 @@
     >>> split_batch(64, 8, 4)                              # (8, 2): micro-batch 8 per process, 2 accumulation steps
 
 r1lite does not run processes itself: accelerate (DDP or DeepSpeed ZeRO) and TRL do. This module
-keeps r1lite's own parts correct under them: recipe batch sizes stay global (the same optimizer step
-whatever the number of processes), data preparation and evals run on the main process while the
-others wait, and only the main process writes the run directory, metrics and W&B.
+keeps r1lite's own parts correct under them: each process on its own GPU from its first CUDA call
+(`pin_device`), one process group opened with r1lite's timeout (`start`), recipe batch sizes global
+(the same optimizer step whatever the number of processes), evals split over the processes and
+gathered (`shard`, `gather`), data preparation on the main process while the others wait, and only
+the main process writing the run directory, metrics and W&B.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from r1lite.errors import RecipeError
 
@@ -26,8 +30,45 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    """This process's index on its machine, which is its GPU (launchers set LOCAL_RANK)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    return rank() == 0
+
+
+def pin_device() -> None:
+    """Make this process's GPU the current one, before anything touches CUDA.
+
+    CUDA calls without a device (a memory probe, `mem_get_info`, a tensor on "cuda") use the current
+    device, which is GPU 0 until set: under `--gpus N` every rank would otherwise open a context on
+    GPU 0 and put its probe, and with `device_map={"": 0}` its 4-bit model, there.
+    """
+    if world_size() == 1:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
+
+
+def start(timeout_minutes: float) -> None:
+    """Open the run's process group once, with a timeout that covers the longest wait at a barrier.
+
+    The first `PartialState()` creates the group, and its timeout is final: NCCL's default (10 minutes)
+    would apply if r1lite created it without one, and the Trainer's `ddp_timeout` comes too late.
+    """
+    if world_size() == 1:
+        return
+    from accelerate import PartialState
+
+    PartialState(timeout=timedelta(minutes=timeout_minutes))
 
 
 def wait_for_everyone() -> None:
@@ -36,6 +77,24 @@ def wait_for_everyone() -> None:
         from accelerate import PartialState
 
         PartialState().wait_for_everyone()
+
+
+def shard(items: list[Any]) -> list[Any]:
+    """This process's contiguous share of `items` (all of them for one process); `gather` undoes it in order."""
+    n, size = len(items), world_size()
+    per = -(-n // size)
+    return items[rank() * per : (rank() + 1) * per]
+
+
+def gather(items: list[Any]) -> list[Any]:
+    """Every process's `items`, concatenated in rank order, on every process (a collective)."""
+    if world_size() == 1:
+        return items
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * world_size()
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
 
 
 def split_batch(total: int, micro: int, processes: int, name: str = "grpo") -> tuple[int, int]:

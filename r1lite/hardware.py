@@ -12,15 +12,27 @@ class Hardware:
     gpu_name: str | None
     gpu_total_gib: float
     gpu_free_gib: float
+    bf16: bool = True  # bf16 tensor cores (compute capability 8.0+); T4 and V100 lack them
+    capability: tuple[int, int] | None = None
 
 
 def probe() -> Hardware:
+    """This process's GPU (the current device, which `distributed.pin_device` sets per rank), or none."""
     import torch
 
     if not torch.cuda.is_available():
         return Hardware(False, None, 0.0, 0.0)
-    free, total = torch.cuda.mem_get_info()
-    return Hardware(True, torch.cuda.get_device_name(0), total / 2**30, free / 2**30)
+    index = torch.cuda.current_device()
+    free, total = torch.cuda.mem_get_info(index)
+    capability = torch.cuda.get_device_capability(index)
+    return Hardware(
+        True,
+        torch.cuda.get_device_name(index),
+        total / 2**30,
+        free / 2**30,
+        bf16=capability >= (8, 0),
+        capability=capability,
+    )
 
 
 def pick_profile(available: list[str], hw: Hardware) -> str | None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from r1lite import ui
 from r1lite.config import LoraConfig, ModelConfig, QuantizationConfig
+from r1lite.distributed import local_rank
 from r1lite.errors import ModelError
 
 OFFLINE_DEFAULT = "smollm2-135m-instruct"
@@ -114,16 +115,45 @@ def torch_dtype(cfg: ModelConfig, device: str) -> Any:
     return getattr(torch, cfg.dtype)
 
 
-def trainer_defaults(cfg: ModelConfig, seed: int, on_cuda: bool) -> dict[str, Any]:
+def trainer_defaults(recipe: Any, on_cuda: bool) -> dict[str, Any]:
     """Trainer arguments every training stage shares: device, precision, checkpointing, seed, logging."""
+    cfg = recipe.model
     return {
         "gradient_checkpointing": cfg.gradient_checkpointing,
         "bf16": on_cuda and cfg.dtype in ("auto", "bfloat16"),
+        "fp16": on_cuda and cfg.dtype == "float16",  # GPUs without bf16 (fit_precision): loss scaling
         "use_cpu": not on_cuda,
-        "seed": seed,
+        "seed": recipe.seed,
+        "ddp_timeout": int(recipe.distributed.timeout_minutes * 60),  # the same timeout as r1lite's own group
         "report_to": [],  # W&B is ours (r1lite.tracking), so one run holds every stage
         "disable_tqdm": not ui.is_live(),  # our monitor shows progress
     }
+
+
+def fit_precision(recipe: Any, hw: Any) -> Any:
+    """The recipe in fp16 on a GPU without bf16 (T4, V100), decided before any model loads.
+
+    bf16 needs compute capability 8.0 (Ampere); older cards fail inside TrainingArguments, after the
+    base eval has run. `model.dtype: auto` and the bf16 4-bit compute dtype become fp16 there (TRL
+    trains with loss scaling; adapters keep fp32 masters); an explicit `model.dtype: bfloat16` stops.
+    """
+    from r1lite.errors import RecipeError
+
+    if not hw.cuda or hw.bf16 or recipe.model.device == "cpu":
+        return recipe
+    card = f"{hw.gpu_name or 'this GPU'} (compute capability {'.'.join(map(str, hw.capability or ()))})"
+    if recipe.model.dtype == "bfloat16":
+        raise RecipeError(f"model.dtype=bfloat16 but {card} has no bf16; set model.dtype=auto (fp16 here) or float16")
+    model = recipe.model.model_copy(update={"dtype": "float16" if recipe.model.dtype == "auto" else recipe.model.dtype})
+    q = recipe.quantization
+    compute = "float16" if q.compute_dtype == "bfloat16" else q.compute_dtype
+    fitted = recipe.model_copy(update={"model": model, "quantization": q.model_copy(update={"compute_dtype": compute})})
+    if fitted != recipe:
+        ui.log(
+            f"{card} has no bf16: training in fp16 with loss scaling (model.dtype={model.dtype}, "
+            f"quantization.compute_dtype={compute})"
+        )
+    return fitted
 
 
 def bnb_config(q: QuantizationConfig) -> Any:
@@ -166,15 +196,18 @@ def load_model(path: str, cfg: ModelConfig, quant: QuantizationConfig, for_train
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     quantization = bnb_config(quant)
+    # this process's own GPU: under `--gpus N` each rank trains on its LOCAL_RANK, and accelerate refuses to
+    # train a 4-bit model that sits on another process's device
+    target = f"cuda:{local_rank()}" if device == "cuda" else "cpu"
     if quantization is not None:
         kwargs["quantization_config"] = quantization
-        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
+        kwargs["device_map"] = {"": target}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
         raise _hub_error(path, e) from None
     if quantization is None:
-        model.to(device)
+        model.to(target)
     if for_training and quantization is not None:
         # Not PEFT's prepare_model_for_kbit_training: it casts embeddings and norms to fp32, which makes the
         # residual stream, the checkpointed activations and the KV cache fp32 too (~3 GiB more at the peak

@@ -141,7 +141,7 @@ def _run(recipe: Recipe, root: Path, resume: bool, grpo_callbacks: list | None, 
             lambda: eval.run(recipe, root, adapter=str(adapter) if adapter else None, label="final", tracker=tracker),
         ),
     ]
-    main_only = {"data", "eval_base", "eval_final"}  # the main process does these while the others wait
+    main_only = {"data"}  # the main process prepares the data while the others wait; evals are split over all
     for stage, enabled, outputs, action in plan:
         if not enabled:
             continue

@@ -285,14 +285,52 @@ def decode_logits_bytes(shape: Shape, rows: int) -> int:
 def train_step_bytes(
     shape: Shape, trainable: int, micro_batch: int, seq_len: int, grad_ckpt: bool, act_bytes: int
 ) -> int:
-    """The GRPO/SFT training step beside the resident weights: adapter states and one micro-batch's activations.
+    """What the GRPO/SFT training step adds to a loaded policy: adapter gradients, AdamW's two moments and one
+    micro-batch's activations (the adapter itself is resident before the first rollout; its states are not).
 
-    This is the reserve the rollout engine keeps free when it decides whether to merge.
+    This is the reserve the rollout engine keeps free when it decides whether to merge (`rollout_fits`).
     """
     parts = training_activation_parts(
         shape, micro_batch, seq_len, grad_ckpt, act_bytes, act_bytes, lora_cast_copies=act_bytes == 2
     )
-    return lora_bytes(trainable) + sum(parts.values())
+    return lora_bytes(trainable) - lora_bytes(trainable, training=False) + sum(parts.values())
+
+
+def graph_pool_bytes(shape: Shape, rows: int) -> int:
+    """The private memory pool of a captured decode step: its logits and the layer-sized temporaries it keeps."""
+    return rows * (shape.vocab * 4 + (8 * shape.hidden + 4 * shape.intermediate) * 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Decisions the planner and the rollout engine share (one function each, called by both)
+# ----------------------------------------------------------------------------------------------
+
+# Compiled (CUDA-graph) decode per engine path, from GPU measurements: under `grpo.rollout_compile: auto` a
+# path is captured only once `bench/gpu_check.py` has shown on a GPU that it works and is faster than
+# eager decoding. Neither has been measured yet (bench/NOTES.md), so both decode eagerly by default.
+COMPILE_PROVEN: dict[str, bool] = {"merged": False, "unmerged": False}
+
+
+def compiles(setting: bool | str, merged: bool, on_cuda: bool) -> bool:
+    """Whether the engine captures its decode step: never off CUDA; `auto` only on a path proven on a GPU."""
+    if not on_cuda or setting is False:
+        return False
+    return setting is True or COMPILE_PROVEN["merged" if merged else "unmerged"]
+
+
+def headroom_bytes(total: int) -> int:
+    """Memory a stage leaves free on a card of `total` bytes: HEADROOM of it, at least 1 GiB."""
+    return int(max(GIB, HEADROOM * total))
+
+
+def rollout_fits(need: int, reserve: int, free: int, total: int, headroom: bool = True) -> bool:
+    """The engine's memory rule: a rollout's buffers (`need`) beside the stage's `reserve` (the training step in
+    GRPO, nothing in an eval), with allocator slack, in `free` bytes, keeping the headroom when asked.
+
+    With headroom it decides whether LoRA is merged for decoding; without, whether the rollout can run at all.
+    """
+    margin = headroom_bytes(total) if headroom else 0
+    return (need + reserve) * (1 + ALLOCATOR_SLACK) + margin <= free
 
 
 # ----------------------------------------------------------------------------------------------
@@ -328,7 +366,7 @@ class Plan:
     on_cuda: bool
     card: Card | None
     stages: dict[str, Stage]
-    merged: bool | None  # the engine's merge decision (None: TRL generates)
+    merged: bool | None  # the engine's merge decision for GRPO rollouts (None: TRL generates)
     rollout: str
     step_seconds: float | None
     run_hours: float | None
@@ -336,6 +374,11 @@ class Plan:
     timing_sources: list[str] = field(default_factory=list)
     gpus: int = 1
     verdicts: dict[str, bool] = field(default_factory=dict)  # card -> fits with headroom, planned for that card
+    merge: dict[str, bool | None] = field(default_factory=dict)  # stage -> LoRA merged for decoding (None: no engine)
+    compiled: dict[str, bool] = field(default_factory=dict)  # stage -> decode step captured
+    free_before: dict[str, int] = field(default_factory=dict)  # stage -> free bytes its merge decision assumed
+    episodes: int = 0  # prompts x generations x steps
+    generated_tokens: int = 0  # at most: every completion at max_completion_length
 
     @property
     def peak_gib(self) -> float:
@@ -363,6 +406,10 @@ class Plan:
             "fits_with_headroom": self.fits(headroom=HEADROOM),
             "rollout": self.rollout,
             "merged": self.merged,
+            "merge": self.merge,
+            "compiled_decode": self.compiled,
+            "episodes": self.episodes,
+            "generated_tokens_max": self.generated_tokens,
             "stages": {k: s.as_dict(self.on_cuda) for k, s in self.stages.items()},
             "step_seconds": None if self.step_seconds is None else round(self.step_seconds, 1),
             "run_hours": None if self.run_hours is None else round(self.run_hours, 2),
@@ -416,27 +463,47 @@ def make_plan(
     def train_parts(micro: int, length: int, ckpt: bool) -> dict[str, int]:
         return training_activation_parts(shape, micro, length, ckpt, act, compute_bytes, casts, on_cpu=not on_cuda)
 
-    # GRPO: rollout buffers, and whether the engine merges (the same rule as RolloutEngine.choose_merge)
+    # The engine's decisions, taken as it takes them (`rollout_fits`, `compiles`): from the free memory of a
+    # loaded policy (its adapter, no optimizer state yet) and each stage's own reserve.
+    card_bytes = int(card.gib * GIB) if card else 0
+    copy = shape.params * compute_bytes  # the engine's dense copy is in the compute dtype
+    adapter = lora_bytes(trainable, adapter_bytes, training=False)
+    decisions: dict[str, bool | None] = {}
+    compiled: dict[str, bool] = {}
+    free_before: dict[str, int] = {}
+
+    def engine_parts(stage: str, rows: int, length: int, resident: int, reserve: int) -> dict[str, int]:
+        """The rollout buffers of one stage's engine, after its merge decision (recorded per stage)."""
+        free = card_bytes - int(CUDA_CONTEXT_GIB * GIB) - int(resident * (1 + ALLOCATOR_SLACK))
+        logits = decode_logits_bytes(shape, rows)
+
+        def need(merged: bool) -> int:
+            pool = graph_pool_bytes(shape, rows) if compiles(g.rollout_compile, merged, on_cuda) else 0
+            return (copy if merged else 0) + kv_bytes(shape, rows, length, compute_bytes if merged else act) + pool
+
+        if g.rollout_merge != "auto":
+            merged = g.rollout_merge == "merged"
+        elif card is None or not on_cuda:  # the engine on CPU: merge unless the weights are quantized
+            merged = q.mode == "none"
+        else:
+            merged = rollout_fits(need(True) + logits, reserve, free, card_bytes)
+        decisions[stage], free_before[stage] = merged, free
+        compiled[stage] = compiles(g.rollout_compile, merged, on_cuda)
+        return {
+            "merged_copy": copy if merged else 0,
+            "kv_cache": kv_bytes(shape, rows, length, compute_bytes if merged else act),
+            "graph_pool": graph_pool_bytes(shape, rows) if compiled[stage] else 0,
+        }
+
     cache_len = -(-seq // 256) * 256
     train = train_parts(g.micro_batch_size, seq, recipe.model.gradient_checkpointing)
     resident = {"weights": weights, "lora_and_adam": lora_train}
     merged: bool | None = None
     rollout_parts: dict[str, int]
     if backend == "engine":
-        copy = shape.params * compute_bytes  # the engine's dense copy is in the compute dtype
-        merged_need = copy + kv_bytes(shape, rows, cache_len, compute_bytes) + decode_logits_bytes(shape, rows)
-        if g.rollout_merge == "auto":  # RolloutEngine.choose_merge's rule: the training step and headroom fit beside it
-            need = sum(resident.values()) + merged_need + sum(train.values())
-            merged = card is None or Stage({"all": need}).peak_gib(on_cuda) <= card.gib * (1 - HEADROOM)
-        else:
-            merged = g.rollout_merge == "merged"
-        rollout_parts = {
-            "merged_copy": copy if merged else 0,
-            "kv_cache": kv_bytes(shape, rows, cache_len, compute_bytes if merged else act),
-            "graph_pool": rows * (shape.vocab * 4 + (8 * shape.hidden + 4 * shape.intermediate) * 2)
-            if on_cuda and g.rollout_compile
-            else 0,
-        }
+        reserve = train_step_bytes(shape, trainable, g.micro_batch_size, seq, recipe.model.gradient_checkpointing, act)
+        rollout_parts = engine_parts("grpo_rollout", rows, cache_len, weights + adapter, reserve)
+        merged = decisions["grpo_rollout"]
         held = rollout_parts  # the engine keeps its buffers for the whole run
     else:
         rollout_parts = {"kv_cache": kv_bytes(shape, rows, seq, act) + kv_bytes(shape, rows, seq, act) // shape.layers}
@@ -444,17 +511,13 @@ def make_plan(
     stages: dict[str, Stage] = {}
     e = recipe.eval
     eval_len = prompt_tokens + e.max_new_tokens
-    eval_cache = -(-eval_len // 256) * 256 if backend == "engine" else eval_len
     infer_weights = {"weights": weights, "adapter": lora_bytes(trainable, training=False)}
-    eval_merged = backend == "engine" and (merged is not False)
-    stages["eval"] = Stage(
-        {
-            **infer_weights,
-            "merged_copy": shape.params * compute_bytes if eval_merged else 0,
-            "kv_cache": kv_bytes(shape, e.batch_size, eval_cache, compute_bytes if eval_merged else act),
-            "logits": decode_logits_bytes(shape, e.batch_size),
-        }
-    )
+    if backend == "engine":  # an eval stage's engine decides for itself: nothing to train beside it
+        eval_cache = -(-eval_len // 256) * 256
+        eval_parts = engine_parts("eval", e.batch_size, eval_cache, sum(infer_weights.values()), 0)
+    else:
+        eval_parts = {"kv_cache": kv_bytes(shape, e.batch_size, eval_len, act)}
+    stages["eval"] = Stage({**infer_weights, **eval_parts, "logits": decode_logits_bytes(shape, e.batch_size)})
     if recipe.sft.enabled:
         s = recipe.sft
         stages["sft_step"] = Stage(
@@ -464,22 +527,22 @@ def make_plan(
         stages["grpo_rollout"] = Stage({**resident, **rollout_parts, "logits": decode_logits_bytes(shape, rows)})
         stages["grpo_train"] = Stage({**resident, **held, **train})
         if g.eval_every:
-            # greedy eval batches run on the training engine (padded to eval.batch_size): a second cache
-            # only when that batch differs from the rollout's; the merged copy is shared
-            eval_rows = e.batch_size if backend == "engine" else min(e.batch_size, g.eval_examples)
-            same = backend == "engine" and eval_rows == rows
+            # greedy eval batches run on the training engine in its rollout's batch shape (stages.eval.generate):
+            # no second cache; TRL's generation makes a cache per eval batch
+            eval_rows = rows if backend == "engine" else min(e.batch_size, g.eval_examples)
             stages["grpo_periodic_eval"] = Stage(
                 {
                     **resident,
                     **held,
-                    "eval_kv_cache": 0
-                    if same
-                    else kv_bytes(shape, eval_rows, cache_len, compute_bytes if merged else act),
+                    "eval_kv_cache": 0 if backend == "engine" else kv_bytes(shape, eval_rows, seq, act),
                     "logits": decode_logits_bytes(shape, eval_rows),
                 }
             )
     plan = Plan(recipe.model.name, recipe.profile, shape, on_cuda, card, stages, merged, backend, None, None, None)
     plan.gpus = gpus
+    plan.merge, plan.compiled, plan.free_before = decisions, compiled, free_before
+    plan.episodes = g.prompts_per_step * g.num_generations * g.max_steps if g.enabled else 0
+    plan.generated_tokens = plan.episodes * g.max_completion_length
     _add_timing(plan, recipe, rows, seq, prompt_tokens)
     if on_cuda and verdicts:  # each card planned on its own: the engine's merge decision depends on the card
         plan.verdicts = {
@@ -632,6 +695,17 @@ def check_fits(recipe: Any, card: Card) -> Plan:
         f"{recipe.run_name} needs ~{plan.peak_gib:.1f} GiB at its peak ({plan.peak_stage}) but {card.name} has "
         f"{card.gib:.1f} GiB; use {fix}, or --auto-fit to choose these for you"
     )
+
+
+def planned_merge(recipe: Any, stage: str) -> bool | None:
+    """The plan's merge decision for `stage` on this machine's card (None without CUDA or for an unknown model)."""
+    card = detected_card()
+    if card is None:
+        return None
+    try:
+        return make_plan(recipe, card, verdicts=False).merge.get(stage)
+    except R1liteError:
+        return None
 
 
 def detected_card(vram_gib: float | None = None) -> Card | None:

@@ -52,16 +52,15 @@ class RolloutSettings:
     top_k: int = 0
     greedy: bool = False
     merge: str = "auto"  # auto | merged | unmerged
-    compile: bool = True  # capture the decode step on CUDA
-    reserve_gib: float = 1.0  # memory always kept free on top of the training step (at least)
-    headroom: float = 0.10  # share of the card kept free on top of the training step (r1lite plan's headroom)
+    compile: bool | str = "auto"  # capture the decode step on CUDA: True, False, or auto (paths proven on a GPU)
     stop_at_eos: bool = True  # benchmarks turn this off so every completion has full length
-    compile_backend: str | None = None  # None: CUDA graphs on CUDA only; e.g. "aot_eager" to trace on CPU (tests)
+    compile_backend: Any = None  # None: CUDA graphs on CUDA only; e.g. "aot_eager" to trace on CPU (tests)
     sync_every: int = 16  # decode steps between checks that every row has stopped (one device->host sync each)
     # the training step that must still fit beside the rollout buffers (0: no training, e.g. eval)
     train_micro_batch: int = 0  # completions per forward/backward
     train_seq_len: int = 0  # prompt + completion tokens of the longest sequence in a micro-batch
     train_grad_ckpt: bool = True
+    planned_merge: bool | None = None  # `r1lite plan`'s decision for this stage, logged beside the engine's
 
 
 @dataclass
@@ -297,6 +296,50 @@ class _DecodeState:
     mask: torch.Tensor  # [batch, length] padding mask over the whole cache
     length: int
     step: Any = None
+    compiled: bool = False  # the decode step is captured (and has not fallen back)
+
+
+VERIFY_STEPS = 3  # captured decode steps checked against eager decoding before the graph is trusted
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device, raising the sticky CUDA error a broken capture leaves behind as one clear line."""
+    if device.type != "cuda":
+        return
+    try:
+        torch.cuda.synchronize(device)
+    except Exception as e:
+        raise R1liteError(
+            f"a captured decode step left the GPU in an error state ({type(e).__name__}: {str(e)[:200]}); "
+            "rerun with --set grpo.rollout_compile=false"
+        ) from None
+
+
+def _rewinder(cache: Any) -> Any:
+    """A function that puts the cache's write positions back where they are now (in place: graphs read them).
+
+    transformers' static cache layers advance a `cumulative_length` counter on every update, so a step
+    run twice would write its second K/V one slot further.
+    """
+    saved = [
+        (layer.cumulative_length, layer.cumulative_length.clone())
+        for layer in cache.layers
+        if isinstance(getattr(layer, "cumulative_length", None), torch.Tensor)
+    ]
+
+    def rewind() -> None:
+        for live, value in saved:
+            live.copy_(value)
+
+    return rewind
+
+
+def _agrees(out: torch.Tensor, reference: torch.Tensor) -> bool:
+    """Compiled and eager logits agree to the noise of reordered low-precision sums (and are finite)."""
+    if not torch.isfinite(out).all():
+        return False
+    tolerance = 0.02 * reference.abs().max().item() + 1e-3
+    return (out.float() - reference.float()).abs().max().item() <= tolerance
 
 
 class RolloutEngine:
@@ -309,8 +352,9 @@ class RolloutEngine:
             self.eos_ids = []
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos_ids or [0])[0]
         self._states: dict[int, _DecodeState] = {}
-        self._merged: Any = None  # one dense copy, shared by every batch size's state
+        self._merged: Any = None  # the dense copy, kept across state rebuilds
         self.last_choice = ""
+        self.compile_failed = False  # a capture failed or disagreed with eager decoding: this engine decodes eagerly
         self.pinned = False  # the GRPO trainer's engine: `release_engines` leaves it to the trainer
         use_grouped_decode_attention(model)
         _LIVE.add(self)
@@ -321,12 +365,12 @@ class RolloutEngine:
         self._merged = None
 
     # -- memory policy -------------------------------------------------------------------------
-    def train_reserve(self, total: int | None = None) -> int:
-        """Bytes the training step needs beside the rollout buffers, plus the headroom `r1lite plan` keeps."""
+    def train_reserve(self) -> int:
+        """Bytes the training step adds beside the rollout buffers (0 outside training), as the planner counts them."""
         s = self.s
-        step = training_step_bytes(self.model, s.train_micro_batch, s.train_seq_len, s.train_grad_ckpt)
-        margin = max(s.reserve_gib * GIB, s.headroom * (total or 0))
-        return (step if s.train_micro_batch else 0) + int(margin)
+        if not s.train_micro_batch:
+            return 0
+        return training_step_bytes(self.model, s.train_micro_batch, s.train_seq_len, s.train_grad_ckpt)
 
     def cache_bytes(self, batch: int, length: int, dtype: torch.dtype, merged: bool) -> int:
         """The static cache in the dtype K/V really take: `dtype` in the merged copy, the embeddings' otherwise."""
@@ -335,23 +379,46 @@ class RolloutEngine:
         kv_dtype = dtype if merged else activation_dtype(self.model)
         return kv_bytes(model_shape(self.model), batch, length, _itemsize(kv_dtype))
 
-    def rollout_bytes(self, batch: int, length: int, dtype: torch.dtype, merged: bool) -> int:
-        """What a rollout allocates: the dense copy if merged (once per engine), the static cache, one step's logits."""
-        from r1lite.plan import decode_logits_bytes
+    def compiles(self, merged: bool, device: torch.device) -> bool:
+        """Whether this path's decode step is captured (`r1lite.plan.compiles`; a tracing backend always is)."""
+        from r1lite.plan import compiles
 
+        if self.compile_failed:
+            return False
+        if self.s.compile_backend is not None:
+            return self.s.compile is not False
+        return compiles(self.s.compile, merged, device.type == "cuda")
+
+    def rollout_bytes(
+        self, batch: int, length: int, dtype: torch.dtype, merged: bool, device: torch.device | None = None
+    ) -> int:
+        """What a rollout allocates: the dense copy if merged (once per engine), the static cache, one step's
+        logits, and the captured step's memory pool when it compiles on `device`."""
+        from r1lite.plan import decode_logits_bytes, graph_pool_bytes
+
+        shape = model_shape(self.model)
         copy = param_bytes(self.model, dtype) if merged and self._merged is None else 0
-        logits = decode_logits_bytes(model_shape(self.model), batch)
-        return copy + self.cache_bytes(batch, length, dtype, merged) + logits
+        pool = graph_pool_bytes(shape, batch) if device is not None and self.compiles(merged, device) else 0
+        return copy + self.cache_bytes(batch, length, dtype, merged) + decode_logits_bytes(shape, batch) + pool
 
     def choose_merge(
-        self, batch: int, length: int, dtype: torch.dtype, device: torch.device, free: int | None = None
+        self,
+        batch: int,
+        length: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        free: int | None = None,
+        total: int | None = None,
     ) -> bool:
-        """Merge when asked, or (auto) when the dense copy, cache and logits fit beside the training step.
+        """Merge when asked, or (auto) by `r1lite.plan.rollout_fits`, the rule the planner applies to the same bytes.
 
         Either way the chosen path must fit in free memory, or this raises before anything is allocated.
         """
+        from r1lite.plan import rollout_fits
+
         free = free_bytes(device) if free is None else free
-        reserve = self.train_reserve(total_bytes(device))
+        total = (total_bytes(device) or 0) if total is None else total
+        reserve = self.train_reserve()
         if self.s.merge != "auto":
             merged = self.s.merge == "merged"
             self.last_choice = f"{self.s.merge} (set in the recipe)"
@@ -360,15 +427,17 @@ class RolloutEngine:
             merged = not quantized
             self.last_choice = "merged (CPU)" if merged else "unmerged (quantized on CPU)"
         else:
-            merged_need = self.rollout_bytes(batch, length, dtype, True)
-            merged = merged_need + reserve <= free
+            merged_need = self.rollout_bytes(batch, length, dtype, True, device)
+            merged = rollout_fits(merged_need, reserve, free, total)
             self.last_choice = (
                 f"{'merged' if merged else 'unmerged'}: a merged copy needs "
                 f"{merged_need / GIB:.1f} GiB + {reserve / GIB:.1f} GiB "
                 f"for the training step, {free / GIB:.1f} GiB free"
             )
-        need = self.rollout_bytes(batch, length, dtype, merged)
-        if free is not None and need + reserve > free:
+        if self.s.planned_merge is not None:
+            self.last_choice += f" (plan: {'merged' if self.s.planned_merge else 'unmerged'})"
+        need = self.rollout_bytes(batch, length, dtype, merged, device)
+        if free is not None and not rollout_fits(need, reserve, free, total, headroom=False):
             raise RolloutMemoryError(
                 f"the rollout needs {need / GIB:.1f} GiB ({batch} completions x {length} tokens of KV cache"
                 f"{' + a merged copy' if merged else ''}) and the training step ~{reserve / GIB:.1f} GiB, but only "
@@ -377,10 +446,17 @@ class RolloutEngine:
             )
         return merged
 
-    def _state(self, batch: int, needed: int, dtype: torch.dtype, device: torch.device) -> _DecodeState:
-        """Reuse this batch size's buffers when they are long enough; otherwise (re)build them.
+    @property
+    def batch_rows(self) -> int | None:
+        """Rows of the decode state this engine holds (None before its first rollout)."""
+        return next(iter(self._states), None)
 
-        The cache length is rounded up to a multiple of 256 so varying prompt lengths reuse one shape.
+    def _state(self, batch: int, needed: int, dtype: torch.dtype, device: torch.device) -> _DecodeState:
+        """Reuse the buffers when the batch size matches and they are long enough; otherwise rebuild them.
+
+        One state at a time: a second batch size replaces the first (freed before the new one is
+        allocated), so an engine never holds two caches. The cache length is rounded up to a multiple
+        of 256 so varying prompt lengths reuse one shape.
         """
         from transformers import StaticCache
 
@@ -391,13 +467,15 @@ class RolloutEngine:
             state.cache.reset()
             return state
         length = -(-needed // 256) * 256
-        self._states.pop(batch, None)
+        self._states.clear()
         merged = self.choose_merge(batch, length, dtype, device)
         if merged and self._merged is None:
             self._merged = merged_copy(self.model, dtype)
             use_grouped_decode_attention(self._merged)
         elif merged:
             refresh_merged(self._merged, self.model, dtype)
+        else:
+            self._merged = None
         runner = self._merged if merged else self.model
         cache = StaticCache(config=base_model_of(self.model).config, max_cache_len=length)
         mask = torch.ones((batch, length), dtype=torch.long, device=device)
@@ -481,10 +559,19 @@ class RolloutEngine:
         finally:
             if was_training:
                 self.model.train()
-        return self._collect(prompt_ids, tokens[:, :steps], logps[:, :steps], state.merged)
+        out = self._collect(prompt_ids, tokens[:, :steps], logps[:, :steps], state.merged)
+        out.stats["compiled"] = state.compiled
+        return out
 
     def _decode_step(self, state: _DecodeState, device: torch.device) -> Any:
-        """One decode step over the persistent buffers; compiled once per state on CUDA."""
+        """One decode step over the persistent buffers; captured once per state where `compiles` says so.
+
+        A captured step is trusted only after it has matched eager decoding: its first VERIFY_STEPS calls
+        (warm-up, capture and the first replays under CUDA graphs) also run eagerly on the same input
+        (writing the same K/V again), synchronise, and compare. An exception or a mismatch turns capture
+        off for this engine with one logged line and decoding goes on eagerly; a CUDA error that outlives
+        the failed capture stops the run with the setting to change.
+        """
         kw = _cache_kwarg(state.runner)
 
         def step(tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -493,7 +580,8 @@ class RolloutEngine:
             )
             return out.logits[:, -1, :]
 
-        if not self.s.compile or (device.type != "cuda" and self.s.compile_backend is None):
+        state.compiled = self.compiles(state.merged, device)
+        if not state.compiled:
             return step
         # every state (batch size, engine) is one more compiled variant of `step`; allow plenty
         cfg = torch._dynamo.config
@@ -503,15 +591,32 @@ class RolloutEngine:
             compiled = torch.compile(step, mode="reduce-overhead", dynamic=False)
         else:
             compiled = torch.compile(step, backend=self.s.compile_backend, dynamic=False)
+        checked = [0]
+
+        def fall_back(why: str) -> None:
+            ui.log(f"rollout: captured decode step {why}; decoding eagerly from now on")
+            self.compile_failed, state.compiled = True, False
+            _synchronize(device)  # a CUDA error that outlives the capture surfaces here, not in a later step
 
         def guarded(tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-            if self.s.compile:
-                try:
-                    return compiled(tok, pos).clone()  # the graph's output buffer is reused by the next replay
-                except Exception as e:  # capture can fail on exotic layers: decode eagerly instead
-                    ui.log(f"rollout: decode capture failed ({type(e).__name__}: {e}); decoding eagerly")
-                    self.s.compile = False
-            return step(tok, pos)
+            if not state.compiled:
+                return step(tok, pos)
+            if checked[0] >= VERIFY_STEPS:
+                return compiled(tok, pos).clone()  # the graph's output buffer is reused by the next replay
+            rewind = _rewinder(state.cache)
+            reference = step(tok, pos)
+            rewind()  # the compiled step writes this token's K/V into the same slots
+            try:
+                out = compiled(tok, pos).clone()
+                _synchronize(device)
+            except Exception as e:  # capture can fail on exotic layers
+                fall_back(f"failed ({type(e).__name__}: {str(e)[:200]})")
+                return reference
+            if not _agrees(out, reference):
+                fall_back(f"disagreed with eager decoding (max logit difference {(out - reference).abs().max():.3g})")
+                return reference
+            checked[0] += 1
+            return out
 
         return guarded
 
@@ -591,11 +696,13 @@ def _compute_dtype(model: Any) -> torch.dtype:
 # ----------------------------------------------------------------------------------------------
 
 
-def settings_from_recipe(recipe: Any) -> RolloutSettings:
+def settings_from_recipe(recipe: Any, planned_merge: bool | None = None) -> RolloutSettings:
+    """The GRPO engine's settings; `planned_merge` is `r1lite plan`'s decision, logged beside the engine's."""
     from r1lite.plan import prompt_tokens_for
 
     g = recipe.grpo
     return RolloutSettings(
+        planned_merge=planned_merge,
         max_new_tokens=g.max_completion_length,
         temperature=g.temperature,
         top_p=g.top_p,
@@ -630,9 +737,11 @@ def make_rollout_func(settings: RolloutSettings) -> Any:
         metrics = trainer._metrics[mode]
         metrics["rollout/tokens_per_s"].append(out.stats["tokens"] / max(elapsed(), 1e-9))
         metrics["rollout/merged"].append(float(out.stats["merged"]))
-        if state.get("logged") != out.stats["choice"]:
-            ui.log(f"rollout engine: {out.stats['choice']}")
-            state["logged"] = out.stats["choice"]
+        metrics["rollout/compiled"].append(float(out.stats["compiled"]))
+        choice = f"{out.stats['choice']}; decode step {'captured' if out.stats['compiled'] else 'eager'}"
+        if state.get("logged") != choice:
+            ui.log(f"rollout engine: {choice}")
+            state["logged"] = choice
         return {"prompt_ids": out.prompt_ids, "completion_ids": out.completion_ids, "logprobs": out.logprobs}
 
     return rollout_func

@@ -114,8 +114,10 @@ def test_two_processes_run_one_run(tmp_path):
     )
     stages = json.loads((two / "stages.json").read_text())
     assert set(stages) == {"data", "eval_base", "sft", "grpo", "eval_final"}
-    assert json.loads((two / "eval/final.json").read_text())["examples"] == 4
-    assert len(read_jsonl(two / "eval/final.jsonl")) == 4  # evaluated once, not once per process
+    final = json.loads((two / "eval/final.json").read_text())
+    assert final["examples"] == 4 and final["processes"] == 2  # each process evaluated its share
+    rows_one, rows_two = read_jsonl(one / "eval/final.jsonl"), read_jsonl(two / "eval/final.jsonl")
+    assert [(r["nums"], r["target"]) for r in rows_two] == [(r["nums"], r["target"]) for r in rows_one]  # in order
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -230,10 +230,83 @@ def test_engine_reserve_is_the_plans_training_step(tmp_path):
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
         model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, target_modules="all-linear"))
-    settings = RolloutSettings(train_micro_batch=4, train_seq_len=1184, train_grad_ckpt=True, reserve_gib=0.0)
+    settings = RolloutSettings(train_micro_batch=4, train_seq_len=1184, train_grad_ckpt=True)
     engine = RolloutEngine(model, build_tokenizer(), settings)
     shape = Shape.from_config(config)
     trainable = shape.lora_params(32, "all-linear")
     assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert engine.train_reserve() == train_step_bytes(shape, trainable, 4, 1184, True, 2)
     assert Shape.from_config(config, source=s.source) == s  # the config round-trips into the plan's shape
+
+
+def _meta_policy(recipe):
+    """The recipe's model shape with its LoRA, on the meta device: the sizes the engine counts, no memory."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    s = shape_for(recipe.model.name)
+    config = Qwen2Config(
+        vocab_size=s.vocab,
+        hidden_size=s.hidden,
+        intermediate_size=s.intermediate,
+        num_hidden_layers=s.layers,
+        num_attention_heads=s.heads,
+        num_key_value_heads=s.kv_heads,
+        tie_word_embeddings=s.tied,
+    )
+    lora = recipe.lora
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, target_modules=lora.target_modules))
+
+
+@pytest.mark.parametrize(
+    ("recipe", "profile"),
+    [(r, p) for r in ("countdown", "knights_knaves") for p in profiles_of(r) if p.startswith("gpu-")],
+)
+def test_plan_and_engine_take_the_same_merge_decision_on_every_card(recipe, profile):
+    """One rule (`rollout_fits`), the same bytes: given the free memory the plan assumes, the engine decides as the
+    plan does, for the GRPO rollout (beside the training step) and for an eval stage (nothing beside it)."""
+    import torch
+
+    from r1lite.plan import CARDS, GIB, prompt_tokens_for
+    from r1lite.rollout import RolloutEngine, RolloutSettings, settings_from_recipe
+    from r1lite.tiny import build_tokenizer
+
+    r = load_recipe(recipe, profile, [])
+    model, tok = _meta_policy(r), build_tokenizer()
+    g, e, prompt = r.grpo, r.eval, prompt_tokens_for(r)
+    grpo_engine = RolloutEngine(model, tok, settings_from_recipe(r))
+    eval_engine = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=e.max_new_tokens, greedy=True))
+    cuda, seen = torch.device("cuda"), set()
+    for card in CARDS:
+        plan = make_plan(r, card, verdicts=False)
+        total = int(card.gib * GIB)
+        for stage, engine, rows, length in (
+            ("grpo_rollout", grpo_engine, g.prompts_per_step * g.num_generations, prompt + g.max_completion_length),
+            ("eval", eval_engine, e.batch_size, prompt + e.max_new_tokens),
+        ):
+            cache = -(-length // 256) * 256
+            free = plan.free_before[stage]
+            try:
+                decided = engine.choose_merge(rows, cache, torch.bfloat16, cuda, free=free, total=total)
+            except Exception:  # the engine refuses the rollout outright: the plan must not have it fit
+                decided = None
+                assert not plan.fits(), (card.name, stage)
+            if decided is not None:
+                assert decided == plan.merge[stage], (card.name, stage, free / GIB)
+                seen.add(decided)
+    assert seen == {True, False} or profile == "gpu-80gb", "the cards should span both decisions"
+
+
+def test_plan_reports_each_stages_decision_and_the_sample_budget():
+    result = runner.invoke(app, ["plan", "countdown", "-p", "gpu-16gb", "--json"])
+    out = json.loads(result.output)
+    assert set(out["merge"]) == {"grpo_rollout", "eval"} and set(out["compiled_decode"]) == {"grpo_rollout", "eval"}
+    assert out["episodes"] == 400 * 8 * 8 and out["generated_tokens_max"] == 400 * 8 * 8 * 1024
+    text = runner.invoke(app, ["plan", "countdown", "-p", "gpu-16gb"]).output
+    assert "25,600 episodes" in text and "LoRA for decoding" in text
+    # the periodic eval decodes on the training engine in its rollout's shape: no second cache (gpu-24gb: 128 vs 64)
+    periodic = make_plan(load_recipe("countdown", "gpu-24gb"), card_by_name("24")).stages["grpo_periodic_eval"]
+    assert periodic.parts["eval_kv_cache"] == 0

@@ -44,13 +44,21 @@ def _print(p) -> None:
 
     d = p.as_dict()
     title = f"{p.model} ({d['profile'] or 'no profile'}), {d['device']}, rollouts by {p.rollout}"
-    if p.merged is not None:
-        title += f", LoRA {'merged into a dense copy' if p.merged else 'unmerged'} for decoding"
-    table = Table("stage", "peak GiB", "largest parts (GiB)", title=title)
+    table = Table("stage", "peak GiB", "LoRA for decoding", "largest parts (GiB)", title=title)
     for name, stage in d["stages"].items():
         parts = sorted(stage["parts"].items(), key=lambda kv: -kv[1])
-        table.add_row(name, f"{stage['peak_gib']:.2f}", ", ".join(f"{k} {v:.2f}" for k, v in parts[:4]))
+        engine_stage = "eval" if name == "eval" else "grpo_rollout" if name.startswith("grpo") else None
+        merged = p.merge.get(engine_stage) if engine_stage else None
+        decoding = "" if merged is None else "merged" if merged else "unmerged"
+        if decoding and p.compiled.get(engine_stage):
+            decoding += ", captured"
+        table.add_row(name, f"{stage['peak_gib']:.2f}", decoding, ", ".join(f"{k} {v:.2f}" for k, v in parts[:4]))
     console.print(table)
+    if p.episodes:
+        console.print(
+            f"sample budget: {p.episodes:,} episodes (prompts x generations x steps), "
+            f"at most {p.generated_tokens / 1e6:.1f}M generated tokens"
+        )
     extra = "tensors x 1.05 for the allocator" + (" + 0.6 GiB CUDA context" if p.on_cuda else "")
     console.print(f"peak: [bold]{d['peak_gib']:.2f} GiB[/] in {d['peak_stage']} ({extra})")
     if p.card is not None:

@@ -32,15 +32,24 @@ AutoFitOpt = Annotated[
 
 
 def _recipe(name: str, profile: str | None, set_: list[str] | None, wandb: str | None = None, auto_fit: bool = False):
-    """The resolved recipe, after checking memory, device and TRL pass-through keys (before any real work)."""
-    from r1lite.config import check_backends, check_trl_sections
-    from r1lite.models import pick_device
+    """The resolved recipe, after checking memory, precision, device and TRL pass-through keys (before any real work).
 
+    Under several processes each is put on its own GPU first (the profile probe is the first CUDA call),
+    and the process group opens with the recipe's timeout.
+    """
+    from r1lite import distributed
+    from r1lite.config import check_backends, check_trl_sections
+    from r1lite.hardware import probe
+    from r1lite.models import fit_precision, pick_device
+
+    distributed.pin_device()
     recipe = resolve_recipe(name, profile, [*(set_ or []), *([f"tracking.wandb={wandb}"] if wandb else [])])
     recipe = _fit(recipe, auto_fit)
     pick_device(recipe.model)
+    recipe = fit_precision(recipe, probe())
     check_trl_sections(recipe)
     check_backends(recipe)
+    distributed.start(recipe.distributed.timeout_minutes)
     return recipe
 
 
@@ -241,14 +250,14 @@ def eval_(
 
     r = _recipe(recipe, profile, [*(set_ or []), *([f"model.name={model}"] if model else [])], auto_fit=auto_fit)
     root = _stage_dir(r)
-    if not is_main():
-        return  # evaluation is the main process's; the others have nothing to do
+    # every process evaluates its share of the problems; the main one writes and prints
     result = stage.run(r, root, adapter=adapter, label=label or ("adapter" if adapter else "base"))
     if compare:
         other = stage.run(
             r, root, adapter=None if compare == "base" else compare, label="base" if compare == "base" else "compare"
         )
-        console.print(comparison_table(other, result, r.data.make_task().name))
+        if is_main():
+            console.print(comparison_table(other, result, r.data.make_task().name))
 
 
 def register(app: typer.Typer) -> None:

@@ -35,11 +35,14 @@ def generate(
     n: int = 1,
     desc: str = "eval",
     engine: bool = False,
+    merge: str = "auto",
+    compile: bool | str = "auto",
 ) -> list[list[tuple[str, int]]]:
     """Completions for each prompt: n (text, token count) pairs per prompt, in batches.
 
     With `engine`, our rollout engine generates (exactly `model.generate`'s greedy tokens, much
-    faster on CUDA); otherwise transformers' `generate` with left padding.
+    faster on CUDA; `merge` and `compile` as `grpo.rollout_merge` / `grpo.rollout_compile`);
+    otherwise transformers' `generate` with left padding.
     """
     import torch
 
@@ -50,8 +53,14 @@ def generate(
     if engine:
         from r1lite.rollout import RolloutSettings, engine_for
 
-        sampling = RolloutSettings(max_new_tokens=max_new_tokens, temperature=temperature, greedy=not sample)
+        sampling = RolloutSettings(
+            max_new_tokens=max_new_tokens, temperature=temperature, greedy=not sample, merge=merge, compile=compile
+        )
         rollout = engine_for(model, tokenizer, sampling)  # inside GRPO: the training engine, same buffers
+        live = rollout.batch_rows
+        if rollout.pinned and live and live % n == 0:
+            # decode in the rollout's own batch shape: a second batch size would need a second cache beside it
+            batch_size = live // n
     out: list[list[tuple[str, int]]] = []
     batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
     for batch in ui.track(batches, len(batches), desc):
@@ -138,19 +147,24 @@ def evaluate(
     max_new_tokens: int | None = None,
     desc: str = "eval",
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Greedy (and optionally sampled) eval of a loaded model on `examples`."""
+    """Greedy (and optionally sampled) eval of a loaded model on `examples`.
+
+    Under several processes each generates its share and every process gets all rows back, in order
+    (a collective: every process calls it), so no process waits at a barrier while one evaluates alone.
+    """
+    from r1lite.distributed import gather, shard
+    from r1lite.rollout import release_engines
+
     cfg, task = recipe.eval, recipe.data.make_task()
-    prompts = [task.render_prompt(e, recipe.data.prompt_format, tokenizer) for e in examples]
+    mine = shard(examples)
+    prompts = [task.render_prompt(e, recipe.data.prompt_format, tokenizer) for e in mine]
     max_new = max_new_tokens or cfg.max_new_tokens
     # the backend GRPO rolls out with: our engine (same greedy tokens as generate, much faster on CUDA)
     # or transformers' generate
-    from r1lite.rollout import release_engines
-
     engine = recipe.grpo.backend(next(model.parameters()).device.type == "cuda") == "engine"
-    greedy = [g[0] for g in generate(model, tokenizer, prompts, max_new, cfg.batch_size, desc=desc, engine=engine)]
-    rows = score(examples, greedy, cfg.reward, task)
-    extra = list(task.metrics(examples[0], greedy[0][0])) if examples else []  # the task's own metric names
-    summary = summarize(rows, extra)
+    options = {"engine": engine, "merge": recipe.grpo.rollout_merge, "compile": recipe.grpo.rollout_compile}
+    greedy = [g[0] for g in generate(model, tokenizer, prompts, max_new, cfg.batch_size, desc=desc, **options)]
+    rows = score(mine, greedy, cfg.reward, task)
     if cfg.pass_k:
         sampled = generate(
             model,
@@ -162,16 +176,19 @@ def evaluate(
             temperature=cfg.temperature,
             n=cfg.pass_k,
             desc=f"{desc} pass@{cfg.pass_k}",
-            engine=engine,
+            **options,
         )
-        hits = []
-        for ex, row, group in zip(examples, rows, sampled, strict=True):
+        for ex, row, group in zip(mine, rows, sampled, strict=True):
             scored = score([ex] * len(group), group, cfg.reward, task)
             row["samples"] = [{"completion": s["completion"], "correct": s["correct"]} for s in scored]
-            hits.append(sum(s["correct"] for s in scored))
+    release_engines(model)  # inside GRPO, its cache and merged copy must not stay beside the training step
+    rows = gather(rows)
+    extra = list(task.metrics(examples[0], rows[0]["completion"])) if examples else []  # the task's own metrics
+    summary = summarize(rows, extra)
+    if cfg.pass_k:
+        hits = [sum(s["correct"] for s in row["samples"]) for row in rows]
         summary["pass@1"] = statistics.fmean(h / cfg.pass_k for h in hits)
         summary[f"pass@{cfg.pass_k}"] = statistics.fmean(pass_at_k(cfg.pass_k, h, cfg.pass_k) for h in hits)
-    release_engines(model)  # inside GRPO, its cache and merged copy must not stay beside the training step
     return summary, rows
 
 
@@ -183,7 +200,11 @@ def run(
     label: str = "final",
     tracker: Any = None,
 ) -> dict[str, Any]:
-    """Evaluate the recipe's model (+ adapter) on the test split and write eval/<label>.{jsonl,json}."""
+    """Evaluate the recipe's model (+ adapter) on the test split and write eval/<label>.{jsonl,json}.
+
+    Every process of a run calls it (each evaluates its share); the main one writes the files.
+    """
+    from r1lite.distributed import is_main, world_size
     from r1lite.models import load_for_inference, load_tokenizer, resolve_model
     from r1lite.stages import data
 
@@ -198,8 +219,11 @@ def run(
         "model": recipe.model.name,
         "adapter": adapter,
         **summary,
+        "processes": world_size(),
         "seconds": round(time.monotonic() - start, 1),
     }
+    if not is_main():
+        return summary
     write_jsonl(run_dir / "eval" / f"{label}.jsonl", rows)
     write_json(run_dir / "eval" / f"{label}.json", summary)
     if tracker is not None:
@@ -229,7 +253,7 @@ def comparison_table(before: dict[str, Any], after: dict[str, Any], task: str = 
 
     title = f"{task.replace('_', ' ').capitalize()} held-out eval"
     table = Table("metric", before.get("label", "before"), after.get("label", "after"), "change", title=title)
-    meta = {*METRICS, "label", "model", "adapter", "examples", "seconds"}
+    meta = {*METRICS, "label", "model", "adapter", "examples", "processes", "seconds"}
     extra = sorted(
         k for k, v in after.items() if k not in meta and isinstance(v, int | float) and not isinstance(v, bool)
     )

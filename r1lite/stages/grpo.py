@@ -43,7 +43,10 @@ def build_dataset(recipe: Recipe, tokenizer: Any) -> list[dict[str, Any]]:
 
 
 class PeriodicEval(TrainerCallback):
-    """Greedy accuracy on a held-out slice every `every` steps, logged next to the training metrics."""
+    """Greedy accuracy on a held-out slice every `every` steps, logged next to the training metrics.
+
+    Every process evaluates its share (`evaluate` gathers the rows), so none waits at a collective for long.
+    """
 
     def __init__(self, recipe: Recipe, tokenizer: Any, path: Path, every: int, tracker: Any = None) -> None:
         from r1lite.stages import data
@@ -52,8 +55,8 @@ class PeriodicEval(TrainerCallback):
         self.examples = data.load_split(recipe.data, "test")[: recipe.grpo.eval_examples]
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        if not self.every or state.global_step % self.every or model is None or not state.is_world_process_zero:
-            return  # the main process evaluates; the others go on and wait for it at the next collective
+        if not self.every or state.global_step % self.every or model is None:
+            return
         from r1lite.stages.eval import evaluate
 
         was_training = model.training
@@ -68,6 +71,8 @@ class PeriodicEval(TrainerCallback):
         )
         if was_training:
             model.train()
+        if not state.is_world_process_zero:  # every process evaluated its share; the main one records it
+            return
         metrics = {f"heldout_{k}": v for k, v in summary.items()}
         append_jsonl(self.path, {"stage": "grpo", "step": state.global_step, **metrics})
         if self.tracker is not None:
@@ -99,6 +104,7 @@ def trainer_args(recipe: Recipe, out: Path, on_cuda: bool, backend: str) -> Any:
         learning_rate=g.learning_rate,
         beta=g.beta,
         loss_type=g.loss_type,
+        scale_rewards=g.reward_scaling(),
         temperature=g.temperature,
         top_p=g.top_p,
         top_k=g.top_k,
@@ -110,7 +116,7 @@ def trainer_args(recipe: Recipe, out: Path, on_cuda: bool, backend: str) -> Any:
         save_strategy="steps",
         save_steps=g.save_every,
         save_total_limit=2,
-        **trainer_defaults(recipe.model, recipe.seed, on_cuda),
+        **trainer_defaults(recipe, on_cuda),
     )
     return build_trl_config(GRPOConfig, ours, g.trl, "grpo")
 
@@ -154,9 +160,11 @@ def build_trainer(
         peft_config = None
     rollout_func = None
     if backend == "engine":
+        from r1lite.plan import planned_merge
         from r1lite.rollout import make_rollout_func, settings_from_recipe
 
-        rollout_func = make_rollout_func(settings_from_recipe(recipe))
+        planned = planned_merge(recipe, "grpo_rollout") if on_cuda else None
+        rollout_func = make_rollout_func(settings_from_recipe(recipe, planned))
     ui.log(
         f"grpo: {recipe.model.name} ({recipe.quantization.mode}), rollouts by {backend}, "
         f"{recipe.grpo.prompts_per_step} prompts x {recipe.grpo.num_generations} completions per step"

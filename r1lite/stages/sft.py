@@ -95,7 +95,7 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None) -> Path:
         completion_only_loss=True,
         logging_steps=1,
         save_strategy="no",
-        **trainer_defaults(recipe.model, recipe.seed, on_cuda),
+        **trainer_defaults(recipe, on_cuda),
     )
     args = build_trl_config(SFTConfig, ours, cfg.trl, "sft")
     trainer = SFTTrainer(
