@@ -12,15 +12,25 @@ from __future__ import annotations
 from typing import Any
 
 PRICES_DATE = "2026-11"
-# USD per GPU-hour, on-demand, single GPU (editable defaults; override with cost.gpu_hourly_usd)
+# USD per GPU-hour, on-demand, single GPU (editable defaults; override with cost.gpu_hourly_usd). Each row:
+# where and when the rate was seen. RunPod = Community Cloud on-demand; Vast.ai = marketplace median.
 GPU_PRICES: dict[str, float] = {
-    "RTX 3090": 0.22,
-    "RTX 4090": 0.35,
-    "L4": 0.45,
-    "A10": 0.60,
-    "A100": 1.30,
-    "H100": 2.10,
-    "H200": 3.00,
+    "RTX 3060": 0.093,  # 12 GB; Vast.ai median, 2025-10 (kani-tts README, commit of 2025-10-28)
+    "RTX 4060 Ti": 0.122,  # 16 GB; Vast.ai median, 2025-10 (kani-tts README, 2025-10-28)
+    "RTX 5060 Ti": 0.138,  # 16 GB; Vast.ai median, 2025-10 (kani-tts README, 2025-10-28)
+    "A4000": 0.17,  # RTX A4000 16 GB; RunPod, 2026-08-26 (Secure Cloud 0.25, 2026-10-03)
+    "RTX 4080": 0.22,  # 16 GB; Vast.ai median, 2025-10 (kani-tts README, 2025-10-28)
+    "T4": 0.35,  # 16 GB, no bf16; Google Cloud on-demand, 2025-02-06 (marketplaces list it cheaper, undated)
+    "RTX 3090": 0.22,  # RunPod, 2026-08-26
+    "RTX 4090": 0.35,  # RunPod 0.34, 2026-08-26 (Vast.ai 0.16-0.54, 2026-02)
+    "RTX 5090": 0.69,  # RunPod, 2026-09-07
+    "L4": 0.45,  # RunPod 0.44, 2026-08-26
+    "A10": 0.60,  # typical community-cloud rate, 2026-11 (Lambda lists 1.29, 2026-09-09)
+    "L40S": 0.79,  # RunPod, 2026-09-07
+    "A6000": 0.33,  # RTX A6000 48 GB; RunPod, 2026-09-09
+    "A100": 1.30,  # 80 GB; RunPod 1.19 PCIe / 1.39 SXM, 2026-08-26
+    "H100": 2.10,  # typical community-cloud rate, 2026-11 (RunPod 1.99 PCIe / 2.69 SXM, 2026-08-26)
+    "H200": 3.00,  # typical community-cloud rate, 2026-11 (RunPod ~3.59, 2026-08-26)
 }
 TINYZERO_CLAIM_USD = 30.0  # "under $30" of GPU rent (TinyZero README)
 

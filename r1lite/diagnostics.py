@@ -7,14 +7,15 @@
 
 The questions users of GRPO tools ask most ("why is my reward flat, why did accuracy fall") have a
 handful of usual answers; each check below watches for one, from metrics TRL already logs (clipped
-ratio, groups with one reward, entropy, KL, completion length, the weight-0 accuracy and format
-rewards) and the engine's log-prob gap. A finding is reported when it starts; while it holds it
-stays in `active`, written with every metrics line, and shown in the live view and the report.
+ratio, entropy, KL, completion length, the weight-0 accuracy and format rewards), the engine's
+log-prob gap, and r1lite's own share of groups whose rewards are all equal (`groups_without_signal`).
+A finding is reported when it starts; while it holds it stays in `active`, written with every
+metrics line, and shown in the live view and the report.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,8 +44,25 @@ def _truncated(m: Metrics, _h: list[Metrics], recipe: Any) -> str | None:
     )
 
 
+SIGNAL_RTOL = 1e-5  # rewards within this share of the batch's largest |reward| count as equal (float32 noise)
+
+
+def groups_without_signal(rewards: Sequence[float], group: int) -> list[bool]:
+    """For each group of `group` consecutive rewards: True when they are all equal, to float noise.
+
+    A weighted sum of rewards in float32 is not exact: eight completions that all score 0.6 can have a
+    std of 6e-8, which TRL's `torch.isclose(std, 0)` (absolute tolerance 1e-8) counts as signal. Here
+    the spread of a group is compared with the rewards' own scale. `no_signal` and dynamic sampling
+    both decide with this function.
+    """
+    scale = max((abs(r) for r in rewards), default=0.0)
+    tolerance = SIGNAL_RTOL * scale + 1e-12
+    groups = [rewards[i : i + group] for i in range(0, len(rewards), group)]
+    return [max(g) - min(g) <= tolerance for g in groups]
+
+
 def _no_signal(m: Metrics, _h: list[Metrics], recipe: Any) -> str | None:
-    share = m.get("frac_reward_zero_std")
+    share = m.get("groups_no_signal")  # r1lite's own share (GRPOTrainer), not TRL's frac_reward_zero_std
     if share is None or share < 0.75:
         return None
     return (

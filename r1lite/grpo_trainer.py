@@ -30,6 +30,19 @@ class GRPOTrainer(_TRLGRPOTrainer):
         super().__init__(*args, **kwargs)
         self.is_cap = is_cap
 
+    def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> torch.Tensor:
+        """TRL's rewards (gathered over processes), plus r1lite's share of groups without reward variance."""
+        from r1lite.diagnostics import groups_without_signal
+
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        mode = "train" if self.model.training else "eval"
+        group = self.num_generations if mode == "train" else self.num_generations_eval
+        weights = self.reward_weights.to(rewards_per_func.device)
+        rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)  # [B], as TRL sums them
+        flat = groups_without_signal(rewards.tolist(), group)
+        self._metrics[mode]["r1lite/groups_no_signal"].append(sum(flat) / max(len(flat), 1))
+        return rewards_per_func
+
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         sampling = inputs.get("sampling_per_token_logps")
         if sampling is None or self.use_vllm:  # TRL generated (no sampler log-probs) or vLLM: TRL's own path

@@ -163,18 +163,39 @@ class Card:
     name: str
     gib: float  # memory CUDA reports as total (a "16 GB" card: ~15.6 GiB)
     bandwidth_gbs: float = 0.0  # memory bandwidth, GB/s (vendor data sheets)
-    tflops: float = 0.0  # dense bf16 tensor TFLOP/s (vendor data sheets, no sparsity)
+    tflops: float = 0.0  # dense bf16 tensor TFLOP/s with FP32 accumulate, as PyTorch's matmuls run (no sparsity)
     price: str | None = None  # key of cost.GPU_PRICES
+    bf16: bool = True  # bf16 tensor cores (compute capability 8.0+)
 
 
+# The first card of each size is the one a `gpu-<N>gb` profile is planned for: the common, cheaper card of
+# that size (the slower one, where sizes share a profile), so the plan's hours are not the best case.
+# TFLOP/s: GeForce cards run bf16/fp16 matmuls with FP32 accumulate (PyTorch's) at half their FP16-accumulate
+# rate, which the marketing figures quote; data-centre and workstation cards run them at full rate.
+# Sources: NVIDIA Ampere GA102 whitepaper (v2, appendix A/C), Ada whitepaper (appendix A), RTX Blackwell
+# whitepaper (appendix A), A100/H100/H200/L40S/A4000/T4/V100 data sheets; GeForce rows without a whitepaper
+# entry derived as 512 dense FP32-accumulate FLOP per clock per SM x SMs x boost clock, which measured matmul
+# rates match (torch-performance-test-data: 3060 25.5, 4060 31.2, 4060 Ti 43-48 TFLOP/s).
 CARDS: list[Card] = [
-    Card("8 GB (RTX 4060)", 7.6, 272, 60),
-    Card("12 GB (RTX 3060/4070)", 11.6, 504, 117, None),
-    Card("16 GB (RTX 4080)", 15.6, 717, 195),
-    Card("24 GB (RTX 4090)", 23.6, 1008, 330, "RTX 4090"),
-    Card("48 GB (L40S/A6000)", 47.5, 864, 362),
-    Card("80 GB (A100/H100)", 79.2, 2039, 312, "A100"),
-    Card("H200", 139.8, 4800, 989, "H200"),
+    Card("8 GB (RTX 4060)", 7.6, 272, 30.2),  # derived (measured 31.2)
+    Card("12 GB (RTX 3060)", 11.6, 360, 25.5, "RTX 3060"),  # derived (measured 25.5)
+    Card("12 GB (RTX 4070)", 11.6, 504, 58.3),  # derived; no sourced rental price
+    Card("16 GB (RTX 4060 Ti)", 15.6, 288, 44.1, "RTX 4060 Ti"),  # 16 GB model; derived (measured 43-48)
+    Card("16 GB (RTX 5060 Ti)", 15.6, 448, 47.4, "RTX 5060 Ti"),  # 16 GB model; scaled from Blackwell rows
+    Card("16 GB (RTX A4000)", 15.6, 448, 76.7, "A4000"),  # data sheet 153.4 is sparse; full rate (measured 62.8)
+    Card("16 GB (RTX 4080)", 15.6, 717, 97.5, "RTX 4080"),  # Ada whitepaper: 194.9 FP16-acc, 97.5 FP32-acc
+    Card("16 GB (Tesla T4)", 14.7, 320, 65, "T4", bf16=False),  # fp16 only: r1lite trains in fp16 there
+    Card("16 GB (V100)", 15.8, 900, 125, bf16=False),  # SXM2, fp16 only
+    Card("24 GB (RTX 3090)", 23.6, 936, 71, "RTX 3090"),  # GA102 whitepaper: 142 FP16-acc, 71 FP32-acc
+    Card("24 GB (RTX 4090)", 23.6, 1008, 165.2, "RTX 4090"),  # Ada whitepaper: 330.3 FP16-acc, 165.2 FP32-acc
+    Card("24 GB (L4)", 22.0, 300, 121, "L4"),  # data sheet; 72 W cap: large matmuls settle at 55-59 measured
+    Card("24 GB (A10)", 22.5, 600, 62.5, "A10"),  # data sheet says 125, accumulate unstated; half rate assumed
+    Card("32 GB (RTX 5090)", 31.4, 1792, 209.5, "RTX 5090"),  # Blackwell whitepaper: 419 FP16-acc, 209.5 FP32
+    Card("48 GB (L40S)", 44.4, 864, 362, "L40S"),  # data sheet, full rate (measured 269)
+    Card("48 GB (RTX A6000)", 47.5, 768, 154.8, "A6000"),  # GA102 whitepaper appendix C
+    Card("80 GB (A100)", 79.2, 2039, 312, "A100"),  # A100 data sheet (SXM)
+    Card("80 GB (H100)", 79.2, 3350, 989, "H100"),  # H100 whitepaper table 3 (SXM)
+    Card("H200", 139.8, 4800, 989, "H200"),  # data sheet 1,979 is sparse
 ]
 
 

@@ -39,6 +39,7 @@ KEY_MAP = {
     "grad_norm": "grad_norm",
     "mean_token_accuracy": "token_accuracy",
     "rollout/tokens_per_s": "rollout_tokens_per_s",
+    "r1lite/groups_no_signal": "groups_no_signal",
     "num_tokens": "num_tokens",
 }
 

@@ -74,6 +74,7 @@ def test_grpo_raises_a_toy_reward(tiny, quant, backend, monkeypatch):
     assert len(rewards) == 20
     start, end = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert end >= 2.5 * start and end - start >= 0.04, f"reward {start:.3f} -> {end:.3f}: {rewards}"
+    assert all(0.0 <= r["groups_no_signal"] <= 1.0 for r in steps)  # r1lite's own share, logged every step
     if backend == "engine":  # the engine samples what the trainer scores
         gaps = [r["rollout_logprob_gap"] for r in steps]
         assert max(gaps) < 0.05, gaps

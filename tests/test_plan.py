@@ -310,3 +310,19 @@ def test_plan_reports_each_stages_decision_and_the_sample_budget():
     # the periodic eval decodes on the training engine in its rollout's shape: no second cache (gpu-24gb: 128 vs 64)
     periodic = make_plan(load_recipe("countdown", "gpu-24gb"), card_by_name("24")).stages["grpo_periodic_eval"]
     assert periodic.parts["eval_kv_cache"] == 0
+
+
+@pytest.mark.parametrize("profile", ["gpu-12gb", "gpu-16gb"])
+def test_the_consumer_card_plans_print_hours_and_dollars(profile):
+    """The cards the project is for have rental prices (cost.GPU_PRICES, each with its source and date)."""
+    out = json.loads(runner.invoke(app, ["plan", "countdown", "-p", profile, "--json"]).output)
+    assert out["run_hours"] > 0 and out["usd"] is not None and out["usd"] > 0
+    text = runner.invoke(app, ["plan", "countdown", "-p", profile]).output
+    assert "n/a" not in text and "$" in text
+
+
+def test_geforce_cards_are_planned_at_their_fp32_accumulate_rate():
+    """PyTorch's bf16 matmuls accumulate in fp32, which GeForce cards run at half the marketed FP16 rate."""
+    assert card_by_name("4090").tflops == pytest.approx(165.2) and card_by_name("4080").tflops == pytest.approx(97.5)
+    assert card_by_name("16").name == "16 GB (RTX 4060 Ti)" and card_by_name("16").bandwidth_gbs == 288
+    assert not card_by_name("T4").bf16

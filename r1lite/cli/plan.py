@@ -64,6 +64,8 @@ def _print(p) -> None:
     if p.card is not None:
         verdict = "fits" if d["fits_with_headroom"] else "fits, with < 10 % to spare" if d["fits"] else "does NOT fit"
         console.print(f"{p.card.name} ({p.card.gib:.1f} GiB): [bold]{verdict}[/]")
+        if not p.card.bf16:
+            console.print("  no bf16 on this card: r1lite trains in fp16 with loss scaling (same memory)")
     if p.verdicts:
         cards = ", ".join(f"{name} {'yes' if ok else 'no'}" for name, ok in p.verdicts.items())
         console.print(f"fits with {HEADROOM:.0%} headroom: {cards}")
