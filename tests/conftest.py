@@ -20,3 +20,15 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("R1LITE_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """`cuda` tests run where CUDA is (`pytest -m cuda`, bench/gpu_check.py) and are skipped elsewhere."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

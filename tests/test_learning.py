@@ -30,7 +30,7 @@ def tiny(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("learn") / "m", hidden=64, layers=2, init_std=0.2)
 
 
-def train(tiny: Path, quant: str, backend: str, monkeypatch) -> list[dict]:
+def train(tiny: Path, quant: str, backend: str, monkeypatch, device: str = "cpu") -> list[dict]:
     from r1lite import rewards
     from r1lite.stages import data, grpo
 
@@ -44,6 +44,8 @@ def train(tiny: Path, quant: str, backend: str, monkeypatch) -> list[dict]:
             "data.train_size=64",
             "data.test_size=4",
             "sft.enabled=false",
+            f"model.device={device}",
+            "model.dtype=float32",
             f"quantization.mode={quant}",
             "quantization.compute_dtype=float32",
             "lora.dropout=0.0",
@@ -67,9 +69,10 @@ def train(tiny: Path, quant: str, backend: str, monkeypatch) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize(("quant", "backend"), [("none", "trl"), ("none", "engine"), ("nf4", "trl"), ("nf4", "engine")])
-def test_grpo_raises_a_toy_reward(tiny, quant, backend, monkeypatch):
-    steps = train(tiny, quant, backend, monkeypatch)
+def test_grpo_raises_a_toy_reward(tiny, quant, backend, monkeypatch, device):
+    steps = train(tiny, quant, backend, monkeypatch, device)
     rewards = [r["reward"] for r in steps]
     assert len(rewards) == 20
     start, end = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3

@@ -23,7 +23,7 @@ def tiny(tmp_path_factory):
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "m", hidden=64, layers=2))
 
 
-def load(path: str, lora: bool = False, nf4: bool = False):
+def load(path: str, lora: bool = False, nf4: bool = False, device: str = "cpu"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"dtype": torch.float32}
@@ -33,8 +33,10 @@ def load(path: str, lora: bool = False, nf4: bool = False):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
         )
-        kwargs["device_map"] = {"": "cpu"}
+        kwargs["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if not nf4:
+        model.to(device)
     if lora:
         from peft import LoraConfig, get_peft_model
 
@@ -49,9 +51,10 @@ def load(path: str, lora: bool = False, nf4: bool = False):
 
 def reference(model, tok, prompt_ids: list[int], n: int) -> list[int]:
     """transformers' greedy generate on one unpadded prompt, cut after EOS."""
+    device = next(model.parameters()).device
     out = model.generate(
-        input_ids=torch.tensor([prompt_ids]),
-        attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+        input_ids=torch.tensor([prompt_ids], device=device),
+        attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=device),
         max_new_tokens=n,
         do_sample=False,
         pad_token_id=tok.pad_token_id,
@@ -64,35 +67,45 @@ def grouped(tok, g: int) -> list[list[int]]:
     return [p for p in ids for _ in range(g)]
 
 
-@pytest.mark.parametrize(
-    ("lora", "nf4", "merge"),
-    [
-        (False, False, "unmerged"),
-        (True, False, "unmerged"),
-        (True, False, "merged"),
-        (False, True, "unmerged"),
-        (True, True, "unmerged"),
-        (True, True, "merged"),
-    ],
-)
-def test_greedy_matches_generate(tiny, lora, nf4, merge):
-    model, tok = load(tiny, lora=lora, nf4=nf4)
-    engine = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=24, greedy=True, merge=merge))
+PATHS = [
+    (False, False, "unmerged"),
+    (True, False, "unmerged"),
+    (True, False, "merged"),
+    (False, True, "unmerged"),
+    (True, True, "unmerged"),
+    (True, True, "merged"),
+]
+# the same checks on CUDA (`pytest -m cuda`, run by bench/gpu_check.py): eager and captured decode steps
+ON_CUDA = [
+    pytest.param("cuda", compile, marks=pytest.mark.cuda, id=f"cuda-{c}")
+    for c, compile in (("eager", False), ("captured", True))
+]
+
+
+@pytest.mark.parametrize(("device", "compile"), [("cpu", False), *ON_CUDA])
+@pytest.mark.parametrize(("lora", "nf4", "merge"), PATHS)
+def test_greedy_matches_generate(tiny, lora, nf4, merge, device, compile):
+    model, tok = load(tiny, lora=lora, nf4=nf4, device=device)
+    settings = RolloutSettings(max_new_tokens=24, greedy=True, merge=merge, compile=compile)
+    engine = RolloutEngine(model, tok, settings)
     out = engine.generate(grouped(tok, 2), num_generations=2)
-    assert out.stats["merged"] == (merge == "merged")
+    assert out.stats["merged"] == (merge == "merged") and out.stats["compiled"] == compile
     for i, prompt in enumerate(out.prompt_ids):
         assert out.completion_ids[i] == reference(model, tok, prompt, 24), f"row {i}"
 
 
-def test_logprobs_match_fresh_forward(tiny):
-    model, tok = load(tiny, lora=True)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_logprobs_match_fresh_forward(tiny, device):
+    model, tok = load(tiny, lora=True, device=device)
     settings = RolloutSettings(max_new_tokens=16, temperature=0.7)
-    out = RolloutEngine(model, tok, settings).generate(grouped(tok, 3), 3, torch.Generator().manual_seed(0))
+    generator = torch.Generator(device).manual_seed(0)
+    out = RolloutEngine(model, tok, settings).generate(grouped(tok, 3), 3, generator)
     for prompt, completion, lps in zip(out.prompt_ids, out.completion_ids, out.logprobs, strict=True):
-        ids = torch.tensor([prompt + completion])
+        ids = torch.tensor([prompt + completion], device=device)
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1] / settings.temperature
-        expected = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(completion)[:, None]).squeeze(-1)
+        chosen = torch.tensor(completion, device=device)[:, None]
+        expected = torch.log_softmax(logits.float(), -1).gather(-1, chosen).squeeze(-1).cpu()
         torch.testing.assert_close(torch.tensor(lps), expected, atol=1e-4, rtol=1e-4)
 
 
