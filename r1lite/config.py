@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
-from r1lite.errors import RecipeError, first_problem
+from r1lite.errors import RecipeError, closest_name, first_problem
 
 
 class Section(BaseModel):
@@ -338,8 +338,8 @@ def check_trl_keys(cls: type, extra: dict[str, Any], section: str) -> None:
     names = {f.name for f in dataclasses.fields(cls)}
     for key in extra:
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean '{section}.trl.{close[0]}'?" if close else ""
+            close = closest_name(key, names)
+            hint = f"; did you mean '{section}.trl.{close}'?" if close else ""
             raise RecipeError(f"'{section}.trl.{key}' is not a field of trl.{cls.__name__}{hint}")
 
 

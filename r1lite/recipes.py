@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from r1lite.config import DataConfig, Recipe
-from r1lite.errors import RecipeError, first_problem
+from r1lite.errors import RecipeError, closest_name, first_problem
 
 PACKAGE_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -81,7 +81,10 @@ def _field_model(model: type[BaseModel], key: str) -> type[BaseModel] | None:
 
 
 def _check_path(path: list[str], full: str) -> None:
-    """Raise with the closest key when `path` does not name a recipe field (free-form dicts excepted)."""
+    """Raise with the closest key (a known alias, then the closest spelling) when `path` names no recipe field.
+
+    Free-form mappings (grpo.trl) and the data section's task settings are checked where they are read.
+    """
     model: type[BaseModel] | None = Recipe
     for depth, key in enumerate(path):
         if model is None:
@@ -89,10 +92,8 @@ def _check_path(path: list[str], full: str) -> None:
         if model is DataConfig and key not in model.model_fields:
             return  # data.<task name>.*: the data section knows its task's settings and names mistakes itself
         if key not in model.model_fields:
-            prefix = ".".join(path[:depth])
-            names = [f"{prefix}.{k}" if prefix else k for k in model.model_fields]
-            close = difflib.get_close_matches(".".join(path[: depth + 1]), names, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            close = closest_name(key, model.model_fields)
+            hint = f"; did you mean '{'.'.join([*path[:depth], close])}'?" if close else ""
             raise RecipeError(f"unknown key '{full}'{hint}")
         model = _field_model(model, key)
 

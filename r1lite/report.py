@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import html
 import json
+import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -127,16 +129,113 @@ def diagnostics_raised(run_dir: Path) -> dict[str, tuple[int, int, str]]:
     return raised
 
 
-def side_by_side(run_dir: Path, n: int = 6, width: int = 400) -> list[str]:
-    """Markdown rows: the same held-out problems, base vs trained completion, each with its reward reason.
+GROUPS = ("fixed", "broken", "still right", "still wrong")  # what training did to a problem: wrong -> right, ...
+MUST_SHOW = ("fixed", "broken")  # the changes training made: a sample shows one of each that happened, however rare
 
-    Problems the trained model got right come first, then ones where the answer changed, then the rest.
+
+@dataclass(frozen=True)
+class BeforeAfter:
+    """The held-out problems both evals scored, counted by group, and a fair sample of them to show."""
+
+    counts: dict[str, int]  # every group in GROUPS order, over all paired problems
+    rows: list[tuple[str, dict[str, Any], dict[str, Any]]]  # (group, base row, trained row), the sample
+
+    def summary(self) -> str:
+        """The counts a reader needs before any example: fixed and broken say more than the accuracy delta."""
+        total = sum(self.counts.values())
+        parts = ", ".join(f"{self.counts[g]} {g}" for g in GROUPS)
+        return (
+            f"Over all {total} held-out problems both evals scored: {parts} "
+            f"(fixed: wrong before, right after; broken: right before, wrong after). "
+            f"The {len(self.rows)} rows below are a seeded sample drawn from each group in proportion to its size."
+        )
+
+
+def group_of(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """Which of GROUPS a problem falls in, from its base and trained eval rows."""
+    if before["correct"]:
+        return "still right" if after["correct"] else "broken"
+    return "fixed" if after["correct"] else "still wrong"
+
+
+def allocate(sizes: dict[str, int], n: int) -> dict[str, int]:
+    """Rows per group for a sample of `n`: proportional by largest remainder, one for each non-empty MUST_SHOW group.
+
+    >>> allocate({"fixed": 3, "broken": 1, "still right": 0, "still wrong": 10}, 6)
+    {'fixed': 1, 'broken': 1, 'still right': 0, 'still wrong': 4}
+
+    Quotas are n * size / total; exact integer arithmetic, so ties break the same way on every machine
+    (larger group first, then GROUPS order). A MUST_SHOW group left at zero takes its row from the group
+    furthest above its quota.
+    """
+    total = sum(sizes.values())
+    n = min(n, total)
+    if n <= 0:
+        return {g: 0 for g in sizes}
+    seats = {g: n * size // total for g, size in sizes.items()}
+    order = sorted(sizes, key=lambda g: (-(n * sizes[g] % total), -sizes[g], list(sizes).index(g)))
+    for g in order[: n - sum(seats.values())]:
+        seats[g] += 1
+    for g in (g for g in MUST_SHOW if sizes.get(g) and not seats[g]):
+        donors = [d for d in sizes if seats[d] > (1 if d in MUST_SHOW else 0)]
+        if donors:  # n is smaller than the groups that must show: the earlier MUST_SHOW groups keep theirs
+            donor = max(donors, key=lambda d: seats[d] * total - n * sizes[d])
+            seats[donor] -= 1
+            seats[g] += 1
+    return seats
+
+
+def _problem_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return row.get("nums"), row.get("target"), row.get("question")
+
+
+def paired_eval_rows(run_dir: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(base, trained) rows of the same held-out problems; both evals score the test split's first problems in order.
+
+    A shorter file pairs with the other's first rows; rows that name different problems mean one eval was rerun
+    on other data, and no comparison is better than a wrong one.
     """
     base_path, final_path = run_dir / "eval/base.jsonl", run_dir / "eval/final.jsonl"
     if not (base_path.is_file() and final_path.is_file()):
         return []
     pairs = list(zip(read_jsonl(base_path), read_jsonl(final_path), strict=False))
-    pairs.sort(key=lambda p: (not p[1]["correct"], p[0]["completion"] == p[1]["completion"]))
+    for i, (before, after) in enumerate(pairs):
+        if _problem_key(before) != _problem_key(after):
+            raise R1liteError(
+                f"{run_dir}/eval: base.jsonl and final.jsonl name different problems at row {i + 1}; rerun both "
+                f"with the run's recipe: `r1lite eval --label base`, `r1lite eval --adapter {run_dir}/grpo/adapter "
+                "--label final`"
+            )
+    return pairs
+
+
+def before_after(run_dir: Path, n: int = 6, seed: int = 0) -> BeforeAfter | None:
+    """Counts over every paired problem and a seeded, proportional sample of `n` (None without both evals).
+
+    This is the one place that decides which examples a reader sees: report.md, report.html and
+    `runs compare` all call it, so they cannot disagree, and none of them can show only the good rows.
+    """
+    pairs = paired_eval_rows(run_dir)
+    if not pairs:
+        return None
+    groups: dict[str, list[int]] = {g: [] for g in GROUPS}
+    for i, (before, after) in enumerate(pairs):
+        groups[group_of(before, after)].append(i)
+    counts = {g: len(idx) for g, idx in groups.items()}
+    seats, rng = allocate(counts, n), random.Random(seed)
+    rows = [(g, *pairs[i]) for g in GROUPS for i in sorted(rng.sample(groups[g], seats[g]))]
+    return BeforeAfter(counts, rows)
+
+
+def problem_label(row: dict[str, Any]) -> str:
+    if "nums" in row:  # Countdown's rows
+        return f"{row['nums']} → {row['target']}"
+    text = " ".join(str(row.get("question", "")).split()).replace("|", "¦")
+    return text if len(text) <= 160 else text[:159] + "…"
+
+
+def side_by_side(result: BeforeAfter, width: int = 400) -> list[str]:
+    """Markdown: the counts, then the sampled problems, base vs trained completion, each with its group and reason."""
 
     def cell(row: dict[str, Any]) -> str:
         text = row["completion"].strip().replace("|", "¦").replace("\n", " ⏎ ")
@@ -144,15 +243,8 @@ def side_by_side(run_dir: Path, n: int = 6, width: int = 400) -> list[str]:
         mark = "✓" if row["correct"] else "✗"
         return f"{mark} {row['reason']}: `{text}`"
 
-    def problem(row: dict[str, Any]) -> str:
-        if "nums" in row:  # Countdown's rows
-            return f"{row['nums']} → {row['target']}"
-        text = " ".join(str(row.get("question", "")).split()).replace("|", "¦")
-        return text if len(text) <= 160 else text[:159] + "…"
-
-    out = ["| problem | base | trained |", "|---|---|---|"]
-    for before, after in pairs[:n]:
-        out.append(f"| {problem(before)} | {cell(before)} | {cell(after)} |")
+    out = [result.summary(), "", "| group | problem | base | trained |", "|---|---|---|---|"]
+    out += [f"| {g} | {problem_label(b)} | {cell(b)} | {cell(a)} |" for g, b, a in result.rows]
     return out
 
 
@@ -250,9 +342,9 @@ def build_report(run_dir: Path) -> Path:
             if key in before and key in after:
                 md.append(f"| {key} | {_fmt(key, before[key])} | {_fmt(key, after[key])} |")
         md.append("")
-    samples = side_by_side(run_dir)
-    if samples:
-        md += ["## Before and after, same problems", "", *samples, ""]
+    paired = before_after(run_dir, seed=recipe.seed)
+    if paired:
+        md += ["## Before and after, same problems", "", *side_by_side(paired), ""]
     raised = diagnostics_raised(run_dir)
     md += ["## Diagnostics", ""]
     if raised:

@@ -42,6 +42,37 @@ def test_bad_overrides(overrides, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize(
+    ("key", "meant"),
+    [
+        ("grpo.lr", "grpo.learning_rate"),  # difflib alone finds grpo.trl closer
+        ("sft.bs", "sft.batch_size"),
+        ("grpo.bs", "grpo.micro_batch_size"),  # the same alias, the field this section has
+        ("grpo.batch_size", "grpo.micro_batch_size"),
+        ("sft.epoch", "sft.epochs"),
+        ("sft.steps", "sft.max_steps"),
+        ("eval.temp", "eval.temperature"),
+        ("lora.rank", "lora.r"),
+        ("grpo.max_tokens", "grpo.max_completion_length"),
+        ("eval.max_tokens", "eval.max_new_tokens"),
+    ],
+)
+def test_common_names_suggest_the_field(key, meant):
+    with pytest.raises(RecipeError) as e:
+        load_recipe("countdown", "cpu", [f"{key}=3"])
+    assert str(e.value) == f"unknown key '{key}'; did you mean '{meant}'?"
+
+
+def test_plan_suggests_learning_rate_for_lr():
+    from typer.testing import CliRunner
+
+    from r1lite.cli.main import app
+
+    r = CliRunner().invoke(app, ["plan", "countdown", "--set", "grpo.lr=3"])
+    assert r.exit_code == 2
+    assert r.output.strip() == "error: unknown key 'grpo.lr'; did you mean 'grpo.learning_rate'?"
+
+
 def test_unknown_key_in_file_names_closest(tmp_path):
     (tmp_path / "bad.yaml").write_text("name: bad\nsft:\n  learnig_rate: 0.1\n")
     with pytest.raises(RecipeError, match=r"unknown key 'sft.learnig_rate'; did you mean 'sft.learning_rate'\?"):
@@ -97,6 +128,8 @@ def test_trl_passthrough_is_checked_against_trl():
         r"did you mean 'grpo.trl.learning_rate'\?",
     ):
         build_trl_config(GRPOConfig, ours, {"learning_rat": 0.1}, "grpo")
+    with pytest.raises(RecipeError, match=r"did you mean 'grpo.trl.learning_rate'\?"):
+        build_trl_config(GRPOConfig, ours, {"lr": 0.1}, "grpo")  # the alias table covers TRL's names too
     with pytest.raises(RecipeError, match=r"^grpo.trl: trl.GRPOConfig rejected the settings"):
         build_trl_config(GRPOConfig, {**ours, "num_generations": 3}, {}, "grpo")  # 4 is not divisible by 3
 

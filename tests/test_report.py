@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
+from collections import Counter
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from r1lite.cli.main import app
 from r1lite.cost import cost_for_run, price_for, run_cost
+from r1lite.errors import R1liteError
 from r1lite.fileio import read_json, read_jsonl
-from r1lite.recipes import load_recipe
-from r1lite.report import series
+from r1lite.recipes import load_recipe, to_yaml
+from r1lite.report import GROUPS, allocate, before_after, build_report, group_of, series
 from r1lite.tracking import Tracker, format_line
 
 runner = CliRunner()
@@ -107,6 +111,102 @@ def test_runs_list_and_compare(tiny_run, tmp_path):
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "not an r1lite run directory" in result.output
+
+
+# (base correct, trained correct) of each group
+OUTCOMES = {"fixed": (False, True), "broken": (True, False), "still right": (True, True), "still wrong": (False, False)}
+
+
+def eval_run(root: Path, mix: list[str]) -> tuple[Path, dict[str, str]]:
+    """A run directory with a recipe and two evals whose problems fall in the groups of `mix`, in that order.
+
+    Returns the run directory and each problem's label (as the report writes it) -> its group.
+    """
+    run_dir = root / "runs" / "mix"
+    (run_dir / "eval").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(to_yaml(load_recipe("countdown", "cpu")))
+    labels, files = {}, {"base": [], "final": []}
+    for i, group in enumerate(mix):
+        nums, target = [i + 1, i + 2, i + 3], 100 + i
+        labels[f"{nums} → {target}"] = group
+        for label, ok in zip(("base", "final"), OUTCOMES[group], strict=True):
+            reason = "correct" if ok else "wrong result"
+            files[label].append(
+                {"nums": nums, "target": target, "completion": f"{label} {i}", "correct": ok, "reason": reason}
+            )
+    for label, rows in files.items():
+        (run_dir / f"eval/{label}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run_dir, labels
+
+
+# 3 fixed, 1 broken, 10 still wrong, interleaved as a held-out split would have them
+MIX = ["still wrong"] * 2 + ["fixed"] + ["still wrong"] * 3 + ["broken", "fixed"] + ["still wrong"] * 4 + ["fixed"]
+MIX += ["still wrong"]
+
+
+def test_report_counts_every_problem_and_samples_in_proportion(tmp_path):
+    """Six rows of 3 fixed / 1 broken / 10 still wrong: 1 fixed, 1 broken, 4 still wrong, never the right ones first."""
+    run_dir, labels = eval_run(tmp_path, MIX)
+    build_report(run_dir)
+    md = (run_dir / "report.md").read_text()
+    section = md.split("## Before and after, same problems")[1].split("\n## ")[0]
+    assert (
+        "Over all 14 held-out problems both evals scored: 3 fixed, 1 broken, 0 still right, 10 still wrong" in section
+    )
+    rows = [line for line in section.splitlines() if line.startswith("| ") and " → " in line]
+    shown = {line: group for line in rows for label, group in labels.items() if f"| {label} |" in line}
+    assert len(shown) == len(rows) == 6 and Counter(shown.values()) == {"fixed": 1, "broken": 1, "still wrong": 4}
+    for line, group in shown.items():  # each row labelled with its own group
+        assert line.startswith(f"| {group} | ")
+    html = (run_dir / "report.html").read_text()
+    assert "<p>Over all 14 held-out problems" in html and "<td>broken</td>" in html
+
+
+def test_before_after_is_seeded_and_labelled(tmp_path):
+    run_dir, labels = eval_run(tmp_path, ["still right"] * 20 + ["still wrong"] * 30 + ["fixed"] * 9 + ["broken"])
+    first = before_after(run_dir, n=10, seed=3)
+    assert first == before_after(run_dir, n=10, seed=3)  # the same rows every time the report is rebuilt
+    assert first.counts == {"fixed": 9, "broken": 1, "still right": 20, "still wrong": 30}
+    assert [g for g, _, _ in first.rows] == ["fixed", "broken"] + ["still right"] * 3 + ["still wrong"] * 5
+    assert all(group_of(b, a) == g == labels[f"{b['nums']} → {b['target']}"] for g, b, a in first.rows)
+    assert len(before_after(run_dir, n=100).rows) == 60  # a sample larger than the evals shows them all
+
+
+@pytest.mark.parametrize(
+    ("sizes", "n", "expected"),
+    [
+        ((3, 1, 0, 10), 6, (1, 1, 0, 4)),  # largest remainder gives broken its row by itself
+        ((1, 0, 9, 54), 6, (1, 0, 0, 5)),  # fixed's one row comes from still right, furthest above its quota
+        ((0, 0, 10, 54), 6, (0, 0, 1, 5)),  # no minimum for the groups that did not change
+        ((2, 2, 2, 2), 6, (2, 2, 1, 1)),  # ties: GROUPS order
+        ((1, 1, 0, 3), 9, (1, 1, 0, 3)),  # n above the total: everything
+        ((5, 5, 0, 90), 1, (1, 0, 0, 0)),  # one row cannot show both changes: fixed first
+        ((0, 0, 0, 0), 6, (0, 0, 0, 0)),
+    ],
+)
+def test_allocate_largest_remainder_with_a_row_per_change(sizes, n, expected):
+    seats = allocate(dict(zip(GROUPS, sizes, strict=True)), n)
+    assert tuple(seats[g] for g in GROUPS) == expected
+
+
+def test_mismatched_evals_are_refused(tmp_path):
+    run_dir, _ = eval_run(tmp_path, ["fixed", "broken"])
+    rows = read_jsonl(run_dir / "eval/final.jsonl")
+    rows[1]["target"] = 999
+    (run_dir / "eval/final.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(
+        R1liteError,
+        match=r"name different problems at row 2; rerun both with the run's recipe: `r1lite eval --label base`",
+    ):
+        before_after(run_dir)
+
+
+def test_runs_compare_shows_the_counts(tmp_path):
+    run_dir, _ = eval_run(tmp_path, MIX)
+    r = runner.invoke(app, ["runs", "compare", str(run_dir), str(run_dir), "--out", str(tmp_path / "c.png")])
+    assert r.exit_code == 0, r.output
+    for group, count in (("fixed", 3), ("broken", 1), ("still right", 0), ("still wrong", 10)):
+        assert re.search(rf"{group} vs base\s*│\s*{count}\s*│\s*{count}\s*│", r.output), r.output
 
 
 def test_cost_arithmetic():

@@ -50,9 +50,9 @@ def list_(root: Annotated[Path, typer.Option(help="folder holding run directorie
 def compare(
     a: RunArg, b: RunArg, out: Annotated[Path | None, typer.Option(help="PNG of the overlaid curves")] = None
 ) -> None:
-    """Final metrics side by side, and the GRPO curves of both runs overlaid in one PNG."""
+    """Final metrics side by side, with what each run's training fixed and broke, and the GRPO curves overlaid."""
     from r1lite.fileio import read_json_or_empty
-    from r1lite.report import check_run_dir, plot_curves
+    from r1lite.report import GROUPS, before_after, check_run_dir, plot_curves
 
     runs = [check_run_dir(a), check_run_dir(b)]
     finals = [read_json_or_empty(r / "eval/final.json") for r in runs]
@@ -60,6 +60,10 @@ def compare(
     for key in ("accuracy", "format_rate", "mean_reward", "mean_length", "search_rate", "examples"):
         values = [f.get(key) for f in finals]
         table.add_row(key, *["-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in values])
+    # the same counts as each run's report (the examples themselves are in report.md)
+    paired = [before_after(r) for r in runs]
+    for group in GROUPS:
+        table.add_row(f"{group} vs base", *["-" if p is None else str(p.counts[group]) for p in paired])
     console.print(table)
     target = out or runs[0].parent / f"compare-{runs[0].name}-vs-{runs[1].name}.png"
     if plot_curves(runs, target):
