@@ -28,30 +28,28 @@ from typing import Any
 
 import torch
 
+
+def qwen2_config(name: str) -> dict[str, Any]:
+    """A Qwen2 config's fields for a shape from r1lite's planner table (one copy of the published shapes)."""
+    from r1lite.plan import SHAPES as PLAN_SHAPES
+
+    s = PLAN_SHAPES[f"qwen/{name}"]
+    return dict(
+        hidden_size=s.hidden,
+        intermediate_size=s.intermediate,
+        num_hidden_layers=s.layers,
+        num_attention_heads=s.heads,
+        num_key_value_heads=s.kv_heads,
+        vocab_size=s.vocab,
+        tie_word_embeddings=s.tied,
+        rope_theta=1e6,
+        max_position_embeddings=32768,
+    )
+
+
 SHAPES: dict[str, dict[str, Any]] = {
-    # from the models' published config.json files
-    "qwen2.5-3b": dict(
-        hidden_size=2048,
-        intermediate_size=11008,
-        num_hidden_layers=36,
-        num_attention_heads=16,
-        num_key_value_heads=2,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-        rope_theta=1e6,
-        max_position_embeddings=32768,
-    ),
-    "qwen2.5-1.5b": dict(
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_hidden_layers=28,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-        rope_theta=1e6,
-        max_position_embeddings=32768,
-    ),
+    "qwen2.5-3b": qwen2_config("qwen2.5-3b"),
+    "qwen2.5-1.5b": qwen2_config("qwen2.5-1.5b"),
     "tiny": dict(
         hidden_size=64,
         intermediate_size=128,
@@ -107,6 +105,7 @@ def run_backend(backend: str, model_dir: Path, args: argparse.Namespace) -> dict
     from r1lite.grpo_trainer import GRPOTrainer
     from r1lite.models import keep_fp32_adapters, load_model, load_tokenizer, lora_config
     from r1lite.rollout import RolloutSettings, make_rollout_func
+    from r1lite.tracking import quiet_library_output
 
     cuda = torch.cuda.is_available()
     gc.collect()
@@ -159,6 +158,7 @@ def run_backend(backend: str, model_dir: Path, args: argparse.Namespace) -> dict
         rollout_func=rollout,
     )
     keep_fp32_adapters(trainer.model)  # as r1lite trains (TRL would store them in bf16 on NF4)
+    quiet_library_output(trainer)  # one JSON line per case, not one dict per step
     gen_time, gen_tokens, step_times, logs_seen = [0.0], [0], [], []
     original = trainer._generate
 
