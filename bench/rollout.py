@@ -112,13 +112,14 @@ def run_backend(backend: str, model_dir: Path, args: argparse.Namespace) -> dict
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    model_cfg = ModelConfig(name=str(model_dir), gradient_checkpointing=True)
+    model_cfg = ModelConfig(name=str(model_dir), gradient_checkpointing=args.grad_ckpt)
     quant = QuantizationConfig(mode=args.quant, compute_dtype="bfloat16" if cuda else "float32")
     tokenizer = load_tokenizer(str(model_dir))
     model = load_model(str(model_dir), model_cfg, quant)
     rng = random.Random(0)
     vocab = len(tokenizer)
-    prompts = [" ".join(f"t{rng.randrange(2, vocab)}" for _ in range(PROMPT_TOKENS)) for _ in range(args.prompts * 4)]
+    words = args.prompt_tokens
+    prompts = [" ".join(f"t{rng.randrange(2, vocab)}" for _ in range(words)) for _ in range(args.prompts * 4)]
     total = args.prompts * args.generations
     micro = min(total, args.micro_batch)
     config = GRPOConfig(
@@ -132,7 +133,7 @@ def run_backend(backend: str, model_dir: Path, args: argparse.Namespace) -> dict
         loss_type="dr_grpo",
         max_completion_length=args.tokens,
         temperature=1.0,
-        gradient_checkpointing=True,
+        gradient_checkpointing=args.grad_ckpt,
         bf16=cuda,
         use_cpu=not cuda,
         report_to=[],
@@ -217,10 +218,15 @@ def run_case(shape: str, prompts: int, generations: int, tokens: int, args: argp
     case = argparse.Namespace(**{**vars(args), "prompts": prompts, "generations": generations, "tokens": tokens})
     cuda = torch.cuda.is_available()
     with tempfile.TemporaryDirectory() as d:
-        model_dir = build_model(shape, Path(d) / "model", torch.bfloat16 if cuda else torch.float32)
+        if args.model:  # a real model (r1lite resolves names such as smollm2-135m-instruct, the offline one)
+            from r1lite.models import resolve_model
+
+            model_dir = Path(resolve_model(args.model))
+        else:
+            model_dir = build_model(shape, Path(d) / "model", torch.bfloat16 if cuda else torch.float32)
         results = {b: run_backend(b, model_dir, case) for b in args.backends.split(",")}
     out: dict[str, Any] = {
-        "shape": shape,
+        "shape": args.model or shape,
         "batch": f"{prompts}x{generations}x{tokens}",
         "quant": args.quant,
         "steps": args.steps,
@@ -252,6 +258,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--micro-batch", type=int, default=16, help="completions per forward/backward")
     p.add_argument("--quant", default="nf4", choices=["nf4", "none"])
+    p.add_argument("--model", help="a real model instead of random weights (e.g. smollm2-135m-instruct)")
+    p.add_argument("--prompt-tokens", type=int, default=PROMPT_TOKENS, help="words per random prompt")
+    p.add_argument("--no-grad-ckpt", dest="grad_ckpt", action="store_false", help="as the cpu profile trains")
     p.add_argument("--merge", default="auto", choices=["auto", "merged", "unmerged"])
     p.add_argument("--backends", default="trl,engine")
     p.add_argument("--suite", action="store_true", help="run the three GPU cases of bench/NOTES.md")

@@ -215,6 +215,17 @@ class GRPOConfig(Section):
         description="engine only: truncated importance sampling, each token's loss weighted by "
         "min(pi_train / pi_engine, cap) to correct the engine/trainer mismatch; 0: off (the gap is still logged)",
     )
+    max_minutes: float = Field(
+        0.0, ge=0, description="stop GRPO after this many minutes of training, at the end of a step (0: no limit)"
+    )
+    dynamic_sampling: bool = Field(
+        False,
+        description="DAPO's dynamic sampling: replace groups whose completions all score alike (no learning signal) "
+        "with groups of freshly drawn prompts, so every step trains on signal; costs extra rollouts",
+    )
+    dynamic_sampling_rounds: int = Field(
+        4, ge=1, description="with dynamic_sampling: at most this many extra generation rounds per step"
+    )
     eval_every: int = Field(50, ge=0, description="steps between held-out evals; 0: off")
     eval_examples: int = Field(64, ge=1, description="held-out problems per periodic eval")
     save_every: int = Field(50, ge=1, description="steps between checkpoints (for --resume)")

@@ -1,7 +1,9 @@
-"""TRL's GRPOTrainer, plus what rollouts from a different sampler need: the log-prob gap and its correction.
+"""TRL's GRPOTrainer, plus: the log-prob gap of rollouts from a different sampler and its correction, r1lite's
+own count of groups without reward variance, and DAPO's dynamic sampling.
 
     >>> trainer = GRPOTrainer(model=..., rollout_func=make_rollout_func(settings), is_cap=2.0, ...)
     >>> trainer.train()      # logs rollout/logprob_gap and rollout/is_clipped every step
+    >>> GRPOTrainer(..., dynamic_sampling_rounds=4)   # up to 4 extra draws per step to fill it with signal
 
 Our rollout engine samples from a merged bf16 copy of the policy (or the 4-bit model under other
 kernels), while TRL scores the NF4 + LoRA policy with fp32 norms: the two disagree a little on every
@@ -18,6 +20,7 @@ pi_train of that forward pass is the behaviour policy's probability under the tr
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import torch
@@ -25,10 +28,17 @@ from trl import GRPOTrainer as _TRLGRPOTrainer
 
 
 class GRPOTrainer(_TRLGRPOTrainer):
-    def __init__(self, *args: Any, is_cap: float = 2.0, **kwargs: Any) -> None:
-        """`is_cap`: the truncation of the importance ratio; 0 turns the correction off (the gap is still logged)."""
+    def __init__(self, *args: Any, is_cap: float = 2.0, dynamic_sampling_rounds: int = 0, **kwargs: Any) -> None:
+        """`is_cap`: the truncation of the importance ratio; 0 turns the correction off (the gap is still logged).
+
+        `dynamic_sampling_rounds`: with more than 0, groups whose completions all score alike are replaced by
+        groups of freshly drawn prompts, up to that many extra generation rounds per step (DAPO's dynamic
+        sampling); the batch keeps its size whatever happens.
+        """
         super().__init__(*args, **kwargs)
         self.is_cap = is_cap
+        self.dynamic_rounds = dynamic_sampling_rounds
+        self._signal: list[bool] = []  # per local group of the last scored batch: its rewards vary
 
     def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> torch.Tensor:
         """TRL's rewards (gathered over processes), plus r1lite's share of groups without reward variance."""
@@ -41,7 +51,72 @@ class GRPOTrainer(_TRLGRPOTrainer):
         rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)  # [B], as TRL sums them
         flat = groups_without_signal(rewards.tolist(), group)
         self._metrics[mode]["r1lite/groups_no_signal"].append(sum(flat) / max(len(flat), 1))
+        local = len(prompts) // group  # this process's groups within the gathered batch
+        start = self.accelerator.process_index * local
+        self._signal = [not flat_ for flat_ in flat[start : start + local]]
         return rewards_per_func
+
+    # -- dynamic sampling (DAPO, arXiv 2503.14476, section 3.2) -----------------------------------
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        if not self.dynamic_rounds or not self.model.training:
+            return super()._generate_and_score_completions(inputs)
+        return self._dynamic_batch(inputs)
+
+    def _dynamic_batch(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """The step's batch, filled with groups whose rewards vary: generate, keep those, draw more prompts.
+
+        Each round generates as many prompts as the step has (the engine reuses its buffers), scores them
+        with TRL's own code (advantages within each group, as without dynamic sampling), and keeps each
+        completion with the example it was scored against. After `dynamic_rounds` extra rounds, groups
+        without signal fill what is left: their advantages are zero, so they add no gradient, and the
+        batch, the loss normalisation and the number of optimizer steps stay as configured.
+        """
+        group = self.num_generations
+        want = len(inputs) // group
+        outputs: list[dict[str, Any]] = []
+        signal: list[tuple[int, int]] = []  # (round, group) of groups with reward variance
+        spare: list[tuple[int, int]] = []
+        batch = inputs
+        for round_ in range(self.dynamic_rounds + 1):
+            outputs.append(super()._generate_and_score_completions(batch))
+            for g, varies in enumerate(self._signal):
+                (signal if varies else spare).append((round_, g))
+            if round_ == self.dynamic_rounds or not self._any_process(len(signal) < want):
+                break
+            batch = self._draw_prompts(want, round_)
+        drawn = len(outputs) * want
+        mode = "train"
+        self._metrics[mode]["r1lite/dynamic_sampling/kept"].append(min(len(signal), want) / drawn)
+        self._metrics[mode]["r1lite/dynamic_sampling/rounds"].append(float(len(outputs)))
+        chosen = (signal + spare)[:want]
+        return self._merge_groups(outputs, chosen, group)
+
+    def _any_process(self, flag: bool) -> bool:
+        """True when `flag` holds on any process: every process must generate the same number of rounds."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        return bool(self.accelerator.gather(torch.tensor([float(flag)], device=self.accelerator.device)).max() > 0)
+
+    def _draw_prompts(self, prompts: int, round_: int) -> list[dict[str, Any]]:
+        """`prompts` training prompts drawn afresh (seeded by seed, step, round and process), each G times."""
+        rng = random.Random(f"{self.args.seed}-{self.state.global_step}-{round_}-{self.accelerator.process_index}")
+        rows = rng.sample(range(len(self.train_dataset)), min(prompts, len(self.train_dataset)))
+        return [self.train_dataset[i] for i in rows for _ in range(self.num_generations)]
+
+    def _merge_groups(self, outputs: list[dict[str, Any]], chosen: list[tuple[int, int]], group: int) -> dict[str, Any]:
+        """One batch of the chosen groups' rows from several scored batches (prompts left-padded, the rest right)."""
+        pad = getattr(self.processing_class, "pad_token_id", None) or 0
+        first, rows = outputs[0], len(outputs[0]["completion_ids"])
+        merged: dict[str, Any] = {}
+        for key, value in first.items():
+            if not (isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == rows):
+                merged[key] = value
+                continue
+            parts = [outputs[r][key][g * group : (g + 1) * group] for r, g in chosen]
+            merged[key] = _cat_padded(parts, left=key.startswith("prompt"), value=pad if key.endswith("_ids") else 0)
+        loss_mask = merged["completion_mask"] * merged.get("tool_mask", 1)
+        merged["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()  # as TRL counts it
+        return merged
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         sampling = inputs.get("sampling_per_token_logps")
@@ -80,3 +155,16 @@ class GRPOTrainer(_TRLGRPOTrainer):
             clipped = (ratio > self.is_cap)[mask].float().mean() if mask.any() else diff.new_zeros(())
             self._metrics[mode]["rollout/is_clipped"].append(self.accelerator.gather(clipped).mean().item())
             inputs["importance_sampling_ratio"] = ratio.clamp(max=self.is_cap)
+
+
+def _cat_padded(parts: list[torch.Tensor], left: bool, value: float) -> torch.Tensor:
+    """Concatenate along the batch, padding the last dimension of 2-D parts to the widest (on the left for prompts)."""
+    if parts[0].dim() == 1:
+        return torch.cat(parts)
+    width = max(p.shape[1] for p in parts)
+    padded = []
+    for p in parts:
+        extra = width - p.shape[1]
+        padding = (extra, 0) if left else (0, extra)
+        padded.append(torch.nn.functional.pad(p, padding, value=value) if extra else p)
+    return torch.cat(padded)

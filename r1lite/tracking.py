@@ -40,6 +40,8 @@ KEY_MAP = {
     "mean_token_accuracy": "token_accuracy",
     "rollout/tokens_per_s": "rollout_tokens_per_s",
     "r1lite/groups_no_signal": "groups_no_signal",
+    "r1lite/dynamic_sampling/kept": "groups_kept",
+    "r1lite/dynamic_sampling/rounds": "sampling_rounds",
     "num_tokens": "num_tokens",
 }
 

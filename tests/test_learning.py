@@ -30,7 +30,7 @@ def tiny(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("learn") / "m", hidden=64, layers=2, init_std=0.2)
 
 
-def train(tiny: Path, quant: str, backend: str, monkeypatch, device: str = "cpu") -> list[dict]:
+def train(tiny: Path, quant: str, backend: str, monkeypatch, device: str = "cpu", *extra: str) -> list[dict]:
     from r1lite import rewards
     from r1lite.stages import data, grpo
 
@@ -61,6 +61,7 @@ def train(tiny: Path, quant: str, backend: str, monkeypatch, device: str = "cpu"
             "grpo.eval_every=0",
             "grpo.save_every=100",
             "tracking.wandb=disabled",
+            *extra,
         ],
     )
     data.run(recipe.data)
@@ -82,3 +83,12 @@ def test_grpo_raises_a_toy_reward(tiny, quant, backend, monkeypatch, device):
         gaps = [r["rollout_logprob_gap"] for r in steps]
         assert max(gaps) < 0.05, gaps
         assert not any("logprob_gap" in r.get("diagnostics", {}) for r in steps)
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_still_raises_the_reward_and_logs_what_it_kept(tiny, monkeypatch):
+    steps = train(tiny, "none", "engine", monkeypatch, "cpu", "grpo.dynamic_sampling=true")
+    rewards = [r["reward"] for r in steps]
+    start, end = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    assert end >= 2.5 * start and end - start >= 0.04, f"reward {start:.3f} -> {end:.3f}: {rewards}"
+    assert all(0.0 <= r["groups_kept"] <= 1.0 and r["sampling_rounds"] >= 1 for r in steps)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,21 @@ class PeriodicEval(TrainerCallback):
         if self.tracker is not None:
             self.tracker.log("grpo", metrics, state.global_step)
         ui.log(f"grpo step {state.global_step}: held-out accuracy {summary['accuracy']:.1%}")
+
+
+class TimeBudget(TrainerCallback):
+    """Ends training at the first step end after `minutes` of it: a fixed budget, as the CPU demos need."""
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds, self.start = minutes * 60, 0.0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.start = time.monotonic()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.seconds and time.monotonic() - self.start >= self.seconds:
+            control.should_training_stop = True
+            ui.log(f"grpo: the {self.seconds / 60:g}-minute budget is spent; stopping after step {state.global_step}")
 
 
 def _zero3(recipe: Recipe) -> bool:
@@ -180,6 +196,7 @@ def build_trainer(
         peft_config=peft_config,
         rollout_func=rollout_func,
         is_cap=recipe.grpo.rollout_is_cap,
+        dynamic_sampling_rounds=recipe.grpo.dynamic_sampling_rounds if recipe.grpo.dynamic_sampling else 0,
     )
     keep_fp32_adapters(trainer.model)  # TRL stores adapters in bf16 on a quantized base
     quiet_library_output(trainer)
@@ -196,6 +213,8 @@ def build_trainer(
         )
     )
     trainer.add_callback(PeriodicEval(recipe, tokenizer, out / "metrics.jsonl", recipe.grpo.eval_every, tracker))
+    if recipe.grpo.max_minutes:
+        trainer.add_callback(TimeBudget(recipe.grpo.max_minutes))
     for callback in callbacks or []:
         trainer.add_callback(callback)
     return trainer

@@ -1,0 +1,99 @@
+"""DAPO's dynamic sampling in r1lite's GRPOTrainer: groups without reward variance are replaced by fresh ones,
+every completion stays with its own example, and the batch keeps its size."""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+
+FLAT, VARIED = "Try 4 * 5 = 20", "Using the numbers [3, 5, 2], create"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from r1lite.tiny import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("ds") / "m", hidden=64, layers=2))
+
+
+def kind_reward(completions, kind, **_):
+    """No signal for `flat` prompts (always 0.5); a completion-dependent score for `varied` ones."""
+    return [0.5 if k == "flat" else zlib.crc32(c.encode()) % 97 / 97 for c, k in zip(completions, kind, strict=True)]
+
+
+def trainer(tiny: str, tmp_path, rounds: int, prompts: list[tuple[str, str]]):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig
+
+    from r1lite.grpo_trainer import GRPOTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(tiny)
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "t"),
+        per_device_train_batch_size=16,
+        num_generations=4,
+        max_completion_length=8,
+        temperature=1.0,
+        report_to=[],
+        use_cpu=True,
+        beta=0.0,
+        loss_type="dr_grpo",
+        scale_rewards="none",
+        seed=3,
+    )
+    data = Dataset.from_list([{"prompt": p, "kind": k} for p, k in prompts])
+    from peft import LoraConfig
+
+    t = GRPOTrainer(
+        model=model,
+        reward_funcs=kind_reward,
+        args=args,
+        train_dataset=data,
+        processing_class=tok,
+        peft_config=LoraConfig(r=4, target_modules="all-linear"),
+        dynamic_sampling_rounds=rounds,
+    )
+    t.model.train()
+    return t, tok
+
+
+def kinds_of(out, tok) -> list[str]:
+    texts = tok.batch_decode(out["prompt_ids"], skip_special_tokens=True)
+    return ["flat" if t.strip().endswith(FLAT) else "varied" for t in texts]
+
+
+def test_groups_without_signal_are_replaced_and_each_completion_keeps_its_example(tiny, tmp_path):
+    pool = [(FLAT, "flat")] * 20 + [(VARIED, "varied")] * 20
+    t, tok = trainer(tiny, tmp_path, rounds=8, prompts=pool)
+    batch = [t.train_dataset[i] for i in (0, 1, 20, 21) for _ in range(4)]  # 2 flat groups, 2 varied
+    torch.manual_seed(0)
+    out = t._generate_and_score_completions(batch)
+    assert len(out["completion_ids"]) == len(batch) == 16  # the batch keeps its size
+    assert kinds_of(out, tok) == ["varied"] * 16  # only groups with signal, each row with its own prompt
+    advantages = out["advantages"].view(4, 4)
+    assert (advantages.abs().sum(dim=1) > 0).all()  # every group teaches something
+    assert out["num_items_in_batch"] == out["completion_mask"].sum()
+    kept = t._metrics["train"]["r1lite/dynamic_sampling/kept"]
+    assert len(kept) == 1 and 0 < kept[0] < 1
+
+
+def test_without_dynamic_sampling_the_batch_is_what_was_drawn(tiny, tmp_path):
+    pool = [(FLAT, "flat")] * 20 + [(VARIED, "varied")] * 20
+    t, tok = trainer(tiny, tmp_path, rounds=0, prompts=pool)
+    batch = [t.train_dataset[i] for i in (0, 1, 20, 21) for _ in range(4)]
+    out = t._generate_and_score_completions(batch)
+    assert len(out["completion_ids"]) == 16 and kinds_of(out, tok) == ["flat"] * 8 + ["varied"] * 8
+    assert "r1lite/dynamic_sampling/kept" not in t._metrics["train"]
+
+
+def test_a_step_with_no_signal_anywhere_keeps_its_size(tiny, tmp_path):
+    t, _ = trainer(tiny, tmp_path, rounds=2, prompts=[(FLAT, "flat")] * 12)
+    batch = [t.train_dataset[i] for i in range(4) for _ in range(4)]
+    out = t._generate_and_score_completions(batch)
+    assert len(out["completion_ids"]) == 16 and out["advantages"].abs().max() == 0
+    assert t._metrics["train"]["r1lite/dynamic_sampling/kept"] == [0.0]
+    assert t._metrics["train"]["r1lite/dynamic_sampling/rounds"] == [3.0]  # the first draw and two more
