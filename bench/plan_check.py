@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
     from r1lite.memtrack import PeakTensorBytes
     from r1lite.plan import GIB, make_plan
     from r1lite.recipes import load_recipe
+    from r1lite.rollout import engine_tensors
     from r1lite.stages import data
     from r1lite.stages.grpo import build_trainer
 
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.optimizer.step()
 
     step()
-    with PeakTensorBytes(trainer.model, trainer.optimizer) as measured:
+    held = engine_tensors(trainer.accelerator.unwrap_model(trainer.model))  # the engine's merged copy and cache
+    with PeakTensorBytes(trainer.model, trainer.optimizer, *held) as measured:
         step()
     plan = make_plan(recipe, prompt_tokens=inputs["prompt_ids"].shape[1])
     predicted = plan.stages["grpo_train"]

@@ -115,12 +115,29 @@ def torch_dtype(cfg: ModelConfig, device: str) -> Any:
     return getattr(torch, cfg.dtype)
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_bf16(cfg: ModelConfig, on_cuda: bool) -> bool:
+    """Whether this run computes in bf16 on the CPU (`model.cpu_bf16`, auto resolved for this machine)."""
+    if on_cuda or cfg.cpu_bf16 is False:
+        return False
+    return cfg.cpu_bf16 is True or native_cpu_bf16()
+
+
 def trainer_defaults(recipe: Any, on_cuda: bool) -> dict[str, Any]:
     """Trainer arguments every training stage shares: device, precision, checkpointing, seed, logging."""
     cfg = recipe.model
     return {
         "gradient_checkpointing": cfg.gradient_checkpointing,
-        "bf16": on_cuda and cfg.dtype in ("auto", "bfloat16"),
+        # CUDA: bf16 autocast over the bf16 base and fp32 adapters; CPU: autocast only where asked (model.cpu_bf16)
+        "bf16": (on_cuda and cfg.dtype in ("auto", "bfloat16")) or cpu_bf16(cfg, on_cuda),
         "fp16": on_cuda and cfg.dtype == "float16",  # GPUs without bf16 (fit_precision): loss scaling
         "use_cpu": not on_cuda,
         "seed": recipe.seed,

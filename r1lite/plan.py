@@ -258,6 +258,7 @@ def training_activation_parts(
     compute_bytes: int,
     lora_cast_copies: bool,
     on_cpu: bool = False,
+    scored: int | None = None,
 ) -> dict[str, int]:
     """Activations of one micro-batch at the peak of its backward pass, in two parts.
 
@@ -273,7 +274,9 @@ def training_activation_parts(
     [4,096 tokens x 32,768] logits tile, allocated at full width whatever the vocabulary, plus the fp32
     gradient of the hidden states) or one layer's gradients (2 hidden + 2 intermediate per token) on top
     of its recomputed activations. On CUDA a Triton kernel folds each tile in place; on CPU TRL's torch
-    fallback makes ~7 fp32 temporaries of the tile's used width (measured: bench/plan_check.py).
+    fallback makes ~7 fp32 temporaries of the tile's used width (measured: bench/plan_check.py). GRPO on
+    CPU (`scored`: completion tokens per sequence) scores with r1lite's plain head instead: the logits of
+    the completion, their temperature-scaled copy, log-softmax and the entropy's two temporaries, fp32.
     """
     h, i, q, kv = shape.hidden, shape.intermediate, shape.heads * shape.d, shape.kv_heads * shape.d
     tokens = micro_batch * seq_len
@@ -287,7 +290,9 @@ def training_activation_parts(
         layer += micro_batch * shape.heads * seq_len * seq_len * 4
     transient = tokens * (2 * h + 2 * i) * act_bytes
     head = min(tokens, 4096) * 32768 * compute_bytes + tokens * h * 4
-    if on_cpu:
+    if on_cpu and scored is not None:  # r1lite.grpo_trainer's plain head
+        head = 5 * micro_batch * scored * shape.vocab * 4 + tokens * h * 4
+    elif on_cpu:
         head += 7 * min(tokens, 4096) * min(shape.vocab, 32768) * 4
     if grad_ckpt:
         kept = shape.layers * tokens * h * act_bytes
@@ -481,8 +486,9 @@ def make_plan(
     seq = prompt_tokens + g.max_completion_length
     backend = "trl" if stock_trl else g.backend(on_cuda, sharded=gpus > 1 and recipe.distributed.strategy == "zero3")
 
-    def train_parts(micro: int, length: int, ckpt: bool) -> dict[str, int]:
-        return training_activation_parts(shape, micro, length, ckpt, act, compute_bytes, casts, on_cpu=not on_cuda)
+    def train_parts(micro: int, length: int, ckpt: bool, scored: int | None = None) -> dict[str, int]:
+        on_cpu = not on_cuda
+        return training_activation_parts(shape, micro, length, ckpt, act, compute_bytes, casts, on_cpu, scored)
 
     # The engine's decisions, taken as it takes them (`rollout_fits`, `compiles`): from the free memory of a
     # loaded policy (its adapter, no optimizer state yet) and each stage's own reserve.
@@ -517,7 +523,7 @@ def make_plan(
         }
 
     cache_len = -(-seq // 256) * 256
-    train = train_parts(g.micro_batch_size, seq, recipe.model.gradient_checkpointing)
+    train = train_parts(g.micro_batch_size, seq, recipe.model.gradient_checkpointing, g.max_completion_length)
     resident = {"weights": weights, "lora_and_adam": lora_train}
     merged: bool | None = None
     rollout_parts: dict[str, int]

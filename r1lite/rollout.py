@@ -61,6 +61,7 @@ class RolloutSettings:
     train_seq_len: int = 0  # prompt + completion tokens of the longest sequence in a micro-batch
     train_grad_ckpt: bool = True
     planned_merge: bool | None = None  # `r1lite plan`'s decision for this stage, logged beside the engine's
+    dtype: str | None = None  # the merged copy's dtype (e.g. "bfloat16" for CPU bf16); None: the compute dtype
 
 
 @dataclass
@@ -507,7 +508,7 @@ class RolloutEngine:
         G, P, B = num_generations, len(groups), len(prompt_ids)
         source = base_model_of(self.model)
         device = next(source.parameters()).device
-        dtype = _compute_dtype(source)
+        dtype = getattr(torch, self.s.dtype) if self.s.dtype else _compute_dtype(source)
         Lp = max(len(p) for p in groups)
         was_training = self.model.training
         self.model.eval()
@@ -676,6 +677,19 @@ def release_engines(model: Any) -> None:
         model.__dict__.pop(_ENGINES_ATTR, None)
 
 
+def engine_tensors(model: Any) -> list[Any]:
+    """What the engines `engine_for` made for `model` hold (merged copies, caches, masks): the buffers a
+    memory measurement must count beside the model and optimizer (`r1lite.memtrack.PeakTensorBytes`)."""
+    held: list[Any] = []
+    for engine in model.__dict__.get(_ENGINES_ATTR, {}).values():
+        if engine._merged is not None:
+            held.append(engine._merged)
+        for state in engine._states.values():
+            held.append(state.mask)
+            held += [t for layer in state.cache.layers for t in (layer.keys, layer.values) if t is not None]
+    return held
+
+
 def live_engines() -> int:
     import gc
 
@@ -698,11 +712,13 @@ def _compute_dtype(model: Any) -> torch.dtype:
 
 def settings_from_recipe(recipe: Any, planned_merge: bool | None = None) -> RolloutSettings:
     """The GRPO engine's settings; `planned_merge` is `r1lite plan`'s decision, logged beside the engine's."""
+    from r1lite.models import cpu_bf16, pick_device
     from r1lite.plan import prompt_tokens_for
 
     g = recipe.grpo
     return RolloutSettings(
         planned_merge=planned_merge,
+        dtype="bfloat16" if cpu_bf16(recipe.model, pick_device(recipe.model) == "cuda") else None,
         max_new_tokens=g.max_completion_length,
         temperature=g.temperature,
         top_p=g.top_p,

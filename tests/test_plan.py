@@ -56,6 +56,7 @@ def test_plan_predicts_stock_trl_peaks_measured_on_an_h200():
 def test_plan_predicts_a_cpu_grpo_step_of_a_tiny_model(tmp_path):
     """The same model predicts a CPU run: the GRPO training step's peak tensor bytes, measured, within 20 %."""
     from r1lite.memtrack import PeakTensorBytes
+    from r1lite.rollout import engine_tensors
     from r1lite.stages import data
     from r1lite.stages.grpo import build_trainer
     from r1lite.tiny import build_tiny_model
@@ -91,7 +92,9 @@ def test_plan_predicts_a_cpu_grpo_step_of_a_tiny_model(tmp_path):
         trainer.optimizer.step()
 
     step()  # the optimizer's state exists from the second step on
-    with PeakTensorBytes(trainer.model, trainer.optimizer) as measured:
+    held = engine_tensors(trainer.accelerator.unwrap_model(trainer.model))  # the rollout engine's copy and cache
+    assert held, "the cpu profile rolls out with the engine"
+    with PeakTensorBytes(trainer.model, trainer.optimizer, *held) as measured:
         step()
     assert inputs["completion_ids"].shape[1] == 64 and trainer.args.bf16 is False
     plan = make_plan(recipe, prompt_tokens=inputs["prompt_ids"].shape[1])

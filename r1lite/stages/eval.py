@@ -37,6 +37,7 @@ def generate(
     engine: bool = False,
     merge: str = "auto",
     compile: bool | str = "auto",
+    dtype: str | None = None,
 ) -> list[list[tuple[str, int]]]:
     """Completions for each prompt: n (text, token count) pairs per prompt, in batches.
 
@@ -54,7 +55,12 @@ def generate(
         from r1lite.rollout import RolloutSettings, engine_for
 
         sampling = RolloutSettings(
-            max_new_tokens=max_new_tokens, temperature=temperature, greedy=not sample, merge=merge, compile=compile
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            greedy=not sample,
+            merge=merge,
+            compile=compile,
+            dtype=dtype,
         )
         rollout = engine_for(model, tokenizer, sampling)  # inside GRPO: the training engine, same buffers
         live = rollout.batch_rows
@@ -161,8 +167,13 @@ def evaluate(
     max_new = max_new_tokens or cfg.max_new_tokens
     # the backend GRPO rolls out with: our engine (same greedy tokens as generate, much faster on CUDA)
     # or transformers' generate
-    engine = recipe.grpo.backend(next(model.parameters()).device.type == "cuda") == "engine"
+    from r1lite.models import cpu_bf16
+
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    engine = recipe.grpo.backend(on_cuda) == "engine"
     options = {"engine": engine, "merge": recipe.grpo.rollout_merge, "compile": recipe.grpo.rollout_compile}
+    if cpu_bf16(recipe.model, on_cuda):
+        options["dtype"] = "bfloat16"
     greedy = [g[0] for g in generate(model, tokenizer, prompts, max_new, cfg.batch_size, desc=desc, **options)]
     rows = score(mine, greedy, cfg.reward, task)
     if cfg.pass_k:
