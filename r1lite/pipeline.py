@@ -1,13 +1,16 @@
-"""`r1lite run`: data -> base eval -> SFT -> GRPO -> final eval in one run directory.
+"""`r1lite run`: data -> base eval -> SFT -> warm-up eval -> GRPO -> final eval in one run directory.
 
     >>> summary = run(load_recipe("countdown", "cpu"))
 
 Layout of `runs/<name>-<profile>/`: `config.yaml` (the resolved recipe), `stages.json` (each
 finished stage's fingerprint and wall time), `sft/`, `grpo/` (checkpoints, metrics.jsonl,
-adapter), `eval/` (base and final JSONL + JSON). A stage whose fingerprint — a hash of the recipe
-sections it reads plus its upstream stages' fingerprints — is unchanged is skipped, so rerunning
-after an edit redoes exactly what the edit affects. Stage records are written only when a stage
-finishes, so an interrupted run never looks finished.
+adapter), `eval/` (base, warm-up and final JSONL + JSON). A stage whose fingerprint — a hash of the
+recipe sections it reads plus its upstream stages' fingerprints — is unchanged is skipped, so
+rerunning after an edit redoes exactly what the edit affects; a stage that another run in the same
+output folder finished with the same fingerprint is copied from it instead of run again (the demo's
+warm-up serves `-p cpu-rl`). Stage records are written only when a stage finishes, so an
+interrupted run never looks finished. With SFT and GRPO both on, the warm-up adapter is evaluated
+too, so the summary separates what imitation did from what RL did, each with a paired interval.
 """
 
 from __future__ import annotations
@@ -23,7 +26,16 @@ from r1lite.config import Recipe
 from r1lite.errors import R1liteError
 from r1lite.fileio import fingerprint, read_json, read_json_or_empty, write_json, write_text
 
-STAGES = ("data", "eval_base", "sft", "grpo", "eval_final")
+STAGES = ("data", "eval_base", "sft", "eval_warmup", "grpo", "eval_final")
+# what each stage leaves in the run directory: copied when another run finished the same stage
+ARTIFACTS = {
+    "eval_base": ("eval/base.json", "eval/base.jsonl"),
+    "sft": ("sft/adapter", "sft/metrics.jsonl"),
+    "eval_warmup": ("eval/warmup.json", "eval/warmup.jsonl"),
+    "grpo": ("grpo/adapter", "grpo/metrics.jsonl"),
+    "eval_final": ("eval/final.json", "eval/final.jsonl"),
+}
+CHANGES = (("final", "base"), ("warmup", "base"), ("final", "warmup"))  # (after, before) pairs in the summary
 
 
 def run_dir(recipe: Recipe) -> Path:
@@ -37,6 +49,7 @@ def fingerprints(recipe: Recipe) -> dict[str, str]:
     base = {"data": fp["data"], "model": r["model"], "quantization": r["quantization"]}
     fp["eval_base"] = fingerprint({**base, "eval": r["eval"]})
     fp["sft"] = fingerprint({**base, "lora": r["lora"], "sft": r["sft"], "seed": r["seed"]})
+    fp["eval_warmup"] = fingerprint({"trained": fp["sft"], "eval": r["eval"]})
     fp["grpo"] = fingerprint(
         {
             **base,
@@ -57,6 +70,37 @@ def load_state(root: Path) -> dict[str, Any]:
 
 def _done(state: dict[str, Any], stage: str, fp: str, outputs: list[Path]) -> bool:
     return state.get(stage, {}).get("fingerprint") == fp and all(p.exists() for p in outputs)
+
+
+def _reuse(root: Path, stage: str, fp: str) -> dict[str, Any] | None:
+    """Copy `stage`'s outputs from another run in the same output folder that finished it with fingerprint `fp`.
+
+    The fingerprint covers everything the stage read (its recipe sections and, through them, its upstream
+    stages), so the copy is what running it here would make. Returns the stage record, or None.
+    """
+    import shutil
+
+    for other in sorted(p.parent for p in root.parent.glob("*/stages.json") if p.parent != root):
+        record = load_state(other).get(stage, {})
+        paths = ARTIFACTS.get(stage, ())
+        if record.get("fingerprint") != fp or not paths or not all((other / a).exists() for a in paths):
+            continue
+        for artifact in paths:
+            source, target = other / artifact, root / artifact
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                from r1lite.models import atomic_dir
+
+                with atomic_dir(target) as tmp:
+                    shutil.copytree(source, tmp, dirs_exist_ok=True)
+            else:
+                from r1lite.fileio import atomic_path
+
+                with atomic_path(target) as tmp:
+                    shutil.copyfile(source, tmp)
+        ui.log(f"[dim]{stage}: {other} finished it with the same settings; copied its outputs[/]")
+        return {**record, "seconds": 0.0, "reused_from": str(other)}
+    return None
 
 
 def free_memory() -> None:
@@ -133,6 +177,12 @@ def _run(recipe: Recipe, root: Path, resume: bool, grpo_callbacks: list | None, 
             lambda: eval.run(recipe, root, label="base", tracker=tracker),
         ),
         ("sft", recipe.sft.enabled, [sft_adapter], lambda: sft.run(recipe, root, tracker)),
+        (
+            "eval_warmup",  # what imitation alone did, so the final eval can say what RL added
+            recipe.sft.enabled and recipe.grpo.enabled,
+            [root / "eval" / "warmup.json"],
+            lambda: eval.run(recipe, root, adapter=str(sft_adapter), label="warmup", tracker=tracker),
+        ),
         ("grpo", recipe.grpo.enabled, [root / "grpo" / "adapter"], grpo_stage),
         (
             "eval_final",
@@ -147,6 +197,13 @@ def _run(recipe: Recipe, root: Path, resume: bool, grpo_callbacks: list | None, 
             continue
         if stage != "data" and _done(state, stage, fps[stage], outputs):
             ui.log(f"[dim]{stage}: done earlier with the same settings; skipped[/]")
+            continue
+        if main and stage != "data" and (copied := _reuse(root, stage, fps[stage])) is not None:
+            state[stage] = copied
+            write_json(root / "stages.json", state)
+        wait_for_everyone()
+        if stage != "data" and _done(load_state(root), stage, fps[stage], outputs):  # copied from another run
+            state[stage] = load_state(root)[stage]
             continue
         ui.log(f"[bold]== {stage} ==[/]")
         start = time.monotonic()
@@ -170,17 +227,20 @@ def write_summary(recipe: Recipe, root: Path, tracker: Any = None) -> dict[str, 
 
     state = load_state(root)
     hardware = read_json_or_empty(root / "hardware.json")
-    before, after = (read_json(root / "eval" / f"{k}.json") for k in ("base", "final"))
+    evals = {k: read_json(root / "eval" / f"{k}.json") for k in ("base", "warmup", "final")}
+    if not (root / "eval" / "warmup.json").is_file() or "eval_warmup" not in state:
+        evals.pop("warmup")
     cost = cost_for_run(recipe, {k: v["seconds"] for k, v in state.items()}, hardware)
     summary = {
         "run": recipe.run_name,
         "run_dir": str(root),
-        "base": before,
-        "final": after,
+        **evals,
+        "changes": paired_changes(root, [c for c in CHANGES if all(k in evals for k in c)]),
         "stages": state,
         "cost": cost,
         "hardware": hardware,
     }
+    before, after = evals["base"], evals["final"]
     write_json(root / "summary.json", summary)
     if tracker is not None:
         tracker.summary(
@@ -194,3 +254,17 @@ def write_summary(recipe: Recipe, root: Path, tracker: Any = None) -> dict[str, 
             }
         )
     return summary
+
+
+def paired_changes(root: Path, pairs: list[tuple[str, str]]) -> dict[str, dict[str, float]]:
+    """Accuracy change of each (after, before) pair of evals on the same problems, with a paired 95 % interval."""
+    from r1lite.report import paired_eval_rows
+    from r1lite.stats import paired_difference
+
+    out = {}
+    for after, before in pairs:
+        rows = paired_eval_rows(root, before, after)
+        if rows:
+            ci = paired_difference([float(b["correct"]) for b, _ in rows], [float(a["correct"]) for _, a in rows])
+            out[f"{after}_vs_{before}"] = ci.as_dict()
+    return out

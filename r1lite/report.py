@@ -189,22 +189,24 @@ def _problem_key(row: dict[str, Any]) -> tuple[Any, ...]:
     return row.get("nums"), row.get("target"), row.get("question")
 
 
-def paired_eval_rows(run_dir: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(base, trained) rows of the same held-out problems; both evals score the test split's first problems in order.
+def paired_eval_rows(
+    run_dir: Path, before: str = "base", after: str = "final"
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(before, after) rows of the same held-out problems; evals score the test split's first problems in order.
 
     A shorter file pairs with the other's first rows; rows that name different problems mean one eval was rerun
     on other data, and no comparison is better than a wrong one.
     """
-    base_path, final_path = run_dir / "eval/base.jsonl", run_dir / "eval/final.jsonl"
+    base_path, final_path = run_dir / f"eval/{before}.jsonl", run_dir / f"eval/{after}.jsonl"
     if not (base_path.is_file() and final_path.is_file()):
         return []
     pairs = list(zip(read_jsonl(base_path), read_jsonl(final_path), strict=False))
-    for i, (before, after) in enumerate(pairs):
-        if _problem_key(before) != _problem_key(after):
+    for i, (first, second) in enumerate(pairs):
+        if _problem_key(first) != _problem_key(second):
             raise R1liteError(
-                f"{run_dir}/eval: base.jsonl and final.jsonl name different problems at row {i + 1}; rerun both "
-                f"with the run's recipe: `r1lite eval --label base`, `r1lite eval --adapter {run_dir}/grpo/adapter "
-                "--label final`"
+                f"{run_dir}/eval: {before}.jsonl and {after}.jsonl name different problems at row {i + 1}; rerun "
+                f"both with the run's recipe: `r1lite eval --label base`, `r1lite eval --adapter "
+                f"{run_dir}/grpo/adapter --label final`"
             )
     return pairs
 
@@ -337,11 +339,18 @@ def build_report(run_dir: Path) -> Path:
         "",
     ]
     if before and after:
-        md += ["## Held-out eval", "", "| metric | base | trained |", "|---|---|---|"]
+        warmup = read_json_or_empty(run_dir / "eval/warmup.json") if "eval_warmup" in stages else {}
+        heads = ["base", *(["warm-up (SFT)"] if warmup else []), "trained"]
+        md += ["## Held-out eval", "", f"| metric | {' | '.join(heads)} |", "|---" * (len(heads) + 1) + "|"]
         for key in ("accuracy", "format_rate", "mean_reward", "mean_length", "search_rate", "examples"):
             if key in before and key in after:
-                md.append(f"| {key} | {_fmt(key, before[key])} | {_fmt(key, after[key])} |")
-        md.append("")
+                cells = [before, *([warmup] if warmup else []), after]
+                md.append(f"| {key} | " + " | ".join(_fmt(key, c.get(key, "-")) for c in cells) + " |")
+        from r1lite.pipeline import CHANGES, paired_changes
+        from r1lite.stages.eval import change_lines
+
+        pairs = [c for c in CHANGES if "warmup" not in c or warmup]
+        md += ["", *change_lines(paired_changes(run_dir, pairs)), ""]
     paired = before_after(run_dir, seed=recipe.seed)
     if paired:
         md += ["## Before and after, same problems", "", *side_by_side(paired), ""]

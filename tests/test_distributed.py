@@ -113,7 +113,7 @@ def test_two_processes_run_one_run(tmp_path):
         [r for r in read_jsonl(one / "sft/metrics.jsonl") if "loss" in r]
     )
     stages = json.loads((two / "stages.json").read_text())
-    assert set(stages) == {"data", "eval_base", "sft", "grpo", "eval_final"}
+    assert set(stages) == {"data", "eval_base", "sft", "eval_warmup", "grpo", "eval_final"}
     final = json.loads((two / "eval/final.json").read_text())
     assert final["examples"] == 4 and final["processes"] == 2  # each process evaluated its share
     rows_one, rows_two = read_jsonl(one / "eval/final.jsonl"), read_jsonl(two / "eval/final.jsonl")

@@ -65,6 +65,7 @@ def test_run_end_to_end_then_skip_then_partial_rerun(tiny_model, tmp_path):
         "sft/adapter/adapter_config.json",
         "grpo/adapter/adapter_config.json",
         "eval/base.json",
+        "eval/warmup.json",
         "eval/final.json",
         "eval/final.jsonl",
         "grpo/metrics.jsonl",
@@ -72,6 +73,7 @@ def test_run_end_to_end_then_skip_then_partial_rerun(tiny_model, tmp_path):
     ):
         assert (root / rel).is_file(), rel
     assert "Countdown held-out eval" in first.output and "accuracy" in first.output
+    assert "GRPO's own effect (final vs warm-up)" in first.output and "paired bootstrap over 4 problems" in first.output
     final = read_json(root / "eval/final.json")
     assert set(pipeline.STAGES) == set(read_json(root / "stages.json"))
     assert final["examples"] == 4 and 0 <= final["accuracy"] <= 1
@@ -83,7 +85,7 @@ def test_run_end_to_end_then_skip_then_partial_rerun(tiny_model, tmp_path):
     # same recipe again: every stage is skipped and nothing is rewritten
     mtime = (root / "grpo/adapter/adapter_model.safetensors").stat().st_mtime_ns
     again = runner.invoke(app, args, catch_exceptions=False)
-    assert again.output.count("skipped") == 4
+    assert again.output.count("skipped") == 5
     assert (root / "grpo/adapter/adapter_model.safetensors").stat().st_mtime_ns == mtime
 
     # a GRPO change reruns GRPO and the final eval only
@@ -155,6 +157,7 @@ def test_nf4_policy_trains_on_cpu(tiny_model, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert (root / "eval/adapter.json").is_file() and (root / "eval/base.json").is_file()
+    assert "accuracy, adapter_vs_base:" in result.output and "paired bootstrap over 4 problems" in result.output
 
 
 def _eval_with(*sets: str):
@@ -265,3 +268,20 @@ def test_stages_leave_no_model_or_engine_behind(tiny_model, monkeypatch):
     pipeline.run(load_recipe("countdown", "cpu", overrides))
     nothing_left("the end of the run")
     assert len(loaded) >= 4  # base eval, SFT, GRPO, final eval
+
+
+@pytest.mark.slow
+def test_a_run_reuses_stages_another_run_finished_with_the_same_settings(tiny_model, tmp_path):
+    """Another run name, the same data, model and SFT: its base eval and warm-up are copied, GRPO runs anew."""
+    args = ["run", "countdown", "--profile", "cpu", *set_args(tiny_overrides(tiny_model))]
+    assert cli(*args).exit_code == 0
+    second = cli(*args, "--set", "name=other", "--set", "grpo.learning_rate=1e-4")
+    assert second.exit_code == 0, second.output
+    first_root, root = tmp_path / "runs" / "countdown-cpu", tmp_path / "runs" / "other-cpu"
+    stages = read_json(root / "stages.json")
+    for stage in ("eval_base", "sft", "eval_warmup"):
+        assert stages[stage]["reused_from"] == str(first_root) and stages[stage]["seconds"] == 0.0, stage
+    assert "reused_from" not in stages["grpo"] and "reused_from" not in stages["eval_final"]
+    adapter = "sft/adapter/adapter_model.safetensors"
+    assert (root / adapter).read_bytes() == (first_root / adapter).read_bytes()
+    assert second.output.count("copied its outputs") == 3

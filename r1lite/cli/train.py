@@ -166,7 +166,7 @@ def run(
     from r1lite import pipeline
     from r1lite.cost import cost_line
     from r1lite.distributed import is_main, world_size
-    from r1lite.stages.eval import comparison_table
+    from r1lite.stages.eval import change_lines, comparison_table
     from r1lite.ui import console
 
     if gpus is not None and world_size() == 1:  # not yet launched: become `accelerate launch ... r1lite run`
@@ -186,7 +186,9 @@ def run(
         _interrupted("the run")
     if not is_main():
         return
-    console.print(comparison_table(result["base"], result["final"], r.data.make_task().name))
+    console.print(comparison_table(result["base"], result["final"], r.data.make_task().name, result.get("warmup")))
+    for line in change_lines(result["changes"]):
+        console.print(line, soft_wrap=True)
     console.print(cost_line(result["cost"]))
     console.print(f"report: r1lite report {result['run_dir']}")
 
@@ -257,7 +259,12 @@ def eval_(
             r, root, adapter=None if compare == "base" else compare, label="base" if compare == "base" else "compare"
         )
         if is_main():
+            from r1lite.pipeline import paired_changes
+            from r1lite.stages.eval import change_lines
+
             console.print(comparison_table(other, result, r.data.make_task().name))
+            for line in change_lines(paired_changes(root, [(result["label"], other["label"])])):
+                console.print(line, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -258,12 +258,35 @@ def run(
     return summary
 
 
-def comparison_table(before: dict[str, Any], after: dict[str, Any], task: str = "countdown") -> Any:
-    """A rich table of base vs trained metrics with the change."""
+CHANGE_NAMES = {
+    "final_vs_base": "trained vs base",
+    "warmup_vs_base": "warm-up (SFT) vs base",
+    "final_vs_warmup": "GRPO's own effect (final vs warm-up)",
+}
+
+
+def change_lines(changes: dict[str, dict[str, float]]) -> list[str]:
+    """One line per paired accuracy change: the estimate and its 95 % interval, and whether it excludes zero."""
+    from r1lite.stats import Interval
+
+    lines = []
+    for name, values in changes.items():
+        ci = Interval(values["estimate"], values["low"], values["high"], int(values["n"]))
+        verdict = "above zero" if ci.low > 0 else "below zero" if ci.high < 0 else "not distinguishable from zero"
+        what = CHANGE_NAMES.get(name, name)
+        lines.append(f"accuracy, {what}: {ci.points()} (95 % paired bootstrap over {ci.n} problems: {verdict})")
+    return lines
+
+
+def comparison_table(
+    before: dict[str, Any], after: dict[str, Any], task: str = "countdown", middle: dict[str, Any] | None = None
+) -> Any:
+    """A rich table of base vs trained metrics with the change; `middle` (the warm-up) as a column between."""
     from rich.table import Table
 
     title = f"{task.replace('_', ' ').capitalize()} held-out eval"
-    table = Table("metric", before.get("label", "before"), after.get("label", "after"), "change", title=title)
+    labels = [before.get("label", "before"), *([middle.get("label", "warm-up")] if middle else [])]
+    table = Table("metric", *labels, after.get("label", "after"), "change", title=title)
     meta = {*METRICS, "label", "model", "adapter", "examples", "processes", "seconds"}
     extra = sorted(
         k for k, v in after.items() if k not in meta and isinstance(v, int | float) and not isinstance(v, bool)
@@ -272,11 +295,13 @@ def comparison_table(before: dict[str, Any], after: dict[str, Any], task: str = 
     for key in keys:
         b, a = before[key], after[key]
         if key == "mean_reward":
-            table.add_row(key, f"{b:.3f}", f"{a:.3f}", f"{a - b:+.3f}")
+            fmt, change = (lambda v: f"{v:.3f}"), f"{a - b:+.3f}"
         elif key == "mean_length":
-            table.add_row(key, f"{b:.0f}", f"{a:.0f}", f"{a - b:+.0f}")
+            fmt, change = (lambda v: f"{v:.0f}"), f"{a - b:+.0f}"
         elif key not in METRICS and not key.startswith("pass@"):  # a task's own metric: its unit is its own
-            table.add_row(key, f"{b:.3g}", f"{a:.3g}", f"{a - b:+.3g}")
+            fmt, change = (lambda v: f"{v:.3g}"), f"{a - b:+.3g}"
         else:
-            table.add_row(key, f"{b:.1%}", f"{a:.1%}", f"{(a - b) * 100:+.1f} pt")
+            fmt, change = (lambda v: f"{v:.1%}"), f"{(a - b) * 100:+.1f} pt"
+        mid = [fmt(middle[key]) if key in middle else "-"] if middle else []
+        table.add_row(key, fmt(b), *mid, fmt(a), change)
     return table
