@@ -15,6 +15,8 @@ import re
 
 MAX_DEPTH = 200  # CPython's tokenizer refuses deeper parenthesis nesting, so eval() fails too
 MAX_TOKENS = 1000  # a real Countdown answer has < 40 tokens; the cap bounds the time per call
+MAX_DIGITS = 100  # a Countdown literal has at most 3; longer ones only cost time (and Python refuses > 4,300)
+MAX_VALUE = 10.0**100  # no intermediate value of a real answer comes near; bounds big-int work and float overflow
 
 _TOKENS = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+|[-+*/()]|\S")
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "neg": 3}
@@ -28,6 +30,8 @@ def _number(text: str) -> int | float:
     whole = text.split(".", 1)[0]
     if len(whole) > 1 and whole[0] == "0":
         raise ExpressionError(f"leading zero in literal {text!r}")
+    if len(text) > MAX_DIGITS:
+        raise ExpressionError(f"a number literal longer than {MAX_DIGITS} digits")
     return float(text) if "." in text else int(text)
 
 
@@ -64,7 +68,12 @@ def _apply(op: str, stack: list[int | float]) -> None:
     elif right == 0:
         raise ExpressionError("division by zero")
     else:
-        stack.append(left / right)
+        try:
+            stack.append(left / right)
+        except OverflowError:  # a huge int divided: the quotient has no float
+            raise ExpressionError("a value too large to compute") from None
+    if abs(stack[-1]) > MAX_VALUE:
+        raise ExpressionError(f"an intermediate value beyond {MAX_VALUE:.0e}")
 
 
 def evaluate(text: str) -> int | float:

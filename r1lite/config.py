@@ -167,6 +167,10 @@ class SFTConfig(Section):
     batch_size: int = Field(8, ge=1, description="sequences per micro-batch")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     max_length: int = Field(512, ge=16, description="tokens per prompt + trace (longer ones are truncated)")
+    save_every: int = Field(25, ge=1, description="steps between checkpoints (a rerun continues from the last one)")
+    max_nonfinite: int = Field(
+        5, ge=1, description="updates in a row with NaN/inf gradients (each skipped) before the stage stops"
+    )
     trl: dict[str, Any] = Field({}, description="extra trl.SFTConfig fields, passed unchanged")
 
 
@@ -233,8 +237,11 @@ class GRPOConfig(Section):
     )
     eval_every: int = Field(50, ge=0, description="steps between held-out evals; 0: off")
     eval_examples: int = Field(64, ge=1, description="held-out problems per periodic eval")
-    save_every: int = Field(50, ge=1, description="steps between checkpoints (for --resume)")
+    save_every: int = Field(50, ge=1, description="steps between checkpoints (a rerun continues from the last one)")
     log_every: int = Field(1, ge=1, description="steps between metric logs")
+    max_nonfinite: int = Field(
+        5, ge=1, description="updates in a row with NaN/inf gradients (each skipped) before the stage stops"
+    )
     trl: dict[str, Any] = Field({}, description="extra trl.GRPOConfig fields, passed unchanged")
 
     def reward_scaling(self) -> str:

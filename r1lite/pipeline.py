@@ -23,7 +23,6 @@ from typing import Any
 
 from r1lite import ui
 from r1lite.config import Recipe
-from r1lite.errors import R1liteError
 from r1lite.fileio import fingerprint, read_json, read_json_or_empty, write_json, write_text
 
 STAGES = ("data", "eval_base", "sft", "eval_warmup", "grpo", "eval_final")
@@ -128,23 +127,31 @@ def final_adapter(recipe: Recipe, root: Path) -> Path | None:
     return None
 
 
-def run(recipe: Recipe, resume: bool = False, grpo_callbacks: list | None = None) -> dict[str, Any]:
-    """Run every stage that is not already done; returns the summary written to summary.json."""
+def run(recipe: Recipe, restart: bool = False, grpo_callbacks: list | None = None) -> dict[str, Any]:
+    """Run every stage that is not already done; returns the summary written to summary.json.
+
+    An interrupted stage continues from its last checkpoint (`restart` starts the training stages over).
+    SIGTERM / SIGINT stop the run at the next safe point with everything needed to continue saved
+    (r1lite.interrupts); running out of memory or disk stops it with one line saying what to change.
+    """
     from r1lite.distributed import is_main
+    from r1lite.interrupts import graceful
     from r1lite.tracking import Tracker, open_tracker
 
     root = run_dir(recipe)
     root.mkdir(parents=True, exist_ok=True)
     tracker = open_tracker(recipe, root) if is_main() else Tracker()  # one W&B run, from the main process
     try:
-        return _run(recipe, root, resume, grpo_callbacks, tracker)
+        with graceful("the run"):
+            return _run(recipe, root, restart, grpo_callbacks, tracker)
     finally:
         tracker.finish()
 
 
-def _run(recipe: Recipe, root: Path, resume: bool, grpo_callbacks: list | None, tracker: Any) -> dict[str, Any]:
+def _run(recipe: Recipe, root: Path, restart: bool, grpo_callbacks: list | None, tracker: Any) -> dict[str, Any]:
     from r1lite.distributed import is_main, wait_for_everyone
     from r1lite.environment import describe
+    from r1lite.interrupts import current, guard
     from r1lite.recipes import to_yaml
     from r1lite.stages import data, eval, grpo, sft
 
@@ -157,16 +164,8 @@ def _run(recipe: Recipe, root: Path, resume: bool, grpo_callbacks: list | None, 
     adapter = final_adapter(recipe, root)
 
     def grpo_stage() -> None:
-        marker = root / "grpo" / "fingerprint.json"
-        if resume and marker.is_file() and read_json(marker).get("fingerprint") != fps["grpo"]:
-            raise R1liteError(
-                f"the checkpoints in {root / 'grpo'} come from a different recipe; "
-                "rerun without --resume to start GRPO over"
-            )
-        if main:
-            write_json(marker, {"fingerprint": fps["grpo"]})
         init = sft_adapter if recipe.sft.enabled else None
-        grpo.run(recipe, root, init, resume=resume, callbacks=grpo_callbacks, tracker=tracker)
+        grpo.run(recipe, root, init, restart=restart, callbacks=grpo_callbacks, tracker=tracker)
 
     plan: list[tuple[str, bool, list[Path], Callable[[], Any]]] = [
         ("data", True, [], lambda: data.run(recipe.data)),
@@ -176,7 +175,7 @@ def _run(recipe: Recipe, root: Path, resume: bool, grpo_callbacks: list | None, 
             [root / "eval" / "base.json"],
             lambda: eval.run(recipe, root, label="base", tracker=tracker),
         ),
-        ("sft", recipe.sft.enabled, [sft_adapter], lambda: sft.run(recipe, root, tracker)),
+        ("sft", recipe.sft.enabled, [sft_adapter], lambda: sft.run(recipe, root, tracker, restart=restart)),
         (
             "eval_warmup",  # what imitation alone did, so the final eval can say what RL added
             recipe.sft.enabled and recipe.grpo.enabled,
@@ -205,10 +204,12 @@ def _run(recipe: Recipe, root: Path, resume: bool, grpo_callbacks: list | None, 
         if stage != "data" and _done(load_state(root), stage, fps[stage], outputs):  # copied from another run
             state[stage] = load_state(root)[stage]
             continue
+        current().check(f"the run, before {stage}")  # a signal between stages: stop here
         ui.log(f"[bold]== {stage} ==[/]")
         start = time.monotonic()
         if main or stage not in main_only:
-            action()
+            with guard(recipe, stage, root):
+                action()
         free_memory()
         wait_for_everyone()
         state[stage] = {
@@ -227,9 +228,8 @@ def write_summary(recipe: Recipe, root: Path, tracker: Any = None) -> dict[str, 
 
     state = load_state(root)
     hardware = read_json_or_empty(root / "hardware.json")
-    evals = {k: read_json(root / "eval" / f"{k}.json") for k in ("base", "warmup", "final")}
-    if not (root / "eval" / "warmup.json").is_file() or "eval_warmup" not in state:
-        evals.pop("warmup")
+    labels = ("base", "warmup", "final") if "eval_warmup" in state else ("base", "final")
+    evals = {k: read_json(root / "eval" / f"{k}.json") for k in labels}
     cost = cost_for_run(recipe, {k: v["seconds"] for k, v in state.items()}, hardware)
     summary = {
         "run": recipe.run_name,

@@ -34,6 +34,11 @@ def log(message: str) -> None:
         console.print(message, soft_wrap=True)
 
 
+def say(message: str) -> None:
+    """A line the user needs even with --quiet (a run continuing or starting over, settings applied)."""
+    console.print(message, soft_wrap=True)
+
+
 def warn(message: str) -> None:
     """A warning the user should act on: shown even with --quiet."""
     console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)

@@ -96,3 +96,16 @@ def test_hostile_input_fails_cleanly():
     with pytest.raises(ExpressionError):
         evaluate("-" * 5000 + "1")
     assert evaluate("(" * MAX_DEPTH + "1" + ")" * MAX_DEPTH) == 1
+
+
+def test_huge_literals_and_values_are_refused_not_raised():
+    """Found by bench/fuzz_rewards.py: a 4,541-digit literal made int() raise ValueError inside the reward."""
+    from r1lite.tasks.countdown import check_equation
+
+    for text in ("9" * 5000 + "*" + "9" * 5000, "1" + "0" * 150, "*".join(["99999999999"] * 20)):
+        with pytest.raises(ExpressionError):
+            evaluate(text)
+        ok, why = check_equation(text, [44, 19, 35, 2], 98)
+        assert not ok and why
+    ok, why = check_equation("9" * 5000, [9], 9)
+    assert (ok, why) == (False, "numbers differ from the given ones")

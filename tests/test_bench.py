@@ -47,3 +47,16 @@ def test_gpu_check_dry_run_prints_the_table_it_would_print_on_a_gpu(tmp_path, ca
     assert {c["merge"] for c in report["rollout"]} == {"merged", "unmerged"}
     printed = capsys.readouterr().out
     assert "r1lite GPU check" in printed and "grpo_periodic_eval" in printed and "pytest -m cuda" in printed
+
+
+def test_reward_fuzzer_finds_no_exception(capsys):
+    """bench/fuzz_rewards.py on 2,000 seeded random and hostile completions: every reward returns a number.
+
+    (Latency is the bench's business, not the suite's: `python bench/fuzz_rewards.py` reports it.)"""
+    path = Path(__file__).resolve().parent.parent / "bench" / "fuzz_rewards.py"
+    spec = importlib.util.spec_from_file_location("bench_fuzz_rewards", path)
+    fuzz = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fuzz)
+    report = fuzz.main(["--n", "2000", "--json"])
+    assert report["errors"] == 0, {k: v for k, v in report["rewards"].items() if v["errors"]}
+    assert len(report["rewards"]) >= 6 * 3  # Countdown's and five reasoning-gym tasks' rewards

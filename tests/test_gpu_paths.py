@@ -160,7 +160,7 @@ def test_a_t4_run_is_set_to_fp16_before_the_base_eval(monkeypatch):
     monkeypatch.setattr(plan, "detected_card", lambda vram_gib=None: plan.Card("Tesla T4", 14.7))
     seen = {}
 
-    def run(recipe, resume=False):
+    def run(recipe, restart=False):
         seen["recipe"] = recipe
         raise Stop
 

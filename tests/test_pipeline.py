@@ -123,8 +123,9 @@ def test_resume_after_interrupted_grpo(tiny_model, tmp_path):
     assert not (root / "grpo/adapter").exists()
     assert (root / "grpo/trainer/checkpoint-2/trainer_state.json").is_file()
 
-    result = cli("run", "countdown", "--profile", "cpu", "--resume", *set_args(overrides))
+    result = cli("run", "countdown", "--profile", "cpu", *set_args(overrides))  # continuing is the default
     assert result.exit_code == 0, result.output
+    assert "grpo: continuing from checkpoint-2" in result.output
     state = json.loads((root / "grpo/trainer/checkpoint-4/trainer_state.json").read_text())
     assert state["global_step"] == 4
     logged = [r["step"] for r in read_jsonl(root / "grpo/metrics.jsonl") if "loss" in r]

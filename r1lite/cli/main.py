@@ -17,9 +17,11 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except R1liteError as e:
+            from r1lite.interrupts import Interrupted
             from r1lite.ui import err_console
 
-            err_console.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
+            prefix = "" if isinstance(e, Interrupted) else "[bold red]error:[/] "  # a signal is not an error
+            err_console.print(f"{prefix}{e}", markup=bool(prefix), soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
 
 

@@ -12,9 +12,12 @@ import typer
 from r1lite.cli.common import ProfileOpt, RecipeArg, SetOpt, resolve_recipe
 from r1lite.errors import R1liteError
 
-ResumeOpt = Annotated[
-    bool, typer.Option("--resume", help="continue an interrupted GRPO stage from its last checkpoint")
+RestartOpt = Annotated[
+    bool,
+    typer.Option("--restart", help="start the training stages over instead of continuing from their last checkpoints"),
 ]
+# continuing is the default now; --resume stays accepted (and hidden) so scripts that pass it keep working
+ResumeOpt = Annotated[bool, typer.Option("--resume", hidden=True, help="(the default: runs continue)")]
 WandbOpt = Annotated[str | None, typer.Option("--wandb", help="online | offline | disabled (overrides the recipe)")]
 GpusOpt = Annotated[
     int | None,
@@ -43,7 +46,10 @@ def _recipe(name: str, profile: str | None, set_: list[str] | None, wandb: str |
     from r1lite.models import fit_precision, pick_device
 
     distributed.pin_device()
-    recipe = resolve_recipe(name, profile, [*(set_ or []), *([f"tracking.wandb={wandb}"] if wandb else [])])
+    sets = [*(set_ or []), *([f"tracking.wandb={wandb}"] if wandb else [])]
+    recipe = resolve_recipe(name, profile, sets)
+    if auto_fit:  # after running out of memory: the settings the plan then said fit (r1lite.interrupts)
+        recipe = resolve_recipe(name, recipe.profile, [*sets, *_oom_settings(recipe)])
     recipe = _fit(recipe, auto_fit)
     pick_device(recipe.model)
     recipe = fit_precision(recipe, probe())
@@ -51,6 +57,19 @@ def _recipe(name: str, profile: str | None, set_: list[str] | None, wandb: str |
     check_backends(recipe)
     distributed.start(recipe.distributed.timeout_minutes)
     return recipe
+
+
+def _oom_settings(recipe: Any) -> list[str]:
+    """`key=value` settings an out-of-memory stop of this run left for --auto-fit (none otherwise)."""
+    from r1lite.fileio import read_json_or_empty
+    from r1lite.interrupts import OOM_FILE
+    from r1lite.pipeline import run_dir
+    from r1lite.ui import console
+
+    saved = read_json_or_empty(run_dir(recipe) / OOM_FILE).get("settings", {})
+    if saved:
+        console.print("--auto-fit after running out of memory: " + ", ".join(f"{k}={v}" for k, v in saved.items()))
+    return [f"{k}={v}" for k, v in saved.items()]
 
 
 def _fit(recipe: Any, auto_fit: bool) -> Any:
@@ -133,19 +152,26 @@ def _say(path: Path) -> None:
 def _interrupted(stage: str) -> None:
     from r1lite.ui import err_console
 
-    err_console.print(f"interrupted during {stage}; finished stages are kept. Rerun with --resume to continue.")
+    err_console.print(
+        f"stopped at once during {stage}; finished stages and saved checkpoints are kept (nothing is half-written). "
+        "Run the same command again to continue.",
+        soft_wrap=True,
+    )
     raise typer.Exit(130)
 
 
 @contextlib.contextmanager
 def _tracked(recipe: Any, root: Path, stage: str) -> Iterator[Any]:
-    """The run's W&B tracker for one command; Ctrl-C becomes a resume hint and exit code 130."""
+    """One training stage on its own: its W&B tracker, signals stopping it at a step's end (r1lite.interrupts),
+    running out of memory or disk as one line, a second Ctrl-C as exit code 130."""
     from r1lite.distributed import is_main
+    from r1lite.interrupts import graceful, guard
     from r1lite.tracking import Tracker, open_tracker
 
     tracker = open_tracker(recipe, root) if is_main() else Tracker()  # one W&B run, from the main process
     try:
-        yield tracker
+        with graceful(stage), guard(recipe, stage, root):
+            yield tracker
     except KeyboardInterrupt:
         _interrupted(stage)
     finally:
@@ -156,6 +182,7 @@ def run(
     recipe: RecipeArg = "countdown",
     profile: ProfileOpt = None,
     set_: SetOpt = None,
+    restart: RestartOpt = False,
     resume: ResumeOpt = False,
     wandb: WandbOpt = None,
     auto_fit: AutoFitOpt = False,
@@ -172,7 +199,7 @@ def run(
     if gpus is not None and world_size() == 1:  # not yet launched: become `accelerate launch ... r1lite run`
         argv = ["run", recipe, *(["--profile", profile] if profile else [])]
         argv += [x for s in set_ or [] for x in ("--set", s)]
-        argv += [*(["--resume"] if resume else []), *(["--wandb", wandb] if wandb else [])]
+        argv += [*(["--restart"] if restart else []), *(["--wandb", wandb] if wandb else [])]
         argv += ["--auto-fit"] if auto_fit else []
         _launch(argv, resolve_recipe(recipe, profile, set_), gpus, dry_run)
         return
@@ -181,7 +208,7 @@ def run(
     r = _recipe(recipe, profile, set_, wandb, auto_fit)
     console.print(f"run [bold]{r.run_name}[/] -> {pipeline.run_dir(r)}")
     try:
-        result = pipeline.run(r, resume=resume)
+        result = pipeline.run(r, restart=restart)
     except KeyboardInterrupt:
         _interrupted("the run")
     if not is_main():
@@ -199,6 +226,7 @@ def sft(
     set_: SetOpt = None,
     wandb: WandbOpt = None,
     auto_fit: AutoFitOpt = False,
+    restart: RestartOpt = False,
 ) -> None:
     """LoRA SFT warm-up on solver traces or answer-only completions; writes runs/<run>/sft/adapter."""
     from r1lite.stages import sft as stage
@@ -206,13 +234,14 @@ def sft(
     r = _recipe(recipe, profile, set_, wandb, auto_fit)
     root = _stage_dir(r)
     with _tracked(r, root, "sft") as tracker:
-        _say(stage.run(r, root, tracker))
+        _say(stage.run(r, root, tracker, restart=restart))
 
 
 def grpo(
     recipe: RecipeArg = "countdown",
     profile: ProfileOpt = None,
     set_: SetOpt = None,
+    restart: RestartOpt = False,
     resume: ResumeOpt = False,
     adapter: Annotated[
         str | None, typer.Option(help="start from this LoRA adapter (default: the run's SFT one)")
@@ -231,7 +260,7 @@ def grpo(
     if start is None and r.sft.enabled and (root / "sft" / "adapter").is_dir():
         start = root / "sft" / "adapter"
     with _tracked(r, root, "grpo") as tracker:
-        _say(stage.run(r, root, start, resume=resume, tracker=tracker))
+        _say(stage.run(r, root, start, restart=restart, tracker=tracker))
 
 
 def eval_(

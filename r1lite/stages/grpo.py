@@ -1,18 +1,18 @@
 """GRPO: reinforcement learning on the task's rewards with a (4-bit) policy and a LoRA adapter.
 
-    >>> adapter = run(recipe, Path("runs/countdown-cpu"))            # -> .../grpo/adapter
-    >>> adapter = run(recipe, run_dir, resume=True)                    # continue from the last checkpoint
+    >>> adapter = run(recipe, Path("runs/countdown-cpu"))            # -> .../grpo/adapter; continues its checkpoints
+    >>> adapter = run(recipe, run_dir, restart=True)                   # start over
 
 TRL's GRPOTrainer does the algorithm (group advantages, clipped policy-gradient loss, logging,
 checkpoints); this module only wires the recipe into it: the dataset of rendered prompts, the
 weighted reward functions, the optional SFT adapter to start from, the rollout backend, and a
-periodic held-out eval. Checkpoints every `grpo.save_every` steps make `--resume` possible.
+periodic held-out eval. Checkpoints every `grpo.save_every` steps, at the last step and when a signal
+stops the run (r1lite.interrupts) let a rerun continue where it stopped, or extend a finished run.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,6 @@ from r1lite.config import Recipe, build_trl_config
 from r1lite.fileio import append_jsonl
 
 ADAPTER = "adapter"
-
-
-def last_checkpoint(out: Path) -> Path | None:
-    """The newest checkpoint whose trainer state was written (the Trainer writes that file last)."""
-    done = [p for p in (out / "trainer").glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
 def build_dataset(recipe: Recipe, tokenizer: Any) -> list[dict[str, Any]]:
@@ -224,26 +218,24 @@ def run(
     recipe: Recipe,
     run_dir: Path,
     init_adapter: Path | None = None,
-    resume: bool = False,
+    restart: bool = False,
     callbacks: list | None = None,
     tracker: Any = None,
 ) -> Path:
-    """Train with GRPO; returns `run_dir/grpo/adapter`. Without `resume`, old checkpoints are cleared."""
+    """Train with GRPO; returns `run_dir/grpo/adapter`.
+
+    Continues from the last good checkpoint written for the same settings (more `max_steps` extend a
+    finished run); `restart` clears the checkpoints and starts at step 0.
+    """
+    from r1lite import interrupts
     from r1lite.distributed import is_main, wait_for_everyone
     from r1lite.models import atomic_dir
 
     out = run_dir / "grpo"
-    checkpoint = last_checkpoint(out) if resume else None
-    if not resume and (out / "trainer").exists() and is_main():
-        shutil.rmtree(out / "trainer")
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-    wait_for_everyone()
-    if resume and checkpoint is None:
-        ui.log("grpo: --resume given but no checkpoint found; starting from step 0")
+    key = interrupts.resume_key(recipe, "grpo", init_adapter)
+    checkpoint = interrupts.continue_from(out, "grpo", key, restart)
     trainer = build_trainer(recipe, run_dir, init_adapter, callbacks, tracker)
-    if checkpoint is not None:
-        ui.log(f"grpo: resuming from {checkpoint.name}")
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    interrupts.train(trainer, "grpo", checkpoint, recipe.grpo.max_nonfinite)
     if is_main():  # one writer for the run directory
         with atomic_dir(out / ADAPTER) as tmp:
             trainer.model.save_pretrained(tmp)

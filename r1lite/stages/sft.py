@@ -55,11 +55,16 @@ def check_lengths(rows: list[dict[str, str]], tokenizer: Any, max_length: int) -
         ui.warn(f"sft: {cut} of {len(rows)} examples are longer than sft.max_length ({max_length}); their ends are cut")
 
 
-def run(recipe: Recipe, run_dir: Path, tracker: Any = None) -> Path:
-    """Train a LoRA adapter on traces; returns `run_dir/sft/adapter` (written atomically)."""
+def run(recipe: Recipe, run_dir: Path, tracker: Any = None, restart: bool = False) -> Path:
+    """Train a LoRA adapter on traces; returns `run_dir/sft/adapter` (written atomically).
+
+    Continues from the last good checkpoint written for the same settings (more epochs or examples
+    extend a finished warm-up); `restart` starts over.
+    """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from r1lite import interrupts
     from r1lite.distributed import is_main, split_batch, wait_for_everyone, world_size
     from r1lite.models import (
         atomic_dir,
@@ -74,6 +79,7 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None) -> Path:
     from r1lite.tracking import RunMonitor, quiet_library_output
 
     cfg, out = recipe.sft, run_dir / "sft"
+    checkpoint = interrupts.continue_from(out, "sft", interrupts.resume_key(recipe, "sft"), restart)
     path = resolve_model(recipe.model.name)
     tokenizer = load_tokenizer(path, recipe.model.revision)
     rows = build_dataset(recipe, tokenizer)
@@ -94,7 +100,9 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None) -> Path:
         max_length=cfg.max_length,
         completion_only_loss=True,
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps",  # checkpoints to continue from (r1lite.interrupts); the last step's too
+        save_steps=cfg.save_every,
+        save_total_limit=2,
         **trainer_defaults(recipe, on_cuda),
     )
     args = build_trl_config(SFTConfig, ours, cfg.trl, "sft")
@@ -108,9 +116,7 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None) -> Path:
     keep_fp32_adapters(trainer.model)  # TRL stores adapters in bf16 on a quantized base
     quiet_library_output(trainer)
     trainer.add_callback(RunMonitor("sft", out, tracker, total_steps=trainer.args.max_steps))
-    if is_main():
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-    trainer.train()
+    interrupts.train(trainer, "sft", checkpoint, cfg.max_nonfinite)
     if is_main():  # one writer for the run directory
         with atomic_dir(out / ADAPTER) as tmp:
             trainer.model.save_pretrained(tmp)

@@ -1,0 +1,234 @@
+"""Runs that survive (r1lite.interrupts): a signal stops a stage at a step's end with a checkpoint, a rerun continues
+it to the same weights and metrics as an uninterrupted run, a finished run can be extended, out-of-memory and NaN
+stop with what to do, a damaged checkpoint is passed over, a full disk replaces no good file."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from r1lite import interrupts
+from r1lite.cli.main import app
+from r1lite.fileio import read_json, read_jsonl
+
+runner = CliRunner()
+TIMING = {"elapsed_s", "step_time", "tokens_per_s", "rollout_tokens_per_s", "train_runtime", "train_samples_per_second",
+          "train_steps_per_second", "seconds"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from r1lite.tiny import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("int") / "m"))
+
+
+def overrides(tiny: str, out: str, *extra: str) -> list[str]:
+    from test_pipeline import tiny_overrides  # the pipeline tests' tiny run
+
+    return [
+        *tiny_overrides(tiny, f"output_dir={out}", "grpo.max_steps=4", "grpo.save_every=100", "sft.save_every=100"),
+        *extra,
+    ]
+
+
+def run(sets: list[str]):
+    args = ["--quiet", "run", "countdown", "-p", "cpu", *[x for s in sets for x in ("--set", s)]]
+    return runner.invoke(app, args)
+
+
+def signal_at(monkeypatch, stage: str, step: int, signum: int = signal.SIGTERM) -> None:
+    """Send this process `signum` at the end of `stage`'s step `step` (once), as a spot instance's notice would."""
+    original, fired = interrupts.StopAtStepEnd.on_step_end, []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if f"/{stage}/" in args.output_dir and state.global_step == step and not fired:
+            fired.append(step)
+            os.kill(os.getpid(), signum)
+        return original(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(interrupts.StopAtStepEnd, "on_step_end", on_step_end)
+
+
+def adapter(root: Path, stage: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(root / stage / "adapter" / "adapter_model.safetensors"))
+
+
+def metrics(root: Path, stage: str) -> list[dict]:
+    """Each logged step without its timings (the trainer's end-of-run summary covers only the last session)."""
+    rows = [r for r in read_jsonl(root / stage / "metrics.jsonl") if not any(k.startswith("train_") for k in r)]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("stage", "step"), [("grpo", 2), ("sft", 1)])
+def test_a_signal_stops_at_a_step_and_the_rerun_ends_exactly_as_an_uninterrupted_run(tiny, stage, step):
+    assert run(overrides(tiny, "whole")).exit_code == 0
+    with pytest.MonkeyPatch.context() as patch:  # only this run gets the signal
+        signal_at(patch, stage, step)
+        stopped = run(overrides(tiny, "cut"))
+    assert stopped.exit_code == 143, stopped.output
+    assert f"stopped by SIGTERM during {stage} after step {step}" in stopped.output
+    assert "Run the same command again to continue" in stopped.output
+    root, whole = Path("cut/countdown-cpu"), Path("whole/countdown-cpu")
+    assert stage not in read_json(root / "stages.json")  # not recorded as done
+    assert (root / stage / "trainer" / f"checkpoint-{step}" / "trainer_state.json").is_file()
+    again = run(overrides(tiny, "cut"))
+    assert again.exit_code == 0, again.output
+    assert f"continuing from checkpoint-{step}" in again.output
+    for part in ("sft", "grpo"):
+        ours, reference = adapter(root, part), adapter(whole, part)
+        assert ours.keys() == reference.keys()
+        for name in ours:
+            torch.testing.assert_close(ours[name], reference[name], rtol=0, atol=0, msg=f"{part} {name}")
+        assert metrics(root, part) == metrics(whole, part)  # each step once, none missing, the same numbers
+    assert read_json(root / "eval/final.json")["accuracy"] == read_json(whole / "eval/final.json")["accuracy"]
+
+
+@pytest.mark.slow
+def test_raising_max_steps_extends_a_finished_run_from_its_last_step(tiny):
+    constant = 'grpo.trl={"lr_scheduler_type": "constant"}'
+    assert run(overrides(tiny, "four", constant)).exit_code == 0
+    assert run(overrides(tiny, "two", constant, "grpo.max_steps=2")).exit_code == 0
+    extended = run(overrides(tiny, "two", constant))  # max_steps 2 -> 4
+    assert extended.exit_code == 0, extended.output
+    assert "grpo: continuing from checkpoint-2" in extended.output
+    root = Path("two/countdown-cpu")
+    assert [r["step"] for r in read_jsonl(root / "grpo/metrics.jsonl") if "loss" in r] == [1, 2, 3, 4]
+    ours, reference = adapter(root, "grpo"), adapter(Path("four/countdown-cpu"), "grpo")
+    for name in ours:  # a constant schedule: the extended run is the 4-step run
+        torch.testing.assert_close(ours[name], reference[name], rtol=0, atol=0)
+    restarted = run([*overrides(tiny, "two", constant), "grpo.learning_rate=2e-5"])  # a real change: start over
+    assert "grpo: starting over (its settings changed)" in restarted.output
+
+
+def test_the_second_signal_stops_at_once():
+    with interrupts.graceful("grpo") as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    with pytest.raises(interrupts.Interrupted) as stopped:
+        stop.check("grpo", 7)
+    assert stopped.value.exit_code == 143 and "after step 7" in str(stopped.value)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers put back
+
+
+@pytest.mark.slow
+def test_running_out_of_memory_keeps_the_checkpoint_and_auto_fit_continues(tiny, monkeypatch):
+    from r1lite import plan
+    from r1lite.grpo_trainer import GRPOTrainer
+
+    monkeypatch.setattr(plan, "detected_card", lambda vram_gib=None: plan.Card("test card", 16.0))
+    monkeypatch.setattr(plan, "auto_fit", lambda recipe, card, headroom=0.1: (recipe, {"grpo.micro_batch_size": 2}))
+    generate, calls = GRPOTrainer._generate, []
+
+    def oom_at_step_3(self, prompts):
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return generate(self, prompts)
+
+    sets = overrides(tiny, "oom", "grpo.save_every=2", "sft.enabled=false")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(GRPOTrainer, "_generate", oom_at_step_3)
+        result = run(sets)
+    assert result.exit_code == 3, result.output
+    assert "out of GPU memory during grpo" in result.output and "--set grpo.micro_batch_size=2" in result.output
+    root = Path("oom/countdown-cpu")
+    assert (root / "grpo/trainer/checkpoint-2/trainer_state.json").is_file()
+    assert read_json(root / "oom.json")["settings"] == {"grpo.micro_batch_size": 2}
+    args = ["run", "countdown", "-p", "cpu", "--auto-fit", *[x for s in sets for x in ("--set", s)]]
+    fitted = runner.invoke(app, args)
+    assert fitted.exit_code == 0, fitted.output
+    assert "grpo.micro_batch_size=2" in fitted.output and "continuing from checkpoint-2" in fitted.output
+    assert read_json(root / "stages.json")["grpo"]
+
+
+@pytest.mark.slow
+def test_nonfinite_updates_are_skipped_and_too_many_stop_the_stage(tiny, monkeypatch):
+    from r1lite.grpo_trainer import GRPOTrainer
+
+    compute, bad_steps = GRPOTrainer._compute_loss, {2}
+
+    def poisoned(self, model, inputs):
+        loss = compute(self, model, inputs)
+        return loss * float("nan") if self.state.global_step + 1 in bad_steps else loss
+
+    monkeypatch.setattr(GRPOTrainer, "_compute_loss", poisoned)
+    from r1lite import rewards
+
+    # a reward that differs between completions, so every healthy step moves the adapter
+    monkeypatch.setitem(rewards._REGISTRY, "test_length", lambda text, ex: (len(text) / 100, "length"))
+    signal_reward = 'grpo.rewards=[{"name": "test_length", "weight": 1.0}]'
+    snapshots = {}
+    original = interrupts.SaveAtEnd.on_step_end
+
+    def snapshot(self, args, state, control, model=None, **kwargs):
+        if "/grpo/" in args.output_dir:
+            snapshots[state.global_step] = {n: p.detach().clone() for n, p in model.named_parameters() if "lora" in n}
+        return original(self, args, state, control, model=model, **kwargs)
+
+    monkeypatch.setattr(interrupts.SaveAtEnd, "on_step_end", snapshot)
+    one_bad = run(overrides(tiny, "nan1", "sft.enabled=false", signal_reward))
+    assert one_bad.exit_code == 0, one_bad.output
+    assert "grpo step 2: NaN or infinite gradients; this update is skipped" in one_bad.output
+    assert all(torch.equal(snapshots[1][n], snapshots[2][n]) for n in snapshots[1])  # step 2 changed nothing
+    assert not all(torch.equal(snapshots[2][n], snapshots[3][n]) for n in snapshots[2])  # step 3 trained again
+    bad_steps.update({3, 4})
+    limits = ("grpo.max_nonfinite=2", "grpo.save_every=1")
+    stopped = run(overrides(tiny, "nan2", "sft.enabled=false", signal_reward, *limits))
+    assert stopped.exit_code == 2, stopped.output
+    assert "2 updates in a row had NaN or infinite gradients (first at step 2" in stopped.output
+    assert "the last good checkpoint is kept" in stopped.output and "lower grpo.learning_rate" in stopped.output
+    assert "grpo" not in read_json(Path("nan2/countdown-cpu/stages.json"))
+
+
+def fake_checkpoint(path: Path, weights: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True)
+    save_file(weights, str(path / "adapter_model.safetensors"))
+    torch.save({"state": {}}, path / "optimizer.pt")
+    torch.save({}, path / "scheduler.pt")
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": int(path.name.split("-")[1])}))
+
+
+def test_a_damaged_checkpoint_is_reported_and_the_one_before_it_used(tmp_path, capsys):
+    weights = {"lora_A": torch.randn(64, 64)}
+    for step in (2, 4, 6):
+        fake_checkpoint(tmp_path / f"checkpoint-{step}", weights)
+    assert interrupts.last_good_checkpoint(tmp_path).name == "checkpoint-6"
+    tensors = tmp_path / "checkpoint-6" / "adapter_model.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:-100])  # truncated
+    (tmp_path / "checkpoint-4" / "optimizer.pt").unlink()  # an interrupted save
+    assert interrupts.last_good_checkpoint(tmp_path).name == "checkpoint-2"
+    said = capsys.readouterr()
+    assert "checkpoint-6 is damaged (a file does not load" in said.out + said.err
+    assert "checkpoint-4 is damaged (optimizer.pt is missing)" in said.out + said.err
+
+
+def test_a_full_disk_stops_with_the_path_and_replaces_no_good_file(tmp_path, monkeypatch):
+    from r1lite.fileio import write_json
+
+    target = tmp_path / "summary.json"
+    write_json(target, {"good": True})
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(os, "replace", full)
+    why = r"could not write .*summary\.json: the disk is full \(\d+ MiB free"
+    with pytest.raises(interrupts.R1liteError, match=why), interrupts.guard(None, "eval"):
+        write_json(target, {"good": False})
+    assert read_json(target) == {"good": True}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
