@@ -295,16 +295,20 @@ class Playground:
 # ----------------------------------------------------------------------------------------------
 
 
-def default_dtype(run: TrainedRun) -> str:
-    """What the trained model computed in, the merged copy's default: a 4-bit recipe's compute dtype, else
-    its weights' dtype (`auto`: bf16 where it trained on a GPU, fp32 on a CPU)."""
+def weights_dtype(run: TrainedRun) -> str:
+    """The dtype the run loaded the base's weights in: `model.dtype`, where auto is bf16 on a GPU, fp32 on a CPU."""
     r = run.recipe
-    if r.quantization.mode != "none":
-        return r.quantization.compute_dtype
     if r.model.dtype != "auto":
         return r.model.dtype
     on_gpu = read_json_or_empty(run.root / "hardware.json").get("cuda", r.model.device == "cuda")
     return "bfloat16" if on_gpu else "float32"
+
+
+def default_dtype(run: TrainedRun) -> str:
+    """What the trained model computed in, the merged copy's default: a 4-bit recipe's compute dtype, else
+    the dtype of its weights."""
+    r = run.recipe
+    return r.quantization.compute_dtype if r.quantization.mode != "none" else weights_dtype(run)
 
 
 def export(
@@ -394,11 +398,13 @@ def _save_merged(run: TrainedRun, folder: Path, dtype: str, merge_into: str) -> 
 
 
 def merged_model(run: TrainedRun, dtype: str, merge_into: str = "trained") -> Any:
-    """The base with the adapter added into its weights, on the CPU, in `dtype` (merged in fp32, cast once).
+    """The base with the adapter added into its weights, on the CPU, in `dtype`.
 
-    `trained`: into the weights the adapter was trained against: a 4-bit base is quantized as in training
-    and dequantized, so the merge adds the update to the NF4 values the policy computed with. `original`:
-    into the base's own weights (the same thing for a recipe without quantization).
+    `trained`: into the weights the adapter was trained against. The base is loaded in the dtype the run
+    loaded it in and, for a 4-bit recipe, quantized as in training and dequantized (bitsandbytes
+    dequantizes into that dtype, as its matmul did in every forward), so the merge adds the update to the
+    values the policy computed with. `original`: into the base's own weights (the same thing without
+    quantization). The sum is formed in fp32 and rounded once, to `dtype`.
     """
     import torch
     from peft import PeftModel
@@ -406,13 +412,13 @@ def merged_model(run: TrainedRun, dtype: str, merge_into: str = "trained") -> An
     from r1lite.models import load_model, resolve_model
 
     r = run.recipe
-    cfg = r.model.model_copy(update={"device": "cpu", "dtype": "float32", "attn_implementation": None})
+    cfg = r.model.model_copy(update={"device": "cpu", "dtype": weights_dtype(run), "attn_implementation": None})
     quantized = merge_into == "trained" and r.quantization.mode != "none"
     quant = r.quantization if quantized else r.quantization.model_copy(update={"mode": "none"})
     base = load_model(resolve_model(r.model.name), cfg, quant, for_training=False)
     if quantized:
         base = base.dequantize()  # transformers swaps every bitsandbytes layer for a dense nn.Linear
-    model = PeftModel.from_pretrained(base, str(run.adapter)).merge_and_unload()
+    model = PeftModel.from_pretrained(base.float(), str(run.adapter)).merge_and_unload()
     return model.to(getattr(torch, dtype))
 
 
