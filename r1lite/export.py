@@ -705,9 +705,19 @@ def _eval_section(run: TrainedRun, checked: dict[str, Any] | None) -> list[str]:
         f"trained on), greedy decoding, at most {r.eval.max_new_tokens} new tokens; accuracy is `{r.eval.reward}`.",
         "",
     ]
-    changes = read_json_or_empty(run.root / "summary.json").get("changes") or {}
-    lines = change_lines(changes) + (change_lines(checked["changes"]) if checked else [])
+    lines = change_lines(_run_changes(run.root)) + (change_lines(checked["changes"]) if checked else [])
     return out + ([*[f"- {line}" for line in lines], ""] if lines else [])
+
+
+def _run_changes(root: Path) -> dict[str, dict[str, float]]:
+    """The paired accuracy changes of summary.json, or computed from the evals' rows for a run that predates them."""
+    from r1lite.pipeline import CHANGES, paired_changes
+
+    summary = read_json_or_empty(root / "summary.json")
+    if "changes" in summary:
+        return summary["changes"]
+    have = [pair for pair in CHANGES if all((root / "eval" / f"{label}.jsonl").is_file() for label in pair)]
+    return paired_changes(root, have)
 
 
 def _example_row(run: TrainedRun) -> Example:

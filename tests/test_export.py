@@ -320,6 +320,17 @@ def test_model_card_says_what_how_well_how_to_use_and_what_it_cost(tiny, tmp_pat
     assert "```yaml\nname: countdown" in body
 
 
+def test_model_card_of_a_run_from_before_paired_intervals_computes_them(tiny, tmp_path):
+    old = tmp_path / "runs" / "old"
+    shutil.copytree(tiny[1], old)
+    summary = read_json(old / "summary.json")
+    del summary["changes"]  # summaries written before the paired intervals existed
+    write_json(old / "summary.json", summary)
+    assert cli("export", str(old), "--out", str(tmp_path / "card")).exit_code == 0
+    card = (tmp_path / "card" / "README.md").read_text()
+    assert "- accuracy, trained vs base: " in card and "- accuracy, GRPO's own effect (final vs warm-up): " in card
+
+
 def test_check_prints_the_exports_accuracy_beside_the_runs(tiny, tmp_path):
     _, run = tiny
     out = tmp_path / "checked"

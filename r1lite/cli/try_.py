@@ -108,7 +108,9 @@ def _show(play: Any, problem: Any, show_prompt: bool, compare: bool, **options: 
 def _scores(answers: list[Any]) -> Any:
     from rich.table import Table
 
-    table = Table("reward", "in training", *[a.who for a in answers], title="score and reason")
+    table = Table("reward", "in training", title="score and reason")
+    for answer in answers:
+        table.add_column(answer.who, overflow="fold")  # `<answer>...</answer>` whole, not cut to an ellipsis
     for i, first in enumerate(answers[0].scores):
         name = f"{first.reward} (accuracy)" if first.accuracy else first.reward
         weight = "-" if first.weight is None else f"weight {first.weight:g}"
