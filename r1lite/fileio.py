@@ -85,3 +85,15 @@ def fingerprint(obj: Any) -> str:
     """Stable short hash of a JSON-able object (used to decide whether a stage can be skipped)."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def ordinary_permissions(folder: str | Path) -> None:
+    """Give a folder and everything in it the permissions the umask allows (0755/0644 under the usual 022).
+
+    Temporary folders are made 0700 and some writers make 0600 files; a folder meant for others (an
+    export served by vLLM in a container, uploaded, copied to another user) must not keep them.
+    """
+    folder = Path(folder)
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_UMASK)

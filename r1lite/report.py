@@ -298,7 +298,8 @@ def plot_eval(before: dict[str, Any], after: dict[str, Any], out: Path) -> Path 
     return out
 
 
-def _fmt(key: str, value: Any) -> str:
+def format_metric(key: str, value: Any) -> str:
+    """An eval metric as the report shows it: shares in %, reward to 3 places, counts and lengths whole."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         return str(value)
     if key in ("mean_length", "examples", "seconds"):
@@ -345,7 +346,7 @@ def build_report(run_dir: Path) -> Path:
         for key in ("accuracy", "format_rate", "mean_reward", "mean_length", "search_rate", "examples"):
             if key in before and key in after:
                 cells = [before, *([warmup] if warmup else []), after]
-                md.append(f"| {key} | " + " | ".join(_fmt(key, c.get(key, "-")) for c in cells) + " |")
+                md.append(f"| {key} | " + " | ".join(format_metric(key, c.get(key, "-")) for c in cells) + " |")
         from r1lite.pipeline import CHANGES, paired_changes
         from r1lite.stages.eval import change_lines
 

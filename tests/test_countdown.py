@@ -135,3 +135,32 @@ def test_prompt_formats_end_in_think():
 def test_shows_search():
     assert cd.shows_search("Try 1 + 2 = 3. Not 5. Try 2 * 3 = 6. Check: yes</think>")
     assert not cd.shows_search("The answer is 6.</think>")
+
+
+@pytest.mark.parametrize(
+    ("text", "example"),
+    [
+        ("3 5 7 -> 22", {"nums": [3, 5, 7], "target": 22}),
+        ("[3, 5, 7] = 22", {"nums": [3, 5, 7], "target": 22}),
+        ("3,5,7 → 22", {"nums": [3, 5, 7], "target": 22}),
+        ("Using the numbers [3, 5, 7], make 22.", {"nums": [3, 5, 7], "target": 22}),  # question() reads back
+        ("what is the meaning of life?", None),  # not a Countdown problem: `r1lite try` answers it unscored
+    ],
+)
+def test_parse_reads_typed_problems(text, example):
+    assert cd.Countdown().parse(text) == example
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("3 x 7 -> 22", "is not a Countdown problem; write one as numbers, an arrow and the target"),
+        ("3 5 -> many", "is not a Countdown problem"),
+        ("3 -> 22", "Countdown takes 2 to 6 numbers"),
+        ("1 2 3 4 5 6 7 -> 22", "Countdown takes 2 to 6 numbers (the solver is exhaustive); got 7"),
+        ("2 + 2 = 4", "is not a Countdown problem"),
+    ],
+)
+def test_parse_rejects_malformed_problems(text, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        cd.Countdown().parse(text)

@@ -49,7 +49,6 @@ def generate(
 
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
-    stops = {tokenizer.eos_token_id, tokenizer.pad_token_id}
     rollout = None
     if engine:
         from r1lite.rollout import RolloutSettings, engine_for
@@ -90,13 +89,19 @@ def generate(
                     **kwargs,
                 )
             rows = seqs[:, enc["input_ids"].shape[1] :].tolist()
-        for i in range(0, len(rows), n):
-            group = []
-            for row in rows[i : i + n]:
-                length = next((k + 1 for k, t in enumerate(row) if t in stops), len(row))
-                group.append((tokenizer.decode(row[:length], skip_special_tokens=True), length))
-            out.append(group)
+        out += [[decode_completion(tokenizer, row) for row in rows[i : i + n]] for i in range(0, len(rows), n)]
     return out
+
+
+def decode_completion(tokenizer: Any, row: list[int]) -> tuple[str, int]:
+    """A completion's text and token count: up to and including its first EOS or pad, special tokens dropped.
+
+    Every place that scores generated tokens decodes them here (the evals, `r1lite try`), so a completion
+    scores the same wherever it was generated.
+    """
+    stops = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    length = next((k + 1 for k, t in enumerate(row) if t in stops), len(row))
+    return tokenizer.decode(row[:length], skip_special_tokens=True), length
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -197,6 +197,15 @@ class Task:
         """The task's own rewards by name; the protocol's (think_format, behaviours) are added to them."""
         return {"answer": self.answer_reward}
 
+    def parse(self, text: str) -> Example | None:
+        """The problem a person typed (`r1lite try`), or None when this task cannot read one from free text.
+
+        Only a task whose rewards need nothing but what a person can type (Countdown: numbers and a
+        target) can score a typed problem; the default reads none, so `try` answers the text unscored.
+        Raise ValueError for text that is meant as a problem but is malformed; its message is shown as is.
+        """
+        return None
+
     # -- warm-up and eval ------------------------------------------------------------------------
     has_traces: ClassVar[bool] = False
 

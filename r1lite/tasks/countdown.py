@@ -370,6 +370,51 @@ def equation_reward(completion: str, nums: Sequence[int], target: int) -> tuple[
 
 
 # ----------------------------------------------------------------------------------------------
+# Problems a person types (`r1lite try`)
+# ----------------------------------------------------------------------------------------------
+
+_TYPED = "write one as numbers, an arrow and the target: 3 5 7 -> 22"
+_ARROW = re.compile(r"^\s*\[?(?P<nums>[^\[\]]*?)\]?\s*(?:->|=>|→|=)\s*(?P<target>\S+)\s*$")
+# the task's own wordings: question() "Using the numbers [3, 5, 7], make 22." and the prompt's "... equals 22"
+_WORDED = re.compile(r"numbers\s*\[(?P<nums>[^\]]*)\].*?\b(?:make|equals?)\s+(?P<target>-?\d+)", re.I | re.S)
+
+
+def problem(nums: Sequence[int], target: int) -> Example:
+    """A Countdown example from numbers and a target, checked the way the solver needs them."""
+    if not 2 <= len(nums) <= 6:
+        raise ValueError(f"Countdown takes 2 to 6 numbers (the solver is exhaustive); got {len(nums)}")
+    if any(n < 0 for n in nums):
+        raise ValueError(f"Countdown numbers are whole numbers from 0 up; got {list(nums)}")
+    return {"nums": [int(n) for n in nums], "target": int(target)}
+
+
+def whole_numbers(text: str) -> list[int]:
+    """`3,5,7`, `3 5 7` or `[3, 5, 7]` as [3, 5, 7]; ValueError when a part is not a whole number."""
+    parts = [p for p in re.split(r"[\s,]+", text.strip().strip("[]()")) if p]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise ValueError(f"{text.strip()!r} is not a list of whole numbers such as 3,5,7")
+    return [int(p) for p in parts]
+
+
+def parse_problem(text: str) -> Example | None:
+    """Numbers and a target from typed text: `3 5 7 -> 22`, `[3, 5, 7] = 22` or the task's own wording.
+
+    None when the text does not look like a Countdown problem at all (no arrow, no "numbers [...]");
+    ValueError when it does but something in it is wrong.
+    """
+    match = _WORDED.search(text) or _ARROW.match(text)
+    if match is None:
+        if any(arrow in text for arrow in ("->", "=>", "→", "=")):
+            raise ValueError(f"{text.strip()!r} is not a Countdown problem; {_TYPED}")
+        return None
+    try:
+        nums, target = whole_numbers(match["nums"]), int(match["target"])
+    except ValueError:
+        raise ValueError(f"{text.strip()!r} is not a Countdown problem; {_TYPED}") from None
+    return problem(nums, target)
+
+
+# ----------------------------------------------------------------------------------------------
 # The task
 # ----------------------------------------------------------------------------------------------
 
@@ -467,6 +512,9 @@ class Countdown(Task):
             "countdown_tinyzero": lambda c, ex: tinyzero_reward(c, ex["nums"], ex["target"]),
             "countdown_equation": lambda c, ex: equation_reward(c, ex["nums"], ex["target"]),
         }
+
+    def parse(self, text: str) -> Example | None:
+        return parse_problem(text)
 
     def trace(self, example: Example, rng: random.Random, style: str, max_dead_ends: int) -> str:
         return make_trace(example["nums"], example["target"], rng, max_dead_ends, style)
