@@ -299,6 +299,8 @@ class TrackingConfig(Section):
     project: str = Field("r1lite", description="W&B project")
     entity: str | None = Field(None, description="W&B entity (team); None: your default")
     sample_every: int = Field(1, ge=1, description="steps between sampled completions logged to W&B")
+    group: str | None = Field(None, description="W&B group; default the recipe's name (a sweep sets its own)")
+    job_type: str | None = Field(None, description="W&B job type; default r1lite-run (a sweep sets the config)")
 
 
 class CostConfig(Section):
@@ -312,6 +314,7 @@ class Recipe(Section):
     profile: str | None = Field(None, description="the profile merged in (set by the loader)")
     seed: int = Field(42, description="training seed")
     output_dir: str = Field("runs", description="parent of run directories")
+    run: str | None = Field(None, description="the run directory's name under output_dir; default <name>-<profile>")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     quantization: QuantizationConfig = QuantizationConfig()
@@ -354,6 +357,8 @@ class Recipe(Section):
 
     @property
     def run_name(self) -> str:
+        if self.run:
+            return self.run
         return f"{self.name}-{self.profile}" if self.profile else self.name
 
 

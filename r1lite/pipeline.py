@@ -37,6 +37,16 @@ ARTIFACTS = {
 CHANGES = (("final", "base"), ("warmup", "base"), ("final", "warmup"))  # (after, before) pairs in the summary
 
 
+def enabled_stages(recipe: Recipe) -> list[str]:
+    """The stages this recipe runs, in order (the warm-up eval only when SFT and GRPO both run)."""
+    on = {
+        "sft": recipe.sft.enabled,
+        "eval_warmup": recipe.sft.enabled and recipe.grpo.enabled,
+        "grpo": recipe.grpo.enabled,
+    }
+    return [s for s in STAGES if on.get(s, True)]
+
+
 def run_dir(recipe: Recipe) -> Path:
     return Path(recipe.output_dir) / recipe.run_name
 
@@ -167,32 +177,26 @@ def _run(recipe: Recipe, root: Path, restart: bool, grpo_callbacks: list | None,
         init = sft_adapter if recipe.sft.enabled else None
         grpo.run(recipe, root, init, restart=restart, callbacks=grpo_callbacks, tracker=tracker)
 
-    plan: list[tuple[str, bool, list[Path], Callable[[], Any]]] = [
-        ("data", True, [], lambda: data.run(recipe.data)),
-        (
-            "eval_base",
-            True,
-            [root / "eval" / "base.json"],
-            lambda: eval.run(recipe, root, label="base", tracker=tracker),
-        ),
-        ("sft", recipe.sft.enabled, [sft_adapter], lambda: sft.run(recipe, root, tracker, restart=restart)),
+    plan: list[tuple[str, list[Path], Callable[[], Any]]] = [
+        ("data", [], lambda: data.run(recipe.data)),
+        ("eval_base", [root / "eval" / "base.json"], lambda: eval.run(recipe, root, label="base", tracker=tracker)),
+        ("sft", [sft_adapter], lambda: sft.run(recipe, root, tracker, restart=restart)),
         (
             "eval_warmup",  # what imitation alone did, so the final eval can say what RL added
-            recipe.sft.enabled and recipe.grpo.enabled,
             [root / "eval" / "warmup.json"],
             lambda: eval.run(recipe, root, adapter=str(sft_adapter), label="warmup", tracker=tracker),
         ),
-        ("grpo", recipe.grpo.enabled, [root / "grpo" / "adapter"], grpo_stage),
+        ("grpo", [root / "grpo" / "adapter"], grpo_stage),
         (
             "eval_final",
-            True,
             [root / "eval" / "final.json"],
             lambda: eval.run(recipe, root, adapter=str(adapter) if adapter else None, label="final", tracker=tracker),
         ),
     ]
+    enabled = enabled_stages(recipe)
     main_only = {"data"}  # the main process prepares the data while the others wait; evals are split over all
-    for stage, enabled, outputs, action in plan:
-        if not enabled:
+    for stage, outputs, action in plan:
+        if stage not in enabled:
             continue
         if stage != "data" and _done(state, stage, fps[stage], outputs):
             ui.log(f"[dim]{stage}: done earlier with the same settings; skipped[/]")

@@ -3,6 +3,7 @@
     >>> interval(correct)                                  # accuracy with a 95 % bootstrap interval
     >>> paired_difference(before, after)                   # after - before on the same problems, with its interval
     >>> nested_interval([[...run 1...], [...run 2...]])     # over seeds and problems (runs x problems)
+    >>> paired_runs_difference(config_a, config_b)          # two configs, several seeds each, same problems
     >>> detectable_difference(n=256, p=0.15)               # the smallest gain this test size can show
 
 Small-scale RL results are noisy: the same recipe with another seed moves held-out accuracy by a point
@@ -88,6 +89,32 @@ def nested_interval(runs: Sequence[Sequence[float]], confidence: float = 0.95, s
         estimates[b] = np.mean([r[rng.integers(0, r.size, size=r.size)].mean() for r in (data[i] for i in picks[b])])
     estimate = float(np.mean([r.mean() for r in data]))
     return Interval(estimate, *_percentiles(estimates, confidence), sum(r.size for r in data), confidence)
+
+
+def paired_runs_difference(
+    a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], confidence: float = 0.95, seed: int = 0
+) -> Interval:
+    """Mean of config `a` minus config `b`, each given as runs (seeds) x the same problems.
+
+    Each resample draws the problems once for both configs (the pairing: the same problems are hard for
+    both) and each config's seeds on their own, so the interval covers both which problems were drawn
+    and which seeds were run. One run per side is `paired_difference`.
+    """
+    import numpy as np
+
+    left, right = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if left.ndim != 2 or right.ndim != 2 or left.shape[1] != right.shape[1] or left.shape[1] == 0:
+        raise ValueError("both configs need runs x the same problems (equal, non-zero numbers of problems)")
+    rng = np.random.default_rng(seed)
+    n = left.shape[1]
+    estimates = np.empty(RESAMPLES)
+    for r in range(RESAMPLES):
+        problems = rng.integers(0, n, size=n)
+        seeds_a = rng.integers(0, left.shape[0], size=left.shape[0])
+        seeds_b = rng.integers(0, right.shape[0], size=right.shape[0])
+        estimates[r] = left[np.ix_(seeds_a, problems)].mean() - right[np.ix_(seeds_b, problems)].mean()
+    estimate = float(left.mean() - right.mean())
+    return Interval(estimate, *_percentiles(estimates, confidence), n, confidence)
 
 
 def detectable_difference(n: int, p: float, runs: int = 1, confidence: float = 0.95, power: float = 0.8) -> float:

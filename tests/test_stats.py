@@ -65,3 +65,19 @@ def test_detectable_difference_shrinks_with_problems_and_seeds():
 def test_the_estimate_sits_inside_its_interval(values):
     ci = interval(values)
     assert ci.low <= ci.estimate <= ci.high and ci.low >= 0 and ci.high <= 1
+
+
+def test_a_difference_between_configs_with_several_seeds():
+    """Config A fixes 20 more of 256 problems than config B in every seed: found, about +7.8 pt; equal configs: not."""
+    from r1lite.stats import paired_runs_difference
+
+    base = [1.0] * 40 + [0.0] * 216
+    better = [1.0] * 60 + [0.0] * 196
+    ci = paired_runs_difference([better, better, better], [base, base, base])
+    assert ci.estimate == pytest.approx(20 / 256) and ci.excludes_zero
+    rng = random.Random(0)
+    noisy = [[float(rng.random() < 0.2) for _ in range(256)] for _ in range(3)]
+    same = paired_runs_difference(noisy, [list(r) for r in reversed(noisy)])
+    assert same.estimate == pytest.approx(0) and not same.excludes_zero
+    with pytest.raises(ValueError, match="the same problems"):
+        paired_runs_difference([[1.0, 0.0]], [[1.0]])

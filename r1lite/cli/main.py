@@ -35,7 +35,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from r1lite.cli import data, doctor, export, plan, recipes, report, score, tasks, train, try_
+    from r1lite.cli import data, doctor, export, plan, recipes, report, score, sweep, tasks, train, try_
 
     app.command("data")(data.data)
     app.add_typer(recipes.app, name="recipes")
@@ -46,6 +46,7 @@ def _register() -> None:
     app.add_typer(report.runs_app, name="runs")
     app.command("doctor")(doctor.doctor)
     app.command("plan")(plan.plan)
+    app.command("sweep")(sweep.sweep)
     app.command("try")(try_.try_)
     app.command("export")(export.export)
 

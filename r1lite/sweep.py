@@ -1,0 +1,495 @@
+"""Sweeps: a grid of settings x seeds as ordinary runs, and a report that says how sure each difference is.
+
+    >>> sweep = Sweep.from_args("countdown", "cpu", ["grpo.learning_rate=1e-5,5e-5"], seeds=2, name="lr")
+    >>> sweep.runs()             # 4 runs: runs/lr/learning_rate-1e-05-s42/, ...-s43/, learning_rate-5e-05-s42/, ...
+    >>> launch(sweep, parallel=2)  # each run is `r1lite run` in its own process; finished ones are skipped
+    >>> build_sweep_report(Path("runs/lr"))   # report.md + report.html: means, intervals, paired differences
+
+A sweep is many ordinary runs in one output folder, `runs/<sweep>/<config>-s<seed>/`, each one the
+recipe with its `--set` overrides: a run continues where it stopped and skips what it finished
+(r1lite.pipeline), and the pipeline copies a stage another run of the folder already finished with
+the same settings, so the data is prepared once and each distinct SFT warm-up trains once (the sweep
+starts one run per warm-up first). Seeds vary the training seed (`seed`: data order, LoRA
+initialisation, SFT shuffling, rollout sampling), never the problems, so every config is evaluated
+on the same held-out problems and differences can be paired.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from r1lite import ui
+from r1lite.errors import RecipeError
+from r1lite.fileio import read_json_or_empty, read_jsonl, write_json
+
+MANIFEST = "sweep.json"
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    config: str  # e.g. "learning_rate-1e-05"
+    seed: int
+    sets: tuple[str, ...]  # every --set of this run, the sweep's own included
+
+    @property
+    def name(self) -> str:
+        return f"{self.config}-s{self.seed}"
+
+
+@dataclass
+class Sweep:
+    name: str
+    recipe: str
+    profile: str | None
+    vary: dict[str, list[str]]  # key -> values, in the grid's order
+    seeds: list[int]
+    sets: list[str] = field(default_factory=list)  # overrides every run shares
+    output_dir: str = "runs"
+
+    # -- building a sweep ----------------------------------------------------------------------
+    @classmethod
+    def from_args(
+        cls,
+        recipe: str,
+        profile: str | None,
+        vary: list[str],
+        seeds: int,
+        name: str | None = None,
+        sets: list[str] | None = None,
+    ) -> Sweep:
+        """From the command line: `--vary key=v1,v2` (repeatable), `--seeds N` (the recipe's seed and the next)."""
+        from r1lite.recipes import load_recipe
+
+        grid: dict[str, list[str]] = {}
+        for item in vary:
+            key, sep, values = item.partition("=")
+            if not sep or not values.strip():
+                raise RecipeError(f"--vary '{item}' needs the form key=value1,value2 (grpo.learning_rate=1e-5,5e-5)")
+            grid[key.strip()] = [v.strip() for v in values.split(",") if v.strip()]
+        base = load_recipe(recipe, profile, sets or [])
+        if seeds < 1:
+            raise RecipeError("--seeds must be at least 1")
+        sweep = cls(
+            name or _default_name(base.name, grid),
+            recipe,
+            profile,
+            grid,
+            [base.seed + i for i in range(seeds)],
+            list(sets or []),
+            base.output_dir,
+        )
+        sweep.check()
+        return sweep
+
+    @classmethod
+    def from_file(cls, path: Path, name: str | None = None) -> Sweep:
+        """A sweep file (recipes/sweeps/*.yaml): recipe, profile, vary {key: [values]}, seeds, optional set."""
+        from r1lite.recipes import read_yaml
+
+        raw = read_yaml(path)
+        unknown = set(raw) - {"name", "recipe", "profile", "vary", "seeds", "set", "description"}
+        if unknown:
+            raise RecipeError(f"{path}: unknown key(s) {sorted(unknown)}; a sweep has recipe, profile, vary, seeds")
+        if "recipe" not in raw or not isinstance(raw.get("vary"), dict):
+            raise RecipeError(f"{path}: a sweep needs `recipe:` and `vary:` (a mapping of key to a list of values)")
+        values = {k: vs if isinstance(vs, list) else [vs] for k, vs in raw["vary"].items()}
+        vary = [f"{k}={','.join(str(v) for v in vs)}" for k, vs in values.items()]
+        return cls.from_args(
+            str(raw["recipe"]),
+            raw.get("profile"),
+            vary,
+            int(raw.get("seeds", 1)),
+            name or raw.get("name") or path.stem,
+            [str(s) for s in raw.get("set", [])],
+        )
+
+    def check(self) -> None:
+        """Every run's recipe resolves (a typo in --vary fails here, before any work, with the closest key)."""
+        for run in self.runs():
+            self.recipe_of(run)
+
+    # -- the grid --------------------------------------------------------------------------------
+    def configs(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(config name, its --set overrides) for every point of the grid."""
+        keys = list(self.vary)
+        out = []
+        for values in itertools.product(*(self.vary[k] for k in keys)) if keys else [()]:
+            label = "_".join(f"{k.split('.')[-1]}-{_slug(v)}" for k, v in zip(keys, values, strict=True)) or "base"
+            out.append((label, tuple(f"{k}={v}" for k, v in zip(keys, values, strict=True))))
+        return out
+
+    def runs(self) -> list[SweepRun]:
+        return [
+            SweepRun(config, seed, (*self.sets, *overrides, f"seed={seed}"))
+            for config, overrides in self.configs()
+            for seed in self.seeds
+        ]
+
+    @property
+    def root(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def recipe_of(self, run: SweepRun) -> Any:
+        from r1lite.recipes import load_recipe
+
+        return load_recipe(self.recipe, self.profile, self.run_sets(run))
+
+    def run_sets(self, run: SweepRun) -> list[str]:
+        """The run's overrides plus where it lives and how W&B groups it (the sweep; the config as job type)."""
+        return [
+            *run.sets,
+            f"output_dir={self.root}",
+            f"run={run.name}",
+            f"tracking.group={self.name}",
+            f"tracking.job_type={run.config}",
+        ]
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "recipe": self.recipe,
+            "profile": self.profile,
+            "vary": self.vary,
+            "seeds": self.seeds,
+            "set": self.sets,
+            "configs": [c for c, _ in self.configs()],
+            "runs": {r.name: {"config": r.config, "seed": r.seed, "set": list(r.sets)} for r in self.runs()},
+        }
+
+
+def _slug(value: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]", "", value.replace("/", "-")) or "x"
+
+
+def _default_name(recipe: str, grid: dict[str, list[str]]) -> str:
+    return "-".join([recipe, *(k.split(".")[-1] for k in grid)]) or recipe
+
+
+# ----------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------
+
+
+def finished(sweep: Sweep, run: SweepRun) -> bool:
+    """The run's summary exists and every stage it runs is recorded with its current fingerprint."""
+    from r1lite.pipeline import enabled_stages, fingerprints, load_state, run_dir
+
+    recipe = sweep.recipe_of(run)
+    root = run_dir(recipe)
+    if not (root / "summary.json").is_file():
+        return False
+    state, fps = load_state(root), fingerprints(recipe)
+    return all(state.get(s, {}).get("fingerprint") == fps[s] for s in enabled_stages(recipe) if s != "data")
+
+
+def plan_rows(sweep: Sweep) -> list[dict[str, Any]]:
+    """Per config: the plan's peak, whether it fits the profile's card, hours and dollars for one run."""
+    from r1lite.plan import card_for_profile, make_plan
+
+    rows = []
+    for config, _ in sweep.configs():
+        run = next(r for r in sweep.runs() if r.config == config)
+        recipe = sweep.recipe_of(run)
+        plan = make_plan(recipe, card_for_profile(recipe.profile), verdicts=False)
+        rows.append(
+            {
+                "config": config,
+                "runs": len(sweep.seeds),
+                "peak_gib": round(plan.peak_gib, 1),
+                "fits": plan.fits(),
+                "hours": plan.run_hours,
+                "usd": plan.usd,
+                "card": plan.card.name if plan.card else None,
+            }
+        )
+    return rows
+
+
+def command(sweep: Sweep, run: SweepRun) -> list[str]:
+    """`r1lite run` for one run of the sweep, as its own process."""
+    profile = ["--profile", sweep.profile] if sweep.profile else []
+    sets = [x for s in sweep.run_sets(run) for x in ("--set", s)]
+    return [sys.executable, "-m", "r1lite", "--quiet", "run", sweep.recipe, *profile, *sets]
+
+
+def order(sweep: Sweep) -> list[list[SweepRun]]:
+    """Waves: first one run per distinct SFT warm-up (its warm-up is then copied by the others), then the rest."""
+    from r1lite.pipeline import fingerprints
+
+    first: dict[str, SweepRun] = {}
+    for run in sweep.runs():
+        first.setdefault(fingerprints(sweep.recipe_of(run))["sft"], run)
+    lead = list(first.values())
+    return [lead, [r for r in sweep.runs() if r not in lead]]
+
+
+def run_local(sweep: Sweep, run: SweepRun, env: dict[str, str] | None = None) -> int:
+    """One run in its own process, its output in <run>/sweep.log; returns the exit code."""
+    from r1lite.pipeline import run_dir
+
+    root = run_dir(sweep.recipe_of(run))
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / "sweep.log").open("a", encoding="utf-8") as log:
+        return subprocess.run(command(sweep, run), stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+
+
+def launch(
+    sweep: Sweep, parallel: int = 1, launcher: str = "local", slurm: dict[str, Any] | None = None
+) -> dict[str, int]:
+    """Run every unfinished run (data prepared once, warm-ups first); returns each run's exit code (0 if skipped)."""
+    from r1lite.stages import data
+
+    sweep.root.mkdir(parents=True, exist_ok=True)
+    write_json(sweep.root / MANIFEST, sweep.manifest())
+    prepared: set[str] = set()
+    for run in sweep.runs():  # one data preparation per distinct data section, before any run starts
+        cfg = sweep.recipe_of(run).data
+        if cfg.model_dump_json() not in prepared:
+            data.run(cfg)
+            prepared.add(cfg.model_dump_json())
+    codes: dict[str, int] = {}
+    for wave in order(sweep):
+        todo = [r for r in wave if not finished(sweep, r)]
+        for r in wave:
+            if r not in todo:
+                ui.say(f"sweep {sweep.name}: {r.name} finished earlier; skipped")
+                codes[r.name] = 0
+        if launcher == "slurm":
+            codes.update(_launch_slurm(sweep, todo, slurm or {}))
+        else:
+            codes.update(_launch_local(sweep, todo, parallel))
+    return codes
+
+
+def _slot_env(slot: int, parallel: int) -> dict[str, str]:
+    """Process slot `slot` of `parallel`: its own GPU where there are enough, else a share of the CPU cores."""
+    import torch
+
+    env = dict(os.environ)
+    if torch.cuda.is_available() and torch.cuda.device_count() >= parallel:
+        env["CUDA_VISIBLE_DEVICES"] = str(slot)
+    elif parallel > 1:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
+    return env
+
+
+def _launch_local(sweep: Sweep, runs: list[SweepRun], parallel: int) -> dict[str, int]:
+    if not runs:
+        return {}
+    slots = list(range(min(parallel, len(runs))))
+
+    def one(indexed: tuple[int, SweepRun]) -> tuple[str, int]:
+        i, run = indexed
+        slot = slots[i % len(slots)]
+        ui.say(f"sweep {sweep.name}: {run.name} started" + (f" (slot {slot})" if parallel > 1 else ""))
+        code = run_local(sweep, run, _slot_env(slot, parallel))
+        ui.say(f"sweep {sweep.name}: {run.name} {'finished' if code == 0 else f'stopped with exit code {code}'}")
+        return run.name, code
+
+    if len(slots) == 1:
+        return dict(map(one, enumerate(runs)))
+    results: dict[str, int] = {}
+    with ThreadPoolExecutor(len(slots)) as pool:  # slot i runs runs i, i + K, ...: one process per slot at a time
+        for wave in (runs[k : k + len(slots)] for k in range(0, len(runs), len(slots))):
+            results.update(pool.map(one, enumerate(wave)))
+    return results
+
+
+def _launch_slurm(sweep: Sweep, runs: list[SweepRun], options: dict[str, Any]) -> dict[str, int]:
+    """Each run as a SLURM job through submitit, with the GPU and time the plan asks for; waits for all.
+
+    `options`: submitit executor parameters (e.g. slurm_partition); `cluster: local` runs the jobs with
+    submitit's local executor (no SLURM needed, which is how the tests run it).
+    """
+    try:
+        import submitit
+    except ImportError:
+        raise RecipeError("--launcher slurm needs submitit: pip install submitit") from None
+    from r1lite.plan import card_for_profile, make_plan
+
+    if not runs:
+        return {}
+    options = dict(options)
+    cluster = options.pop("cluster", None)
+    executor = submitit.AutoExecutor(folder=str(sweep.root / "slurm"), cluster=cluster)
+    jobs = []
+    for run in runs:
+        recipe = sweep.recipe_of(run)
+        plan = make_plan(recipe, card_for_profile(recipe.profile), verdicts=False)
+        hours = plan.run_hours or 1.0
+        gpus = 1 if recipe.model.device != "cpu" else 0
+        params = {"timeout_min": int(max(10, hours * 60 * 1.5)), "name": f"r1lite-{sweep.name}-{run.name}"}
+        if cluster != "local":
+            params.update({"gpus_per_node": gpus, "tasks_per_node": 1, "cpus_per_task": 4})
+        executor.update_parameters(**{**params, **options})
+        jobs.append((run, executor.submit(run_local, sweep, run)))
+        ui.say(f"sweep {sweep.name}: {run.name} submitted as job {jobs[-1][1].job_id}")
+    results = {}
+    for run, job in jobs:
+        results[run.name] = job.result()
+        ui.say(f"sweep {sweep.name}: {run.name} job {job.job_id} ended with exit code {results[run.name]}")
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# The report
+# ----------------------------------------------------------------------------------------------
+
+CURVES = (("reward", "mean reward"), ("heldout_accuracy", "held-out accuracy"), ("completion_length", "length"))
+
+
+@dataclass
+class ConfigResult:
+    config: str
+    runs: list[Path]
+    correct: list[list[float]]  # runs x problems (the final eval's rows, in order)
+    finals: list[dict[str, Any]]
+    seconds: float
+    usd: float | None
+
+
+def collect(root: Path) -> tuple[dict[str, Any], list[ConfigResult]]:
+    """The sweep's manifest and, per config, what its finished runs wrote."""
+    manifest = read_json_or_empty(root / MANIFEST)
+    if not manifest:
+        raise RecipeError(f"{root} is not a sweep folder (no {MANIFEST}); `r1lite sweep RECIPE ...` makes one")
+    results = []
+    for config in manifest["configs"]:
+        names = [n for n, r in manifest["runs"].items() if r["config"] == config]
+        done = [root / n for n in names if (root / n / "summary.json").is_file()]
+        summaries = [read_json_or_empty(d / "summary.json") for d in done]
+        correct = [[float(r["correct"]) for r in read_jsonl(d / "eval/final.jsonl")] for d in done]
+        usd = [s["cost"]["total"]["usd"] for s in summaries]
+        results.append(
+            ConfigResult(
+                config,
+                done,
+                correct,
+                [s["final"] for s in summaries],
+                sum(s["cost"]["total"]["seconds"] for s in summaries),
+                None if any(u is None for u in usd) else sum(usd),
+            )
+        )
+    return manifest, results
+
+
+def statistics_table(results: list[ConfigResult], baseline: str | None = None) -> list[str]:
+    """Markdown: mean and 95 % interval per config, the paired difference against the baseline, and the
+    smallest difference these seeds and problems could detect."""
+    from r1lite.stats import detectable_difference, nested_interval, paired_runs_difference
+
+    done = [r for r in results if r.correct]
+    if not done:
+        return ["No run of this sweep has finished yet."]
+    base = next((r for r in done if r.config == baseline), done[0])
+    n = min(len(c) for r in done for c in r.correct)
+    lines = [
+        f"| config | seeds | accuracy [95 % interval] | vs {base.config} [95 % paired interval] | format | length |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in done:
+        runs = [c[:n] for c in r.correct]
+        acc = nested_interval(runs)
+        if r is base:
+            diff = "baseline"
+        else:
+            d = paired_runs_difference(runs, [c[:n] for c in base.correct])
+            diff = f"{d.points()}{' *' if d.excludes_zero else ''}"
+        fmt = sum(f["format_rate"] for f in r.finals) / len(r.finals)
+        length = sum(f["mean_length"] for f in r.finals) / len(r.finals)
+        lines.append(
+            f"| {r.config} | {len(runs)} | {acc.estimate:.1%} [{acc.low:.1%}, {acc.high:.1%}] | {diff} | {fmt:.1%} "
+            f"| {length:.0f} |"
+        )
+    seeds = min(len(r.correct) for r in done)
+    p = sum(sum(map(sum, r.correct)) for r in done) / sum(len(c) for r in done for c in r.correct)
+    mdd = detectable_difference(n, p, runs=seeds)
+    lines += [
+        "",
+        f"Intervals: percentile bootstrap over seeds and the {n} held-out problems (every config is evaluated on the "
+        "same problems, so differences are paired); * marks an interval that excludes zero.",
+        f"The smallest difference this sweep could detect ({seeds} seed(s) x {n} problems per config, 80 % power, "
+        f"accuracy near {p:.0%}): about {mdd * 100:.1f} points. A smaller difference in the table says nothing.",
+    ]
+    return lines
+
+
+def plot_bands(results: list[ConfigResult], out: Path) -> Path | None:
+    """Curves per config: the mean over seeds with a band from the lowest to the highest seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from r1lite.report import series
+
+    keys = [(k, t) for k, t in CURVES if any(series(d, "grpo", k)[0] for r in results for d in r.runs)]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.4 * len(keys), 3.2), squeeze=False)
+    for ax, (key, title) in zip(axes.flat, keys, strict=True):
+        for r in results:
+            curves = [dict(zip(*series(d, "grpo", key), strict=True)) for d in r.runs]
+            steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            if not steps:
+                continue
+            values = [[c[s] for c in curves] for s in steps]
+            mean = [sum(v) / len(v) for v in values]
+            ax.plot(steps, mean, label=r.config)
+            ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2)
+        ax.set_title(title)
+        ax.set_xlabel("GRPO step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("mean over seeds; band: lowest to highest seed", fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def build_sweep_report(root: Path, baseline: str | None = None) -> Path:
+    """report.md and report.html in the sweep folder; returns the HTML path."""
+    from r1lite.fileio import write_text
+    from r1lite.report import _html
+
+    manifest, results = collect(Path(root))
+    plot = plot_bands(results, Path(root) / "plots" / "sweep_curves.png")
+    finished_runs = sum(len(r.runs) for r in results)
+    seconds = sum(r.seconds for r in results)
+    usd = [r.usd for r in results]
+    cost = "n/a" if any(u is None for u in usd) else f"${sum(usd):.2f}"
+    vary = ", ".join(f"`{k}` in {v}" for k, v in manifest["vary"].items()) or "nothing (seeds only)"
+    md = [
+        f"# r1lite sweep: {manifest['name']}",
+        "",
+        f"Recipe `{manifest['recipe']}`, profile `{manifest['profile']}`; varied {vary}; seeds {manifest['seeds']}. "
+        f"{finished_runs} of {len(manifest['runs'])} runs finished; {seconds / 60:.1f} min of wall time in all, "
+        f"cost {cost}.",
+        "",
+        "## Final held-out accuracy",
+        "",
+        *statistics_table(results, baseline),
+        "",
+    ]
+    if plot:
+        md += ["## Curves", "", f"![{plot.stem}](plots/{plot.name})", ""]
+    md += ["## Runs", "", "| run | config | seed | accuracy | wall time |", "|---|---|---|---|---|"]
+    for r in results:
+        for d, final in zip(r.runs, r.finals, strict=True):
+            seed = manifest["runs"][d.name]["seed"]
+            summary = read_json_or_empty(d / "summary.json")
+            minutes = summary["cost"]["total"]["seconds"] / 60
+            md.append(f"| {d.name} | {r.config} | {seed} | {final['accuracy']:.1%} | {minutes:.1f} min |")
+    write_text(Path(root) / "report.md", "\n".join(md) + "\n")
+    write_text(Path(root) / "report.html", _html(manifest["name"], "\n".join(md), [plot] if plot else []))
+    return Path(root) / "report.html"
