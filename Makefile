@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install test lint format demo bench gpu-check clean
+.PHONY: install test lint format demo demo-rl bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,6 +33,11 @@ format: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/r1lite run countdown --profile cpu $(ARGS)
+
+# GRPO's own effect on the real model: the demo's data, base eval and warm-up (copied when `make demo`
+# ran first, trained otherwise), then at most 22 minutes of GRPO on 2 cores and the paired comparison.
+demo-rl: $(STAMP)
+	$(VENV)/bin/r1lite run countdown --profile cpu-rl $(ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/rollout.py --shape tiny

@@ -349,6 +349,12 @@ class Recipe(Section):
             )
         return self
 
+    def rollout_backend(self, on_cuda: bool) -> str:
+        """What GRPO rolls out with, and so the evals too: `grpo.backend` with ZeRO-3's sharding taken into account."""
+        from r1lite.distributed import world_size
+
+        return self.grpo.backend(on_cuda, sharded=self.distributed.strategy == "zero3" and world_size() > 1)
+
     def sft_completions(self) -> str:
         """What the warm-up trains on: 'traces' or 'answers' (auto resolved for the task)."""
         if self.sft.completions != "auto":

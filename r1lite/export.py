@@ -215,7 +215,7 @@ def complete(
     from r1lite.stages.eval import decode_completion
 
     enc = tokenizer(text=[prompt], return_tensors="pt").to(next(model.parameters()).device)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 else {}
+    sampling = {"temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 else {}
     with torch.no_grad():
         out = model.generate(
             **enc,

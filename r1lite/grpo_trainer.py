@@ -138,7 +138,7 @@ class GRPOTrainer(_TRLGRPOTrainer):
         """
         vision = any(v is not None for v in extra.values())
         plain = input_ids.device.type != "cuda" and not compute_aux_loss and not vision
-        if not plain or _softcapped(model):
+        if not plain or _softcapped(self.accelerator.unwrap_model(model)):  # DDP wraps the model on CPU too
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **extra
             )
@@ -150,10 +150,12 @@ class GRPOTrainer(_TRLGRPOTrainer):
                 out = model(input_ids=ids, attention_mask=mask, logits_to_keep=logits_to_keep + 1, use_cache=False)
             logits = out.logits[:, :-1, :].float() / self.temperature  # [b, T, V]: position t predicts token t+1
             log_softmax = torch.log_softmax(logits, dim=-1)
-            logps.append(log_softmax.gather(-1, ids[:, -logits_to_keep:, None]).squeeze(-1))  # [b, T]
+            padding = mask[:, -logits_to_keep:] == 0  # [b, T]: TRL's head gives 0 there, so does this one
+            chosen = log_softmax.gather(-1, ids[:, -logits_to_keep:, None]).squeeze(-1)  # [b, T]
+            logps.append(chosen.masked_fill(padding, 0.0))
             if compute_entropy:
                 with torch.no_grad():
-                    entropies.append(-(log_softmax.exp() * log_softmax).sum(-1))
+                    entropies.append((-(log_softmax.exp() * log_softmax).sum(-1)).masked_fill(padding, 0.0))
             del logits, log_softmax
         return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
 

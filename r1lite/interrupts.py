@@ -22,6 +22,7 @@ import errno
 import shutil
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from r1lite import ui
 from r1lite.errors import R1liteError
 
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
+DUPLICATE_S = 2.0  # a second signal sooner than this is the first one delivered twice, not a request to hurry
 
 
 class Interrupted(R1liteError):
@@ -58,6 +60,7 @@ class Stop:
     signum: int | None = None
     stage: str = ""
     count: int = 0
+    at: float = 0.0  # when the first signal came (time.monotonic)
     _lock: Any = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -95,10 +98,13 @@ def graceful(stage: str) -> Iterator[Stop]:
         return
 
     def handle(signum: int, _frame: Any) -> None:
+        now = time.monotonic()
+        if stop.signum is not None and now - stop.at < DUPLICATE_S:
+            return  # the same stop twice: a terminal's Ctrl-C and the launcher forwarding it under --gpus
         stop.count += 1
         if stop.count > 1:
             raise KeyboardInterrupt  # the second signal: stop now (atomic writes leave nothing half-written)
-        stop.signum = signum
+        stop.signum, stop.at = signum, now
         ui.warn(
             f"{signal.Signals(signum).name}: {stage} stops after the current step and saves what it needs to "
             "continue; send it again to stop at once"
@@ -159,6 +165,43 @@ class SaveAtEnd(_trainer_callback()):  # type: ignore[misc]
             control.should_save = True
 
 
+class TimeBudget(_trainer_callback()):  # type: ignore[misc]
+    """Ends training at the first step end after `minutes` of it, with a checkpoint (the CPU demos' fixed budget).
+
+    The time spent is saved with each checkpoint, so a run that was stopped and continued gets the same
+    budget in all, and every process stops at the same step.
+    """
+
+    FILE = "time_budget.json"
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds, self.before, self.start = minutes * 60, 0.0, time.monotonic()
+
+    def resume_from(self, checkpoint: Path | None) -> None:
+        from r1lite.fileio import read_json_or_empty
+
+        self.before = read_json_or_empty(checkpoint / self.FILE).get("spent_s", 0.0) if checkpoint else 0.0
+
+    def spent(self) -> float:
+        return self.before + time.monotonic() - self.start
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.start = time.monotonic()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if synced(self.spent() >= self.seconds) and not control.should_training_stop:
+            control.should_training_stop = control.should_save = True
+            ui.log(f"the {self.seconds / 60:g}-minute budget is spent; stopping after step {state.global_step}")
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        from r1lite.distributed import is_main
+        from r1lite.fileio import write_json
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if is_main() and folder.is_dir():
+            write_json(folder / self.FILE, {"spent_s": round(self.spent(), 1)})
+
+
 class SkipNonFinite(_trainer_callback()):  # type: ignore[misc]
     """An update with NaN or infinite gradients is skipped (its gradients dropped before the optimizer step).
 
@@ -174,6 +217,8 @@ class SkipNonFinite(_trainer_callback()):  # type: ignore[misc]
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         import torch
 
+        if getattr(args, "fp16", False):
+            return  # fp16 (cards without bf16): the loss scaler skips overflowing steps and lowers its scale itself
         grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
         finite = all(bool(torch.isfinite(g).all()) for g in grads)
         if synced(not finite):
@@ -210,11 +255,15 @@ REQUIRED = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 
 
 def checkpoint_problem(path: Path) -> str | None:
-    """Why the checkpoint at `path` cannot be used (a missing or damaged file), or None when it is complete."""
+    """Why the checkpoint at `path` cannot be used (a missing or damaged file), or None when it is complete.
+
+    Under DeepSpeed (ZeRO) the optimizer state is in a `global_step*` folder instead of optimizer.pt.
+    """
     import json
 
+    deepspeed = any(path.glob("global_step*"))
     for name in REQUIRED:
-        if not (path / name).is_file():
+        if not (path / name).is_file() and not (deepspeed and name != "trainer_state.json"):
             return f"{name} is missing"
     adapters = list(path.glob("adapter_model.safetensors")) or list(path.glob("model.safetensors"))
     if not adapters:
@@ -228,22 +277,26 @@ def checkpoint_problem(path: Path) -> str | None:
                 f.get_tensor(key)
         import torch
 
-        torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        if not deepspeed:
+            torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
     except Exception as e:
         return f"a file does not load ({type(e).__name__}: {str(e)[:120]})"
     return None
 
 
-def last_good_checkpoint(folder: Path, remove_damaged: bool = False) -> Path | None:
-    """The newest checkpoint-N under `folder` that is complete; a damaged newer one is reported and skipped
-    (and deleted with `remove_damaged`, so the trainer neither counts it nor writes over half of it)."""
+def last_good_checkpoint(folder: Path, remove_damaged: bool = False, limit: int | None = None) -> Path | None:
+    """The newest checkpoint-N (N <= `limit`) under `folder` that is complete; a damaged newer one is reported and
+    skipped. With `remove_damaged`, an interrupted save (no trainer_state.json, which the trainer writes last) is
+    deleted, so the trainer neither counts it nor writes over half of it."""
     found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]), reverse=True)
     for path in found:
+        if limit is not None and checkpoint_step(path) > limit:
+            continue  # trained past the stage's new end (fewer steps asked for): not this run's to continue
         problem = checkpoint_problem(path)
         if problem is None:
             return path
         ui.warn(f"{path} is damaged ({problem}); using the checkpoint before it")
-        if remove_damaged:
+        if remove_damaged and not (path / "trainer_state.json").is_file():
             shutil.rmtree(path, ignore_errors=True)
     return None
 
@@ -272,6 +325,10 @@ def guard(recipe: Any, stage: str, run_dir: Path | None = None) -> Iterator[None
         if e.errno != errno.ENOSPC:
             raise
         raise disk_full(e) from None
+    except RuntimeError as e:  # torch.save (checkpoints) reports a full disk as a failed write
+        if "write" not in str(e).lower() or shutil.disk_usage(run_dir or ".").free > 64 * 2**20:
+            raise
+        raise disk_full(OSError(errno.ENOSPC, str(e), str(run_dir or "."))) from None
 
 
 def out_of_memory(recipe: Any, stage: str, run_dir: Path | None) -> OutOfMemory:
@@ -283,12 +340,14 @@ def out_of_memory(recipe: Any, stage: str, run_dir: Path | None) -> OutOfMemory:
     card = plan.detected_card()
     planned, fix = None, {}
     if card is not None:
+        from r1lite.distributed import world_size
+
         with contextlib.suppress(R1liteError):
-            predicted = plan.make_plan(recipe, card, verdicts=False)
+            predicted = plan.make_plan(recipe, card, gpus=world_size(), verdicts=False)
             planned = predicted.peak_gib
             # the plan underestimated this run: ask it for settings that fit a card with 15 % less memory
             smaller = plan.Card(card.name, card.gib * 0.85)
-            _, fix = plan.auto_fit(recipe, smaller)
+            _, fix = plan.auto_fit(recipe, smaller, gpus=world_size())
     if run_dir is not None and fix:
         write_json(run_dir / OOM_FILE, {"stage": stage, "settings": fix})
     measured = f"measured peak {peak:.1f} GiB" if peak is not None else "peak not measured"
@@ -322,14 +381,14 @@ def disk_full(err: OSError) -> R1liteError:
 # Which checkpoints a stage may continue from
 # ----------------------------------------------------------------------------------------------
 
-# Settings a stage's checkpoints survive: more steps or examples extend a run; memory knobs (how a global
+# Settings a stage's checkpoints survive: more steps or epochs extend a run; memory knobs (how a global
 # batch is split, merge and eval batch sizes) and bookkeeping (evals, saves, logs, budgets) do not change
 # the trajectory of the weights.
-EXTENSIBLE = {"grpo": ("max_steps",), "sft": ("epochs", "examples", "max_steps")}
+EXTENSIBLE = {"grpo": ("max_steps",), "sft": ("epochs", "max_steps")}
 IRRELEVANT = {
     "grpo": ("micro_batch_size", "rollout_merge", "rollout_compile", "eval_every", "eval_examples", "save_every",
-             "log_every", "max_minutes"),
-    "sft": ("batch_size", "grad_accum", "save_every"),
+             "log_every", "max_minutes", "max_nonfinite"),
+    "sft": ("batch_size", "grad_accum", "save_every", "max_nonfinite"),
 }  # fmt: skip
 
 
@@ -356,23 +415,25 @@ def prune_metrics(path: Path, step: int) -> None:
         write_jsonl(path, [row for row in read_jsonl(path) if row.get("step", 0) <= step])
 
 
-def continue_from(out: Path, stage: str, key: str, restart: bool) -> Path | None:
+def continue_from(out: Path, stage: str, key: str, restart: bool, limit: int | None = None) -> Path | None:
     """The checkpoint `stage` continues from in `out/trainer`, or None after clearing what cannot be continued.
 
     Checkpoints are continued when they were written for the same resume key (`resume_key`); otherwise,
     or with `restart`, they and the stage's metrics are cleared and the stage starts at step 0. Metrics
-    logged after the checkpoint are dropped, as the stage logs those steps again.
+    logged after the checkpoint are dropped, as the stage logs those steps again. A checkpoint past `limit`
+    (the stage's steps, when fewer are asked for than were trained) is never continued.
     """
     from r1lite.distributed import is_main, wait_for_everyone
     from r1lite.fileio import read_json_or_empty, write_json
 
     marker = out / "resume.json"
     same = read_json_or_empty(marker).get("key") == key
-    checkpoint = last_good_checkpoint(out / "trainer", remove_damaged=is_main()) if same and not restart else None
+    usable = same and not restart
+    checkpoint = last_good_checkpoint(out / "trainer", is_main(), limit) if usable else None
     if is_main():
         if checkpoint is None:
             if (out / "trainer").exists():
-                why = "--restart" if restart else "its settings changed" if not same else "no complete checkpoint"
+                why = "--restart" if restart else "its settings changed" if not same else "no usable checkpoint"
                 ui.say(f"{stage}: starting over ({why})")
                 shutil.rmtree(out / "trainer")
             (out / "metrics.jsonl").unlink(missing_ok=True)
@@ -386,10 +447,15 @@ def continue_from(out: Path, stage: str, key: str, restart: bool) -> Path | None
     return checkpoint
 
 
-def train(trainer: Any, stage: str, checkpoint: Path | None, nonfinite_limit: int) -> None:
-    """`trainer.train()` that stops at a step's end on a signal (with a checkpoint), skips non-finite updates
-    and saves a checkpoint at the last step; raises Interrupted or NonFinite after saving what it can."""
+def train(trainer: Any, stage: str, checkpoint: Path | None, nonfinite_limit: int, minutes: float = 0.0) -> None:
+    """`trainer.train()` that stops at a step's end on a signal (with a checkpoint), skips non-finite updates,
+    keeps a time budget (`minutes`, 0: none) and saves a checkpoint at the last step; raises Interrupted or
+    NonFinite after saving what it can."""
     stop = current()
+    if minutes:
+        budget = TimeBudget(minutes)
+        budget.resume_from(checkpoint)
+        trainer.add_callback(budget)
     skips = SkipNonFinite(nonfinite_limit, on_skip=lambda s, step: ui.warn(
         f"{stage} step {step}: NaN or infinite gradients; this update is skipped ({s.in_row} in a row, {s.total} "
         "in all) [nonfinite]"

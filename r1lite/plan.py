@@ -657,14 +657,14 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def auto_fit(recipe: Any, card: Card, headroom: float = HEADROOM) -> tuple[Any, dict[str, Any]]:
+def auto_fit(recipe: Any, card: Card, headroom: float = HEADROOM, gpus: int = 1) -> tuple[Any, dict[str, Any]]:
     """The recipe with the largest micro-batch, eval batch and SFT batch (merged decoding if possible) that fit.
 
     Only memory knobs move: the GRPO batch per step, completion length and learning schedule stay as
     the recipe says (SFT keeps its effective batch through gradient accumulation). Returns the adjusted
     recipe and the settings changed (none when it already fits).
     """
-    if make_plan(recipe, card, verdicts=False).fits(headroom=headroom):
+    if make_plan(recipe, card, gpus, verdicts=False).fits(headroom=headroom):
         return recipe, {}
     g, e, s = recipe.grpo, recipe.eval, recipe.sft
     total = g.prompts_per_step * g.num_generations
@@ -682,7 +682,7 @@ def auto_fit(recipe: Any, card: Card, headroom: float = HEADROOM) -> tuple[Any, 
                 ),
             }
         )
-        if make_plan(candidate, card, verdicts=False).fits(headroom=headroom):
+        if make_plan(candidate, card, gpus, verdicts=False).fits(headroom=headroom):
             return candidate, _changes(recipe, candidate)
     raise R1liteError(
         f"no micro-batch, merge mode or eval batch makes {recipe.model.name} fit {card.name} ({card.gib:.1f} GiB); "
@@ -705,13 +705,13 @@ def _changes(before: Any, after: Any) -> dict[str, Any]:
     return out
 
 
-def check_fits(recipe: Any, card: Card) -> Plan:
+def check_fits(recipe: Any, card: Card, gpus: int = 1) -> Plan:
     """The plan, or one line naming the setting to change and the value that fits (with headroom)."""
-    plan = make_plan(recipe, card, verdicts=False)
+    plan = make_plan(recipe, card, gpus, verdicts=False)
     if plan.fits():
         return plan
     try:
-        _, changes = auto_fit(recipe, card)
+        _, changes = auto_fit(recipe, card, gpus=gpus)
     except R1liteError as e:
         raise R1liteError(
             f"{recipe.run_name} needs ~{plan.peak_gib:.1f} GiB at its peak ({plan.peak_stage}) but {card.name} has "
@@ -730,7 +730,9 @@ def planned_merge(recipe: Any, stage: str) -> bool | None:
     if card is None:
         return None
     try:
-        return make_plan(recipe, card, verdicts=False).merge.get(stage)
+        from r1lite.distributed import world_size
+
+        return make_plan(recipe, card, world_size(), verdicts=False).merge.get(stage)
     except R1liteError:
         return None
 

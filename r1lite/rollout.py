@@ -209,16 +209,25 @@ def training_step_bytes(model: Any, micro_batch: int, seq_len: int, grad_ckpt: b
     return train_step_bytes(shape, trainable, micro_batch, seq_len, grad_ckpt, act)
 
 
+def _capped_total(device: torch.device) -> int:
+    """The device's memory, or the share `torch.cuda.set_per_process_memory_fraction` allows this process."""
+    total = torch.cuda.mem_get_info(device)[1]
+    getter = getattr(torch.cuda, "get_per_process_memory_fraction", None)  # torch >= 2.9
+    return int(total * getter(device)) if getter is not None else total
+
+
 def free_bytes(device: torch.device) -> int | None:
-    """Memory the next allocation can use on CUDA (device free + allocator cache), None on CPU."""
+    """Memory the next allocation can use on CUDA (device free + allocator cache, within any per-process cap),
+    None on CPU."""
     if device.type != "cuda":
         return None
     free, _ = torch.cuda.mem_get_info(device)
-    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    available = free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return min(available, _capped_total(device) - torch.cuda.memory_allocated(device))
 
 
 def total_bytes(device: torch.device) -> int | None:
-    return torch.cuda.mem_get_info(device)[1] if device.type == "cuda" else None
+    return _capped_total(device) if device.type == "cuda" else None
 
 
 class RolloutMemoryError(R1liteError):
@@ -468,6 +477,7 @@ class RolloutEngine:
             state.cache.reset()
             return state
         length = -(-needed // 256) * 256
+        state = None  # the old state's cache and captured step must be freed before free memory is read
         self._states.clear()
         merged = self.choose_merge(batch, length, dtype, device)
         if merged and self._merged is None:
@@ -568,10 +578,11 @@ class RolloutEngine:
         """One decode step over the persistent buffers; captured once per state where `compiles` says so.
 
         A captured step is trusted only after it has matched eager decoding: its first VERIFY_STEPS calls
-        (warm-up, capture and the first replays under CUDA graphs) also run eagerly on the same input
-        (writing the same K/V again), synchronise, and compare. An exception or a mismatch turns capture
-        off for this engine with one logged line and decoding goes on eagerly; a CUDA error that outlives
-        the failed capture stops the run with the setting to change.
+        (warm-up, capture and the first replays under CUDA graphs) also run eagerly on the same input,
+        after it, with the cache's write positions put back (the eager step writes the same K/V last, so
+        the cache is eager's whatever the captured step did), synchronise, and compare. An exception or a
+        mismatch turns capture off for this engine with one logged line and decoding goes on eagerly; a
+        CUDA error that outlives the failed capture stops the run with the setting to change.
         """
         kw = _cache_kwarg(state.runner)
 
@@ -605,19 +616,20 @@ class RolloutEngine:
             if checked[0] >= VERIFY_STEPS:
                 return compiled(tok, pos).clone()  # the graph's output buffer is reused by the next replay
             rewind = _rewinder(state.cache)
-            reference = step(tok, pos)
-            rewind()  # the compiled step writes this token's K/V into the same slots
             try:
                 out = compiled(tok, pos).clone()
                 _synchronize(device)
-            except Exception as e:  # capture can fail on exotic layers
+            except Exception as e:  # capture can fail on exotic layers, before or after writing the cache
+                rewind()
                 fall_back(f"failed ({type(e).__name__}: {str(e)[:200]})")
-                return reference
+                return step(tok, pos)
+            rewind()  # the eager step writes this token's K/V into the same slots, last: the cache holds eager's
+            reference = step(tok, pos)
             if not _agrees(out, reference):
                 fall_back(f"disagreed with eager decoding (max logit difference {(out - reference).abs().max():.3g})")
                 return reference
             checked[0] += 1
-            return out
+            return reference
 
         return guarded
 

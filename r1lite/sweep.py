@@ -138,9 +138,12 @@ class Sweep:
         return Path(self.output_dir) / self.name
 
     def recipe_of(self, run: SweepRun) -> Any:
+        """The run's recipe as `r1lite run` resolves it on this machine (fp16 on a card without bf16)."""
+        from r1lite.hardware import probe
+        from r1lite.models import fit_precision
         from r1lite.recipes import load_recipe
 
-        return load_recipe(self.recipe, self.profile, self.run_sets(run))
+        return fit_precision(load_recipe(self.recipe, self.profile, self.run_sets(run)), _hardware(probe))
 
     def run_sets(self, run: SweepRun) -> list[str]:
         """The run's overrides plus where it lives and how W&B groups it (the sweep; the config as job type)."""
@@ -163,6 +166,16 @@ class Sweep:
             "configs": [c for c, _ in self.configs()],
             "runs": {r.name: {"config": r.config, "seed": r.seed, "set": list(r.sets)} for r in self.runs()},
         }
+
+
+_PROBED: list[Any] = []
+
+
+def _hardware(probe: Any) -> Any:
+    """This machine's GPU, probed once per sweep process."""
+    if not _PROBED:
+        _PROBED.append(probe())
+    return _PROBED[0]
 
 
 def _slug(value: str) -> str:
@@ -221,14 +234,23 @@ def command(sweep: Sweep, run: SweepRun) -> list[str]:
 
 
 def order(sweep: Sweep) -> list[list[SweepRun]]:
-    """Waves: first one run per distinct SFT warm-up (its warm-up is then copied by the others), then the rest."""
+    """Waves, so that runs running side by side never compute the same stage: one run per distinct base eval,
+    then one per distinct warm-up (SFT config and seed) not yet covered, then the rest, which copy both."""
     from r1lite.pipeline import fingerprints
 
-    first: dict[str, SweepRun] = {}
-    for run in sweep.runs():
-        first.setdefault(fingerprints(sweep.recipe_of(run))["sft"], run)
-    lead = list(first.values())
-    return [lead, [r for r in sweep.runs() if r not in lead]]
+    waves: list[list[SweepRun]] = []
+    placed: set[SweepRun] = set()
+    for stage in ("eval_base", "sft"):
+        first: dict[str, SweepRun] = {}
+        for run in sweep.runs():
+            first.setdefault(fingerprints(sweep.recipe_of(run))[stage], run)
+        wave = [r for r in first.values() if r not in placed]
+        covered = {fingerprints(sweep.recipe_of(r))[stage] for r in placed}
+        wave = [r for r in wave if fingerprints(sweep.recipe_of(r))[stage] not in covered]
+        waves.append(wave)
+        placed.update(wave)
+    waves.append([r for r in sweep.runs() if r not in placed])
+    return [w for w in waves if w]
 
 
 def run_local(sweep: Sweep, run: SweepRun, env: dict[str, str] | None = None) -> int:
@@ -270,12 +292,16 @@ def launch(
 
 
 def _slot_env(slot: int, parallel: int) -> dict[str, str]:
-    """Process slot `slot` of `parallel`: its own GPU where there are enough, else a share of the CPU cores."""
+    """Process slot `slot` of `parallel`: its own GPU (one of those this process may see) or a share of the cores."""
     import torch
 
     env = dict(os.environ)
-    if torch.cuda.is_available() and torch.cuda.device_count() >= parallel:
-        env["CUDA_VISIBLE_DEVICES"] = str(slot)
+    if torch.cuda.is_available():
+        visible = [g for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+        visible = visible or [str(i) for i in range(torch.cuda.device_count())]
+        if parallel > len(visible):
+            raise RecipeError(f"--parallel {parallel} needs {parallel} GPUs and {len(visible)} are visible")
+        env["CUDA_VISIBLE_DEVICES"] = visible[slot]
     elif parallel > 1:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
     return env
@@ -389,6 +415,9 @@ def statistics_table(results: list[ConfigResult], baseline: str | None = None) -
     done = [r for r in results if r.correct]
     if not done:
         return ["No run of this sweep has finished yet."]
+    if baseline is not None and baseline not in [r.config for r in results]:
+        configs = ", ".join(r.config for r in results)
+        raise RecipeError(f"--baseline {baseline} is not a config of this sweep; its configs: {configs}")
     base = next((r for r in done if r.config == baseline), done[0])
     n = min(len(c) for r in done for c in r.correct)
     lines = [
@@ -411,13 +440,14 @@ def statistics_table(results: list[ConfigResult], baseline: str | None = None) -
         )
     seeds = min(len(r.correct) for r in done)
     p = sum(sum(map(sum, r.correct)) for r in done) / sum(len(c) for r in done for c in r.correct)
-    mdd = detectable_difference(n, p, runs=seeds)
+    mdd = detectable_difference(n, p)  # seeds re-score the same problems: counted as n problems, not n x seeds
     lines += [
         "",
         f"Intervals: percentile bootstrap over seeds and the {n} held-out problems (every config is evaluated on the "
         "same problems, so differences are paired); * marks an interval that excludes zero.",
-        f"The smallest difference this sweep could detect ({seeds} seed(s) x {n} problems per config, 80 % power, "
-        f"accuracy near {p:.0%}): about {mdd * 100:.1f} points. A smaller difference in the table says nothing.",
+        f"The smallest difference this sweep could detect ({n} problems per config, each scored by {seeds} seed(s); "
+        f"80 % power, accuracy near {p:.0%}): about {mdd * 100:.1f} points. A smaller difference in the table "
+        "says nothing.",
     ]
     return lines
 

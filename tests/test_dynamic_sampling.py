@@ -97,3 +97,22 @@ def test_a_step_with_no_signal_anywhere_keeps_its_size(tiny, tmp_path):
     assert len(out["completion_ids"]) == 16 and out["advantages"].abs().max() == 0
     assert t._metrics["train"]["r1lite/dynamic_sampling/kept"] == [0.0]
     assert t._metrics["train"]["r1lite/dynamic_sampling/rounds"] == [3.0]  # the first draw and two more
+
+
+def test_the_plain_cpu_head_scores_as_trls_fused_head(tiny, tmp_path):
+    """Off CUDA r1lite scores completions with transformers' own head over the completion only; on a batch with
+    left-padded prompts and right-padded completions it gives TRL's log-probs and entropies (0 on padding)."""
+    from trl import GRPOTrainer as StockGRPOTrainer
+
+    t, _ = trainer(tiny, tmp_path, rounds=0, prompts=[(FLAT, "flat")] * 4)
+    torch.manual_seed(0)
+    ids = torch.randint(3, 300, (3, 14))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # a left-padded prompt
+    mask[1, -4:] = 0  # a completion that ended early
+    mask[2, -1:] = 0
+    ours = t._get_per_token_logps_and_entropies(t.model, ids, mask, 6, compute_entropy=True)
+    stock = StockGRPOTrainer._get_per_token_logps_and_entropies(t, t.model, ids, mask, 6, compute_entropy=True)
+    torch.testing.assert_close(ours[0], stock[0], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(ours[1], stock[1], atol=2e-5, rtol=1e-5)
+    assert ours[0][1, -4:].abs().sum() == 0 and ours[1][1, -4:].abs().sum() == 0

@@ -109,6 +109,10 @@ def test_raising_max_steps_extends_a_finished_run_from_its_last_step(tiny):
         torch.testing.assert_close(ours[name], reference[name], rtol=0, atol=0)
     restarted = run([*overrides(tiny, "two", constant), "grpo.learning_rate=2e-5"])  # a real change: start over
     assert "grpo: starting over (its settings changed)" in restarted.output
+    shorter = run(overrides(tiny, "four", constant, "grpo.max_steps=2"))  # fewer steps than were trained
+    assert "grpo: starting over (no usable checkpoint)" in shorter.output  # not the 4-step adapter as the 2-step one
+    ours, reference = adapter(Path("four/countdown-cpu"), "grpo"), adapter(Path("two/countdown-cpu"), "grpo")
+    assert not all(torch.equal(ours[n], reference[n]) for n in ours)  # "two" was retrained at 2e-5 just above
 
 
 def test_the_second_signal_stops_at_once():

@@ -274,7 +274,7 @@ def test_plan_and_engine_take_the_same_merge_decision_on_every_card(recipe, prof
     import torch
 
     from r1lite.plan import CARDS, GIB, prompt_tokens_for
-    from r1lite.rollout import RolloutEngine, RolloutSettings, settings_from_recipe
+    from r1lite.rollout import RolloutEngine, RolloutMemoryError, RolloutSettings, settings_from_recipe
     from r1lite.tiny import build_tokenizer
 
     r = load_recipe(recipe, profile, [])
@@ -294,7 +294,7 @@ def test_plan_and_engine_take_the_same_merge_decision_on_every_card(recipe, prof
             free = plan.free_before[stage]
             try:
                 decided = engine.choose_merge(rows, cache, torch.bfloat16, cuda, free=free, total=total)
-            except Exception:  # the engine refuses the rollout outright: the plan must not have it fit
+            except RolloutMemoryError:  # the engine refuses the rollout outright: the plan must not have it fit
                 decided = None
                 assert not plan.fits(), (card.name, stage)
             if decided is not None:

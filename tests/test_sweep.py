@@ -195,7 +195,7 @@ def test_the_report_finds_a_built_in_difference_and_not_a_null_one(tmp_path):
     assert "+11.9 pt" in better and better.rstrip(" |").split("|")[4].strip().endswith("*")  # excludes zero
     assert "+0.0 pt" in same and "*" not in same.split("|")[4]
     assert "| base | 2 | 16.0% [" in text
-    assert "The smallest difference this sweep could detect (2 seed(s) x 256 problems" in text
+    assert "The smallest difference this sweep could detect (256 problems per config, each scored by 2 seed(s)" in text
     path = build_sweep_report(tmp_path / "s")
     assert path.is_file() and "better" in path.with_suffix(".md").read_text()
 

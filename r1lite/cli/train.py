@@ -84,10 +84,12 @@ def _fit(recipe: Any, auto_fit: bool) -> Any:
     except R1liteError:
         ui.log(f"plan: the shape of {recipe.model.name} is unknown, so its memory was not checked")
         return recipe
-    if not auto_fit:
-        plan.check_fits(recipe, card)
+    from r1lite.distributed import world_size
+
+    if not auto_fit:  # each process's share of the batch under --gpus N
+        plan.check_fits(recipe, card, world_size())
         return recipe
-    recipe, changes = plan.auto_fit(recipe, card)
+    recipe, changes = plan.auto_fit(recipe, card, gpus=world_size())
     if changes:  # shown even with --quiet: the run differs from the recipe (config.yaml records it)
         ui.console.print("--auto-fit for " + card.name + ": " + ", ".join(f"{k}={v}" for k, v in changes.items()))
     return recipe
@@ -138,6 +140,9 @@ def _launch(argv: list[str], recipe: Any, gpus: int, dry_run: bool) -> None:
     if dry_run:
         return
     launcher = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
+    # torch elastic forwards a SIGTERM to the workers and kills them 30 s later by default: give them time to
+    # finish their step and write a checkpoint (r1lite.interrupts)
+    os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "900")
     os.execv(launcher, [launcher, *command[1:]])
 
 

@@ -68,7 +68,12 @@ def generate(
             batch_size = live // n
     out: list[list[tuple[str, int]]] = []
     batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
+    from r1lite.distributed import world_size
+    from r1lite.interrupts import current
+
     for batch in ui.track(batches, len(batches), desc):
+        if world_size() == 1:  # a signal stops an eval at the end of a batch (with several processes, at its end)
+            current().check(desc)
         # tokenized exactly as TRL tokenizes GRPO prompts, so eval sees what training saw
         if rollout is not None:
             ids = [p for p in tokenizer(text=batch)["input_ids"] for _ in range(n)]
@@ -78,7 +83,7 @@ def generate(
             rows = rows[: len(ids)]
         else:
             enc = tokenizer(text=batch, return_tensors="pt", padding=True).to(device)
-            kwargs = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if sample else {}
+            kwargs = {"temperature": temperature, "top_p": 1.0, "top_k": 0} if sample else {}
             with torch.no_grad():
                 seqs = model.generate(
                     **enc,
@@ -175,7 +180,7 @@ def evaluate(
     from r1lite.models import cpu_bf16
 
     on_cuda = next(model.parameters()).device.type == "cuda"
-    engine = recipe.grpo.backend(on_cuda) == "engine"
+    engine = recipe.rollout_backend(on_cuda) == "engine"
     options = {"engine": engine, "merge": recipe.grpo.rollout_merge, "compile": recipe.grpo.rollout_compile}
     if cpu_bf16(recipe.model, on_cuda):
         options["dtype"] = "bfloat16"

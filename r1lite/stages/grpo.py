@@ -13,7 +13,6 @@ stops the run (r1lite.interrupts) let a rerun continue where it stopped, or exte
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -73,27 +72,6 @@ class PeriodicEval(TrainerCallback):
         if self.tracker is not None:
             self.tracker.log("grpo", metrics, state.global_step)
         ui.log(f"grpo step {state.global_step}: held-out accuracy {summary['accuracy']:.1%}")
-
-
-class TimeBudget(TrainerCallback):
-    """Ends training at the first step end after `minutes` of it: a fixed budget, as the CPU demos need."""
-
-    def __init__(self, minutes: float) -> None:
-        self.seconds, self.start = minutes * 60, 0.0
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.start = time.monotonic()
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.seconds and time.monotonic() - self.start >= self.seconds:
-            control.should_training_stop = True
-            ui.log(f"grpo: the {self.seconds / 60:g}-minute budget is spent; stopping after step {state.global_step}")
-
-
-def _zero3(recipe: Recipe) -> bool:
-    from r1lite.distributed import world_size
-
-    return recipe.distributed.strategy == "zero3" and world_size() > 1
 
 
 def trainer_args(recipe: Recipe, out: Path, on_cuda: bool, backend: str) -> Any:
@@ -160,7 +138,7 @@ def build_trainer(
     path = resolve_model(recipe.model.name)
     tokenizer = load_tokenizer(path, recipe.model.revision)
     on_cuda = pick_device(recipe.model) == "cuda"
-    backend = recipe.grpo.backend(on_cuda, sharded=_zero3(recipe))
+    backend = recipe.rollout_backend(on_cuda)
     model = load_model(path, recipe.model, recipe.quantization)
     peft_config = lora_config(recipe.lora)
     if init_adapter is not None:
@@ -207,8 +185,6 @@ def build_trainer(
         )
     )
     trainer.add_callback(PeriodicEval(recipe, tokenizer, out / "metrics.jsonl", recipe.grpo.eval_every, tracker))
-    if recipe.grpo.max_minutes:
-        trainer.add_callback(TimeBudget(recipe.grpo.max_minutes))
     for callback in callbacks or []:
         trainer.add_callback(callback)
     return trainer
@@ -233,9 +209,9 @@ def run(
 
     out = run_dir / "grpo"
     key = interrupts.resume_key(recipe, "grpo", init_adapter)
-    checkpoint = interrupts.continue_from(out, "grpo", key, restart)
+    checkpoint = interrupts.continue_from(out, "grpo", key, restart, recipe.grpo.max_steps)
     trainer = build_trainer(recipe, run_dir, init_adapter, callbacks, tracker)
-    interrupts.train(trainer, "grpo", checkpoint, recipe.grpo.max_nonfinite)
+    interrupts.train(trainer, "grpo", checkpoint, recipe.grpo.max_nonfinite, recipe.grpo.max_minutes)
     if is_main():  # one writer for the run directory
         with atomic_dir(out / ADAPTER) as tmp:
             trainer.model.save_pretrained(tmp)

@@ -10,6 +10,7 @@ solver, answer-only completions that close the think block and give the answer (
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -55,11 +56,20 @@ def check_lengths(rows: list[dict[str, str]], tokenizer: Any, max_length: int) -
         ui.warn(f"sft: {cut} of {len(rows)} examples are longer than sft.max_length ({max_length}); their ends are cut")
 
 
+def total_steps(rows: int, rows_per_batch: int, accumulation: int, epochs: float, max_steps: int) -> int:
+    """Optimizer steps of the warm-up, counted as the Trainer counts them (`max_steps` wins when set)."""
+    if max_steps > 0:
+        return max_steps
+    batches = math.ceil(rows / rows_per_batch)
+    per_epoch = max(batches // accumulation + int(batches % accumulation > 0), 1)
+    return math.ceil(epochs * per_epoch)
+
+
 def run(recipe: Recipe, run_dir: Path, tracker: Any = None, restart: bool = False) -> Path:
     """Train a LoRA adapter on traces; returns `run_dir/sft/adapter` (written atomically).
 
-    Continues from the last good checkpoint written for the same settings (more epochs or examples
-    extend a finished warm-up); `restart` starts over.
+    Continues from the last good checkpoint written for the same settings (more epochs or steps extend a
+    finished warm-up); `restart` starts over.
     """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -79,17 +89,18 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None, restart: bool = Fals
     from r1lite.tracking import RunMonitor, quiet_library_output
 
     cfg, out = recipe.sft, run_dir / "sft"
-    checkpoint = interrupts.continue_from(out, "sft", interrupts.resume_key(recipe, "sft"), restart)
     path = resolve_model(recipe.model.name)
     tokenizer = load_tokenizer(path, recipe.model.revision)
     rows = build_dataset(recipe, tokenizer)
     check_lengths(rows, tokenizer, cfg.max_length)
+    # batch_size x grad_accum is the global batch of one optimizer step, whatever the processes
+    micro, accumulation = split_batch(cfg.batch_size * cfg.grad_accum, cfg.batch_size, world_size(), "sft")
+    steps = total_steps(len(rows), micro * world_size(), accumulation, cfg.epochs, cfg.max_steps)
+    checkpoint = interrupts.continue_from(out, "sft", interrupts.resume_key(recipe, "sft"), restart, steps)
     what = "traces" if recipe.sft_completions() == "traces" else "answer-only completions"
     ui.log(f"sft: {len(rows)} {what} on {recipe.model.name} ({recipe.quantization.mode}), LoRA r={recipe.lora.r}")
     model = load_model(path, recipe.model, recipe.quantization)
     on_cuda = pick_device(recipe.model) == "cuda"
-    # batch_size x grad_accum is the global batch of one optimizer step, whatever the processes
-    micro, accumulation = split_batch(cfg.batch_size * cfg.grad_accum, cfg.batch_size, world_size(), "sft")
     ours = dict(
         output_dir=str(out / "trainer"),
         num_train_epochs=cfg.epochs,
