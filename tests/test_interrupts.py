@@ -30,13 +30,28 @@ def tiny(tmp_path_factory):
     return str(build_tiny_model(tmp_path_factory.mktemp("int") / "m"))
 
 
+@pytest.fixture(autouse=True)
+def length_reward(monkeypatch):
+    """A reward that differs between completions of a random tiny model, so every GRPO step moves the adapter
+    (Countdown's rewards are 0 for all of them, and a test of exact resume must compare weights that moved)."""
+    from r1lite import rewards
+
+    monkeypatch.setitem(rewards._REGISTRY, "test_length", lambda text, ex: (len(text) / 100, "length"))
+
+
 def overrides(tiny: str, out: str, *extra: str) -> list[str]:
     from test_pipeline import tiny_overrides  # the pipeline tests' tiny run
 
-    return [
-        *tiny_overrides(tiny, f"output_dir={out}", "grpo.max_steps=4", "grpo.save_every=100", "sft.save_every=100"),
-        *extra,
-    ]
+    sets = ["grpo.max_steps=4", "grpo.save_every=100", "sft.save_every=100", SIGNAL, "grpo.learning_rate=1e-3"]
+    return [*tiny_overrides(tiny, f"output_dir={out}", *sets), *extra]
+
+
+SIGNAL = 'grpo.rewards=[{"name": "test_length", "weight": 1.0}]'
+
+
+def moved(root: Path, stage: str) -> bool:
+    """The stage's adapter is not its initialisation (LoRA's B starts at zero)."""
+    return any(t.abs().sum() > 0 for name, t in adapter(root, stage).items() if "lora_B" in name)
 
 
 def run(sets: list[str]):
@@ -85,6 +100,7 @@ def test_a_signal_stops_at_a_step_and_the_rerun_ends_exactly_as_an_uninterrupted
     again = run(overrides(tiny, "cut"))
     assert again.exit_code == 0, again.output
     assert f"continuing from checkpoint-{step}" in again.output
+    assert moved(whole, "grpo")  # GRPO trained something, so equal adapters mean an exact resume
     for part in ("sft", "grpo"):
         ours, reference = adapter(root, part), adapter(whole, part)
         assert ours.keys() == reference.keys()
@@ -107,18 +123,23 @@ def test_raising_max_steps_extends_a_finished_run_from_its_last_step(tiny):
     ours, reference = adapter(root, "grpo"), adapter(Path("four/countdown-cpu"), "grpo")
     for name in ours:  # a constant schedule: the extended run is the 4-step run
         torch.testing.assert_close(ours[name], reference[name], rtol=0, atol=0)
+    assert moved(root, "grpo")
     restarted = run([*overrides(tiny, "two", constant), "grpo.learning_rate=2e-5"])  # a real change: start over
     assert "grpo: starting over (its settings changed)" in restarted.output
+    four = adapter(Path("four/countdown-cpu"), "grpo")
     shorter = run(overrides(tiny, "four", constant, "grpo.max_steps=2"))  # fewer steps than were trained
-    assert "grpo: starting over (no usable checkpoint)" in shorter.output  # not the 4-step adapter as the 2-step one
-    ours, reference = adapter(Path("four/countdown-cpu"), "grpo"), adapter(Path("two/countdown-cpu"), "grpo")
-    assert not all(torch.equal(ours[n], reference[n]) for n in ours)  # "two" was retrained at 2e-5 just above
+    assert "grpo: starting over (no usable checkpoint)" in shorter.output
+    two_steps = adapter(Path("four/countdown-cpu"), "grpo")
+    assert not all(torch.equal(four[n], two_steps[n]) for n in four)  # not the 4-step adapter relabelled
 
 
-def test_the_second_signal_stops_at_once():
+def test_the_second_signal_stops_at_once(monkeypatch):
     with interrupts.graceful("grpo") as stop:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested and stop.signum == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGINT)  # within DUPLICATE_S: the same stop forwarded (torch elastic), not a second
+        assert stop.count == 1
+        monkeypatch.setattr(interrupts, "DUPLICATE_S", 0.0)
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     with pytest.raises(interrupts.Interrupted) as stopped:
@@ -133,7 +154,7 @@ def test_running_out_of_memory_keeps_the_checkpoint_and_auto_fit_continues(tiny,
     from r1lite.grpo_trainer import GRPOTrainer
 
     monkeypatch.setattr(plan, "detected_card", lambda vram_gib=None: plan.Card("test card", 16.0))
-    monkeypatch.setattr(plan, "auto_fit", lambda recipe, card, headroom=0.1: (recipe, {"grpo.micro_batch_size": 2}))
+    monkeypatch.setattr(plan, "auto_fit", lambda recipe, card, **_: (recipe, {"grpo.micro_batch_size": 2}))
     generate, calls = GRPOTrainer._generate, []
 
     def oom_at_step_3(self, prompts):
@@ -169,11 +190,6 @@ def test_nonfinite_updates_are_skipped_and_too_many_stop_the_stage(tiny, monkeyp
         return loss * float("nan") if self.state.global_step + 1 in bad_steps else loss
 
     monkeypatch.setattr(GRPOTrainer, "_compute_loss", poisoned)
-    from r1lite import rewards
-
-    # a reward that differs between completions, so every healthy step moves the adapter
-    monkeypatch.setitem(rewards._REGISTRY, "test_length", lambda text, ex: (len(text) / 100, "length"))
-    signal_reward = 'grpo.rewards=[{"name": "test_length", "weight": 1.0}]'
     snapshots = {}
     original = interrupts.SaveAtEnd.on_step_end
 
@@ -183,14 +199,14 @@ def test_nonfinite_updates_are_skipped_and_too_many_stop_the_stage(tiny, monkeyp
         return original(self, args, state, control, model=model, **kwargs)
 
     monkeypatch.setattr(interrupts.SaveAtEnd, "on_step_end", snapshot)
-    one_bad = run(overrides(tiny, "nan1", "sft.enabled=false", signal_reward))
+    one_bad = run(overrides(tiny, "nan1", "sft.enabled=false"))
     assert one_bad.exit_code == 0, one_bad.output
     assert "grpo step 2: NaN or infinite gradients; this update is skipped" in one_bad.output
     assert all(torch.equal(snapshots[1][n], snapshots[2][n]) for n in snapshots[1])  # step 2 changed nothing
     assert not all(torch.equal(snapshots[2][n], snapshots[3][n]) for n in snapshots[2])  # step 3 trained again
     bad_steps.update({3, 4})
     limits = ("grpo.max_nonfinite=2", "grpo.save_every=1")
-    stopped = run(overrides(tiny, "nan2", "sft.enabled=false", signal_reward, *limits))
+    stopped = run(overrides(tiny, "nan2", "sft.enabled=false", *limits))
     assert stopped.exit_code == 2, stopped.output
     assert "2 updates in a row had NaN or infinite gradients (first at step 2" in stopped.output
     assert "the last good checkpoint is kept" in stopped.output and "lower grpo.learning_rate" in stopped.output
@@ -236,3 +252,17 @@ def test_a_full_disk_stops_with_the_path_and_replaces_no_good_file(tmp_path, mon
         write_json(target, {"good": False})
     assert read_json(target) == {"good": True}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+@pytest.mark.slow
+def test_chaos_short():
+    """bench/chaos.py in short: the tiny pipeline killed 3 times (SIGTERM or SIGKILL), continued each time, ends
+    with the adapters, evals and metrics of the uninterrupted run. The full bench (20 kills) is in the README."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "chaos.py"
+    spec = importlib.util.spec_from_file_location("bench_chaos", path)
+    chaos = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chaos)
+    report = chaos.main(["--kills", "3", "--seed", "2", "--json"])
+    assert report["kills"] == 3 and report["identical"], report
