@@ -115,8 +115,21 @@ def torch_dtype(cfg: ModelConfig, device: str) -> Any:
     return getattr(torch, cfg.dtype)
 
 
+def uses_cuda(cfg: ModelConfig) -> bool:
+    """Whether the model runs on CUDA, without raising when the recipe asks for a GPU this machine lacks."""
+    import torch
+
+    return cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+
+
 def native_cpu_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow.
+
+    R1LITE_CPU_BF16=0 (or 1) answers for the machine: the test suite sets 0 so its runs compute alike on
+    every CPU, whether it has bf16 or not.
+    """
+    if os.environ.get("R1LITE_CPU_BF16") in ("0", "1"):
+        return os.environ["R1LITE_CPU_BF16"] == "1"
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -53,14 +53,11 @@ def run_dir(recipe: Recipe) -> Path:
 
 def fingerprints(recipe: Recipe) -> dict[str, str]:
     """Per stage: a hash of what it reads, chained through its upstream stages."""
-    import torch
-
-    from r1lite.models import cpu_bf16
+    from r1lite.models import cpu_bf16, uses_cuda
 
     r = recipe.model_dump(mode="json")
     # `cpu_bf16: auto` means what it resolves to here: a warm-up trained in bf16 is not one trained in fp32
-    on_cuda = recipe.model.device == "cuda" or (recipe.model.device == "auto" and torch.cuda.is_available())
-    r["model"]["cpu_bf16"] = cpu_bf16(recipe.model, on_cuda)
+    r["model"]["cpu_bf16"] = cpu_bf16(recipe.model, uses_cuda(recipe.model))
     fp: dict[str, str] = {"data": fingerprint(r["data"])}
     base = {"data": fp["data"], "model": r["model"], "quantization": r["quantization"]}
     fp["eval_base"] = fingerprint({**base, "eval": r["eval"]})
@@ -114,7 +111,7 @@ def _reuse(root: Path, stage: str, fp: str) -> dict[str, Any] | None:
 
                 with atomic_path(target) as tmp:
                     shutil.copyfile(source, tmp)
-        ui.log(f"[dim]{stage}: {other} finished it with the same settings; copied its outputs[/]")
+        ui.say(f"{stage}: {other} finished it with the same settings; copied its outputs")
         return {**record, "seconds": 0.0, "reused_from": str(other)}
     return None
 

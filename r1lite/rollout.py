@@ -724,13 +724,13 @@ def _compute_dtype(model: Any) -> torch.dtype:
 
 def settings_from_recipe(recipe: Any, planned_merge: bool | None = None) -> RolloutSettings:
     """The GRPO engine's settings; `planned_merge` is `r1lite plan`'s decision, logged beside the engine's."""
-    from r1lite.models import cpu_bf16, pick_device
+    from r1lite.models import cpu_bf16, uses_cuda
     from r1lite.plan import prompt_tokens_for
 
     g = recipe.grpo
     return RolloutSettings(
         planned_merge=planned_merge,
-        dtype="bfloat16" if cpu_bf16(recipe.model, pick_device(recipe.model) == "cuda") else None,
+        dtype="bfloat16" if cpu_bf16(recipe.model, uses_cuda(recipe.model)) else None,
         max_new_tokens=g.max_completion_length,
         temperature=g.temperature,
         top_p=g.top_p,

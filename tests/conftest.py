@@ -11,6 +11,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `model.cpu_bf16: auto` resolves to fp32 in tests (and in the processes they start), so a run computes the same
+# on a CPU with native bf16 and on one without; tests that want bf16 ask for it (model.cpu_bf16=true)
+os.environ["R1LITE_CPU_BF16"] = "0"
 
 
 @pytest.fixture(autouse=True)

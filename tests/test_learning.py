@@ -92,3 +92,14 @@ def test_dynamic_sampling_still_raises_the_reward_and_logs_what_it_kept(tiny, mo
     start, end = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert end >= 2.5 * start and end - start >= 0.04, f"reward {start:.3f} -> {end:.3f}: {rewards}"
     assert all(0.0 <= r["groups_kept"] <= 1.0 and r["sampling_rounds"] >= 1 for r in steps)
+
+
+@pytest.mark.slow
+def test_grpo_learns_under_cpu_bf16(tiny, monkeypatch):
+    """model.cpu_bf16 (autocast training, a bf16 copy for the engine's rollouts) still raises the reward, and the
+    engine's bf16 samples stay close to what the trainer scores."""
+    steps = train(tiny, "none", "engine", monkeypatch, "cpu", "model.cpu_bf16=true")
+    rewards = [r["reward"] for r in steps]
+    start, end = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    assert end >= 2.5 * start and end - start >= 0.04, f"reward {start:.3f} -> {end:.3f}: {rewards}"
+    assert max(r["rollout_logprob_gap"] for r in steps) < 0.1

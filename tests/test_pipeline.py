@@ -281,7 +281,8 @@ def test_a_run_reuses_stages_another_run_finished_with_the_same_settings(tiny_mo
     first_root, root = tmp_path / "runs" / "countdown-cpu", tmp_path / "runs" / "other-cpu"
     stages = read_json(root / "stages.json")
     for stage in ("eval_base", "sft", "eval_warmup"):
-        assert stages[stage]["reused_from"] == str(first_root) and stages[stage]["seconds"] == 0.0, stage
+        assert Path(stages[stage]["reused_from"]).resolve() == first_root.resolve(), stage
+        assert stages[stage]["seconds"] == 0.0, stage
     assert "reused_from" not in stages["grpo"] and "reused_from" not in stages["eval_final"]
     adapter = "sft/adapter/adapter_model.safetensors"
     assert (root / adapter).read_bytes() == (first_root / adapter).read_bytes()

@@ -105,7 +105,7 @@ def test_report_matches_metrics(tiny_run):
 def test_runs_list_and_compare(tiny_run, tmp_path):
     run_dir, _ = tiny_run
     result = runner.invoke(app, ["runs", "list", "--root", str(run_dir.parent)])
-    assert result.exit_code == 0 and "countdown-cpu" in result.output and "5/5" in result.output
+    assert result.exit_code == 0 and "countdown-cpu" in result.output and "6/6" in result.output
     result = runner.invoke(app, ["runs", "compare", str(run_dir), str(run_dir), "--out", str(tmp_path / "c.png")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

@@ -140,14 +140,15 @@ def test_a_2x2_sweep_through_submitit_then_a_killed_local_sweep_ends_with_the_sa
     local = _sweep(tiny, "by-processes")
     args = ["sweep", "countdown", "-p", "cpu", "--vary", "grpo.learning_rate=1e-4,1e-3", "--seeds", "2"]
     args += ["--name", "by-processes", *[x for s in tiny_sets(tiny) for x in ("--set", s)]]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "r1lite", "--quiet", *args], start_new_session=True, env={**os.environ}
-    )
-    while sum((local.root / r.name / "summary.json").is_file() for r in local.runs()) < 2:
-        assert process.poll() is None, "the sweep ended before it could be killed"
-        time.sleep(0.5)
-    os.killpg(process.pid, signal.SIGKILL)  # the sweep and the run it was in, without warning
-    process.wait()
+    with Path("killed-sweep.log").open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "r1lite", "--quiet", *args], start_new_session=True, stdout=log, stderr=log
+        )
+        while sum((local.root / r.name / "summary.json").is_file() for r in local.runs()) < 2:
+            assert process.poll() is None, Path("killed-sweep.log").read_text()[-3000:]  # ended before the kill
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGKILL)  # the sweep and the run it was in, without warning
+        process.wait()
     again = runner.invoke(app, ["--quiet", *args])
     assert again.exit_code == 0, again.output
     skipped = again.output.count("finished earlier; skipped")
@@ -161,7 +162,7 @@ def test_a_2x2_sweep_through_submitit_then_a_killed_local_sweep_ends_with_the_sa
     assert tables[0] == tables[1]
     report = runner.invoke(app, ["sweep", "report", str(local.root)])
     assert report.exit_code == 0 and (local.root / "report.html").is_file()
-    assert "learning_rate-0.001" in (local.root / "report.md").read_text()
+    assert "learning_rate-1e-3" in (local.root / "report.md").read_text()
 
 
 # ----------------------------------------------------------------------------------------------
