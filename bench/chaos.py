@@ -108,13 +108,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--kills", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--keep", type=Path, help="work in this folder and keep it (to look at the runs)")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from r1lite.tiny import build_tiny_model
 
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="r1lite-chaos-") as tmp:
-        work = Path(tmp)
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         model = build_tiny_model(work / "model")
         recipe = work / "chaos.yaml"
         recipe.write_text(RECIPE.format(task=TASK, model=model))
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         while sum(hits.values()) < args.kills:
             launches += 1
             proc = start(command(recipe, "chaos"), work)
-            time.sleep(rng.uniform(0.1, 1.0) * duration)
+            time.sleep(rng.uniform(0.4, 1.0) * duration)  # the first ~40 % is Python starting up
             if proc.poll() is not None:  # it finished before the kill: start over from scratch for more kills
                 proc.communicate()
                 _reset(work / "chaos")

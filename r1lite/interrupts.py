@@ -447,10 +447,16 @@ def continue_from(out: Path, stage: str, key: str, restart: bool, limit: int | N
     return checkpoint
 
 
-def train(trainer: Any, stage: str, checkpoint: Path | None, nonfinite_limit: int, minutes: float = 0.0) -> None:
+def train(
+    trainer: Any, stage: str, checkpoint: Path | None, nonfinite_limit: int, total: int, minutes: float = 0.0
+) -> None:
     """`trainer.train()` that stops at a step's end on a signal (with a checkpoint), skips non-finite updates,
     keeps a time budget (`minutes`, 0: none) and saves a checkpoint at the last step; raises Interrupted or
-    NonFinite after saving what it can."""
+    NonFinite after saving what it can. A checkpoint of the last step (`total`; the run stopped after training,
+    before its adapter was written) is loaded, not trained on: resuming a finished trainer runs one step more."""
+    if checkpoint is not None and checkpoint_step(checkpoint) >= total:
+        trainer._load_from_checkpoint(str(checkpoint))
+        return
     stop = current()
     if minutes:
         budget = TimeBudget(minutes)

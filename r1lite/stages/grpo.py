@@ -211,7 +211,8 @@ def run(
     key = interrupts.resume_key(recipe, "grpo", init_adapter)
     checkpoint = interrupts.continue_from(out, "grpo", key, restart, recipe.grpo.max_steps)
     trainer = build_trainer(recipe, run_dir, init_adapter, callbacks, tracker)
-    interrupts.train(trainer, "grpo", checkpoint, recipe.grpo.max_nonfinite, recipe.grpo.max_minutes)
+    g = recipe.grpo
+    interrupts.train(trainer, "grpo", checkpoint, g.max_nonfinite, g.max_steps, g.max_minutes)
     if is_main():  # one writer for the run directory
         with atomic_dir(out / ADAPTER) as tmp:
             trainer.model.save_pretrained(tmp)

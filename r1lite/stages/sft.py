@@ -127,7 +127,7 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None, restart: bool = Fals
     keep_fp32_adapters(trainer.model)  # TRL stores adapters in bf16 on a quantized base
     quiet_library_output(trainer)
     trainer.add_callback(RunMonitor("sft", out, tracker, total_steps=trainer.args.max_steps))
-    interrupts.train(trainer, "sft", checkpoint, cfg.max_nonfinite)
+    interrupts.train(trainer, "sft", checkpoint, cfg.max_nonfinite, steps)
     if is_main():  # one writer for the run directory
         with atomic_dir(out / ADAPTER) as tmp:
             trainer.model.save_pretrained(tmp)
