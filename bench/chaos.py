@@ -3,13 +3,15 @@
     python bench/chaos.py                    # 20 kills (SIGTERM and SIGKILL) spread over every stage
     python bench/chaos.py --kills 3 --json   # the short version the test suite runs
 
-An uninterrupted run of the tiny pipeline (2-layer model, a few SFT and GRPO steps, checkpoints every
-step) is the reference. Then the same run is started again and again in its own process and killed
-at a random moment of its expected duration, with SIGTERM (r1lite stops at a safe point) or SIGKILL
-(no warning at all), until `--kills` kills have landed; a last start runs it to the end. Every file
-r1lite writes is written atomically and a checkpoint is used only if it is complete, so the end
-must be the reference: the same SFT and GRPO adapters (equal tensors), the same eval numbers, and
-each metrics line once. Prints kills, the stages they hit, and whether the outcome is identical.
+An uninterrupted run of a tiny pipeline (a 2-layer model on a small task whose reward moves the
+weights, `chaos_task.py`; a few SFT and GRPO steps, checkpoints every step) is the reference. Then, in
+passes that each start from nothing, the same run is started again and again in its own process and
+killed at a random moment of what is left of it (so every stage is hit in proportion to its length),
+with SIGTERM (r1lite stops at a safe point) or SIGKILL (no warning at all); after a few kills a launch
+is left to finish. Every file r1lite writes is written atomically and a checkpoint is used only if it
+is complete, so every pass must end as the reference: the same SFT and GRPO adapters (equal tensors),
+the same eval numbers, and each metrics line once. Prints kills, the stages they hit, and whether
+every outcome was identical.
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from r1lite.fileio import read_json, read_json_or_empty  # noqa: E402
+
 TIMING = ("elapsed_s", "step_time", "tokens_per_s", "rollout_tokens_per_s", "seconds")
+PASS_KILLS = 6  # kills per pass before a launch is left to finish (a pass starts from nothing)
 
 
 TASK = Path(__file__).resolve().parent / "chaos_task.py"  # a reward a random tiny model earns unevenly
@@ -72,7 +79,7 @@ def outcome(run: Path) -> dict[str, Any]:
     """What must match the reference: adapters, eval numbers, metrics lines (without timings)."""
     from safetensors.torch import load_file
 
-    from r1lite.fileio import read_json, read_jsonl
+    from r1lite.fileio import read_jsonl
 
     result: dict[str, Any] = {}
     for stage in ("sft", "grpo"):
@@ -90,7 +97,7 @@ def outcome(run: Path) -> dict[str, Any]:
 
 
 def identical(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """The parts that differ (empty when the outcomes are the same)."""
+    """The parts that differ, with the first difference of each (empty when the outcomes are the same)."""
     import torch
 
     differ = []
@@ -99,7 +106,13 @@ def identical(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
             if a[key].keys() != b[key].keys() or any(not torch.equal(a[key][n], b[key][n]) for n in a[key]):
                 differ.append(key)
         elif a[key] != b[key]:
-            differ.append(key)
+            first = a[key], b[key]
+            if isinstance(a[key], list):
+                steps = ([r.get("step") for r in a[key]], [r.get("step") for r in b[key]])
+                pairs = [(x, y) for x, y in zip(a[key], b[key], strict=False) if x != y]
+                first = (steps, {k: (pairs[0][0].get(k), pairs[0][1].get(k)) for k in pairs[0][0] if
+                                 pairs[0][0].get(k) != pairs[0][1].get(k)} if pairs else None)  # fmt: skip
+            differ.append(f"{key}: {str(first)[:400]}")
     return differ
 
 
@@ -110,7 +123,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--json", action="store_true")
     p.add_argument("--keep", type=Path, help="work in this folder and keep it (to look at the runs)")
     args = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     from r1lite.tiny import build_tiny_model
 
     rng = random.Random(args.seed)
@@ -126,37 +138,48 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if reference.returncode != 0:
             raise SystemExit(f"the uninterrupted run failed:\n{reference_output[-3000:]}")
         duration = time.monotonic() - began
+        expected = outcome(work / "reference/chaos")
+        stage_s = {k: v["seconds"] for k, v in read_json(work / "reference/chaos/stages.json").items()}
+        startup = max(duration - sum(stage_s.values()), 0.5)
         hits: Counter[str] = Counter()
         codes: Counter[str] = Counter()
-        launches = 0
-        while sum(hits.values()) < args.kills:
-            launches += 1
-            proc = start(command(recipe, "chaos"), work)
-            time.sleep(rng.uniform(0.4, 1.0) * duration)  # the first ~40 % is Python starting up
-            if proc.poll() is not None:  # it finished before the kill: start over from scratch for more kills
-                proc.communicate()
-                _reset(work / "chaos")
-                continue
-            how = rng.choice([signal.SIGTERM, signal.SIGKILL])
-            proc.send_signal(how)
-            try:
-                output, _ = proc.communicate(timeout=max(120.0, 2 * duration))
-            except subprocess.TimeoutExpired:  # a SIGTERM that did not stop it in time is a failure
-                proc.kill()
-                output, _ = proc.communicate()
-                codes["hung"] += 1
-            hits[stage_of(output)] += 1
-            codes[f"{signal.Signals(how).name} -> {proc.returncode}"] += 1
-        final = start(command(recipe, "chaos"), work)
-        final_output, _ = final.communicate()
-        if final.returncode != 0:
-            raise SystemExit(f"the continued run failed:\n{final_output[-3000:]}")
-        differ = identical(outcome(work / "reference/chaos"), outcome(work / "chaos/chaos"))
+        launches, passes, differ = 0, 0, []
+        while sum(hits.values()) < args.kills:  # passes: from scratch, killed until a launch runs to its end
+            passes += 1
+            _reset(work / "chaos")
+            for kill in range(PASS_KILLS + 1):
+                launches += 1
+                proc = start(command(recipe, "chaos"), work)
+                if kill == PASS_KILLS or sum(hits.values()) >= args.kills:
+                    output, _ = proc.communicate()  # this pass's last launch runs to the end
+                else:
+                    # a moment in what is left of the run, so every stage is hit in proportion to its length
+                    done = read_json_or_empty(work / "chaos/chaos/stages.json")
+                    left = sum(v for k, v in stage_s.items() if k not in done)
+                    time.sleep(startup + rng.uniform(0.0, max(left, 0.5)))
+                    if proc.poll() is None:
+                        how = rng.choice([signal.SIGTERM, signal.SIGKILL])
+                        proc.send_signal(how)
+                        try:
+                            output, _ = proc.communicate(timeout=max(120.0, 2 * duration))
+                        except subprocess.TimeoutExpired:  # a SIGTERM that did not stop it in time is a failure
+                            proc.kill()
+                            output, _ = proc.communicate()
+                            codes["hung"] += 1
+                        hits[stage_of(output)] += 1
+                        codes[f"{signal.Signals(how).name} -> {proc.returncode}"] += 1
+                        continue
+                    output, _ = proc.communicate()
+                if proc.returncode != 0:
+                    raise SystemExit(f"a continued run failed:\n{output[-3000:]}")
+                differ += [f"pass {passes}: {part}" for part in identical(expected, outcome(work / "chaos/chaos"))]
+                break
     report = {
         "kills": sum(hits.values()),
         "stages_hit": dict(hits),
         "exit_codes": dict(codes),
-        "launches": launches + 1,
+        "launches": launches,
+        "passes": passes,
         "identical": not differ,
         "differ": differ,
         "reference_seconds": round(duration, 1),
