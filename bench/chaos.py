@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -63,10 +64,30 @@ def command(recipe: Path, out: str) -> list[str]:
     return [sys.executable, "-m", "r1lite", "run", str(recipe), f"--set=output_dir={out}"]
 
 
-def start(cmd: list[str], cwd: Path) -> subprocess.Popen:
-    quiet = {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
-    env = {**os.environ, **quiet}
-    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+class Launch:
+    """One `r1lite run` in its own process, its output read as it comes (to kill it once its stages begin)."""
+
+    def __init__(self, cmd: list[str], cwd: Path) -> None:
+        quiet = {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+        env = {**os.environ, **quiet}
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self.staged = threading.Event()  # set at its first `== stage ==` line (or when it ends)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            self.lines.append(line)
+            if line.startswith("== "):
+                self.staged.set()
+        self.staged.set()
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Its whole output once it has ended (subprocess.TimeoutExpired if it has not within `timeout`)."""
+        self.proc.wait(timeout)
+        self.reader.join()
+        return "".join(self.lines)
 
 
 def stage_of(output: str) -> str:
@@ -133,14 +154,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         recipe = work / "chaos.yaml"
         recipe.write_text(RECIPE.format(task=TASK, model=model))
         began = time.monotonic()
-        reference = start(command(recipe, "reference"), work)
-        reference_output, _ = reference.communicate()
-        if reference.returncode != 0:
+        reference_output = (reference := Launch(command(recipe, "reference"), work)).wait()
+        if reference.proc.returncode != 0:
             raise SystemExit(f"the uninterrupted run failed:\n{reference_output[-3000:]}")
         duration = time.monotonic() - began
         expected = outcome(work / "reference/chaos")
         stage_s = {k: v["seconds"] for k, v in read_json(work / "reference/chaos/stages.json").items()}
-        startup = max(duration - sum(stage_s.values()), 0.5)
         hits: Counter[str] = Counter()
         codes: Counter[str] = Counter()
         launches, passes, differ = 0, 0, []
@@ -149,28 +168,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             _reset(work / "chaos")
             for kill in range(PASS_KILLS + 1):
                 launches += 1
-                proc = start(command(recipe, "chaos"), work)
-                if kill == PASS_KILLS or sum(hits.values()) >= args.kills:
-                    output, _ = proc.communicate()  # this pass's last launch runs to the end
-                else:
-                    # a moment in what is left of the run, so every stage is hit in proportion to its length
-                    done = read_json_or_empty(work / "chaos/chaos/stages.json")
-                    left = sum(v for k, v in stage_s.items() if k not in done)
-                    time.sleep(startup + rng.uniform(0.0, max(left, 0.5)))
-                    if proc.poll() is None:
-                        how = rng.choice([signal.SIGTERM, signal.SIGKILL])
-                        proc.send_signal(how)
-                        try:
-                            output, _ = proc.communicate(timeout=max(120.0, 2 * duration))
-                        except subprocess.TimeoutExpired:  # a SIGTERM that did not stop it in time is a failure
-                            proc.kill()
-                            output, _ = proc.communicate()
-                            codes["hung"] += 1
+                run = Launch(command(recipe, "chaos"), work)
+                if kill < PASS_KILLS and sum(hits.values()) < args.kills:
+                    how = _kill_somewhere(run, rng, stage_s, work / "chaos/chaos", timeout=max(120.0, 2 * duration))
+                    if how is not None:
+                        output = run.wait()
                         hits[stage_of(output)] += 1
-                        codes[f"{signal.Signals(how).name} -> {proc.returncode}"] += 1
+                        codes[f"{signal.Signals(how).name} -> {run.proc.returncode}"] += 1
                         continue
-                    output, _ = proc.communicate()
-                if proc.returncode != 0:
+                output = run.wait()  # this pass's last launch (or one that finished before its kill) ends it
+                if run.proc.returncode != 0:
                     raise SystemExit(f"a continued run failed:\n{output[-3000:]}")
                 differ += [f"pass {passes}: {part}" for part in identical(expected, outcome(work / "chaos/chaos"))]
                 break
@@ -186,6 +193,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     print(json.dumps(report, indent=None if args.json else 1))
     return report
+
+
+def _kill_somewhere(
+    run: Launch, rng: random.Random, stage_s: dict[str, float], run_root: Path, timeout: float
+) -> signal.Signals | None:
+    """SIGTERM or SIGKILL at a moment in what is left of the run's stages (so each is hit in proportion to
+    its length; now and then before the first); None when the run had finished its stages before it."""
+    run.staged.wait(timeout)
+    done = read_json_or_empty(run_root / "stages.json")
+    left = sum(v for k, v in stage_s.items() if k not in done)
+    time.sleep(max(rng.uniform(-0.1, 1.0) * max(left, 0.5), 0.0))
+    if run.proc.poll() is not None or (run_root / "summary.json").exists():  # too late: nothing left to break
+        return None
+    how = rng.choice([signal.SIGTERM, signal.SIGKILL])
+    run.proc.send_signal(how)
+    try:
+        run.proc.wait(timeout)
+    except subprocess.TimeoutExpired:  # a SIGTERM that did not stop it in time is a failure
+        run.proc.kill()
+        raise SystemExit(f"SIGTERM did not stop the run within {timeout:.0f} s") from None
+    return how
 
 
 def _reset(run_root: Path) -> None:

@@ -224,10 +224,19 @@ def _run(recipe: Recipe, root: Path, restart: bool, grpo_callbacks: list | None,
             "fingerprint": fps[stage],
             "seconds": round(time.monotonic() - start, 1),
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "peak_rss_gib": _peak_rss_gib(),
         }
         if main:
             write_json(root / "stages.json", state)
     return write_summary(recipe, root, tracker) if main else {}
+
+
+def _peak_rss_gib() -> float:
+    """This process's resident-memory high-water mark so far: the stage that raises it is the one to look at."""
+    import resource
+
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return round(kib / 2**20, 2)
 
 
 def write_summary(recipe: Recipe, root: Path, tracker: Any = None) -> dict[str, Any]:

@@ -87,17 +87,18 @@ def metrics(root: Path, stage: str) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize(("stage", "step"), [("grpo", 2), ("sft", 1)])
 def test_a_signal_stops_at_a_step_and_the_rerun_ends_exactly_as_an_uninterrupted_run(tiny, stage, step):
-    assert run(overrides(tiny, "whole")).exit_code == 0
+    two = "sft.grad_accum=1"  # two SFT steps of 8, so a stop after the first leaves one to train after the resume
+    assert run(overrides(tiny, "whole", two)).exit_code == 0
     with pytest.MonkeyPatch.context() as patch:  # only this run gets the signal
         signal_at(patch, stage, step)
-        stopped = run(overrides(tiny, "cut"))
+        stopped = run(overrides(tiny, "cut", two))
     assert stopped.exit_code == 143, stopped.output
     assert f"stopped by SIGTERM during {stage} after step {step}" in stopped.output
     assert "Run the same command again to continue" in stopped.output
     root, whole = Path("cut/countdown-cpu"), Path("whole/countdown-cpu")
     assert stage not in read_json(root / "stages.json")  # not recorded as done
     assert (root / stage / "trainer" / f"checkpoint-{step}" / "trainer_state.json").is_file()
-    again = run(overrides(tiny, "cut"))
+    again = run(overrides(tiny, "cut", two))
     assert again.exit_code == 0, again.output
     assert f"continuing from checkpoint-{step}" in again.output
     assert moved(whole, "grpo")  # GRPO trained something, so equal adapters mean an exact resume

@@ -75,7 +75,10 @@ def test_run_end_to_end_then_skip_then_partial_rerun(tiny_model, tmp_path):
     assert "Countdown held-out eval" in first.output and "accuracy" in first.output
     assert "GRPO's own effect (final vs warm-up)" in first.output and "paired bootstrap over 4 problems" in first.output
     final = read_json(root / "eval/final.json")
-    assert set(pipeline.STAGES) == set(read_json(root / "stages.json"))
+    stages = read_json(root / "stages.json")
+    assert set(pipeline.STAGES) == set(stages)
+    peaks = [stages[s]["peak_rss_gib"] for s in pipeline.STAGES]  # a process high-water mark: never falls
+    assert peaks[0] > 0 and peaks == sorted(peaks)
     assert final["examples"] == 4 and 0 <= final["accuracy"] <= 1
     rows = read_jsonl(root / "eval/final.jsonl")
     assert {"completion", "correct", "reason", "format", "length", "search"} <= set(rows[0])

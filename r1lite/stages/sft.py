@@ -65,6 +65,27 @@ def total_steps(rows: int, rows_per_batch: int, accumulation: int, epochs: float
     return math.ceil(epochs * per_epoch)
 
 
+def carry_token_count(trainer: Any) -> Any:
+    """A callback that keeps TRL's logged `num_tokens` counting across a resume.
+
+    SFTTrainer counts the tokens it trained on in an attribute that no checkpoint holds, so a continued
+    warm-up logged the count from 0 again. The count rides in the trainer state's `num_input_tokens_seen`
+    (saved with every checkpoint, left alone by transformers unless `include_num_input_tokens_seen` is on).
+    """
+    from transformers import TrainerCallback
+
+    class CarryTokenCount(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if hasattr(trainer, "_total_train_tokens"):  # TRL's name for it (1.x)
+                trainer._total_train_tokens = state.num_input_tokens_seen  # 0, or the count at the checkpoint
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            # before this step's checkpoint is written
+            state.num_input_tokens_seen = getattr(trainer, "_total_train_tokens", state.num_input_tokens_seen)
+
+    return CarryTokenCount()
+
+
 def run(recipe: Recipe, run_dir: Path, tracker: Any = None, restart: bool = False) -> Path:
     """Train a LoRA adapter on traces; returns `run_dir/sft/adapter` (written atomically).
 
@@ -127,6 +148,7 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None, restart: bool = Fals
     keep_fp32_adapters(trainer.model)  # TRL stores adapters in bf16 on a quantized base
     quiet_library_output(trainer)
     trainer.add_callback(RunMonitor("sft", out, tracker, total_steps=trainer.args.max_steps))
+    trainer.add_callback(carry_token_count(trainer))
     interrupts.train(trainer, "sft", checkpoint, cfg.max_nonfinite, steps)
     if is_main():  # one writer for the run directory
         with atomic_dir(out / ADAPTER) as tmp:
