@@ -139,6 +139,8 @@ def merged_copy(model: Any, dtype: torch.dtype) -> Any:
     """A plain transformers model whose weights equal the (dequantized) base plus the LoRA deltas."""
     from transformers import AutoModelForCausalLM
 
+    from r1lite.models import contiguous_head
+
     source = base_model_of(model)
     device = next(source.parameters()).device
     # built on the meta device and then filled: no random init (slow, and it would consume the RNG
@@ -157,6 +159,7 @@ def merged_copy(model: Any, dtype: torch.dtype) -> Any:
                 buf.copy_(getattr(src, bname))
     copy.tie_weights()  # to_empty() unties shared tensors; re-tie (a no-op for untied models)
     copy.generation_config = source.generation_config
+    contiguous_head(copy)  # frozen: a sliced prefill would copy the whole head per prompt
     return copy
 
 
@@ -367,6 +370,9 @@ class RolloutEngine:
         self.compile_failed = False  # a capture failed or disagreed with eager decoding: this engine decodes eagerly
         self.pinned = False  # the GRPO trainer's engine: `release_engines` leaves it to the trainer
         use_grouped_decode_attention(model)
+        from r1lite.models import contiguous_head
+
+        contiguous_head(base_model_of(model))  # the prefill keeps one position: no per-row copy of a frozen head
         _LIVE.add(self)
 
     def close(self) -> None:

@@ -392,6 +392,54 @@ def test_prefill_computes_only_the_last_positions_logits(tiny, merge):
     assert shapes and all(s[1] == 1 for s in shapes), shapes
 
 
+def head_copies(model, run) -> list[tuple[int, ...]]:
+    """Shapes of the batched products `run()` makes with the LM head's weight expanded to the batch (a
+    copy of the head per row: torch.matmul's path for a sliced input and a frozen weight)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    vocab, hidden = base_model_of_runner(model).get_output_embeddings().weight.shape
+    seen = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.bmm.default and tuple(args[1].shape[1:]) == (hidden, vocab):
+                seen.append(tuple(args[1].shape))
+            return func(*args, **(kwargs or {}))
+
+    with Watch():
+        run()
+    return seen
+
+
+@pytest.mark.parametrize("merge", ["unmerged", "merged"])
+def test_prefill_never_copies_the_head_per_prompt(tiny, merge):
+    """Measured: a 32-prompt eval prefill of SmolLM2 copied its frozen head 32 times (1.8 GB, 2 s) because
+    `logits_to_keep` hands the head a sliced, non-contiguous input; the engine's models get a contiguous one."""
+    model, tok = load(tiny, lora=True)
+    engine = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=4, greedy=True, merge=merge))
+    engine.generate(grouped(tok, 2), 2)  # builds the state (and the merged copy)
+    assert head_copies(engine._states[6].runner, lambda: engine.generate(grouped(tok, 2), 2)) == []
+
+
+def test_a_loaded_model_trains_its_kept_logits_without_copying_the_head(tiny):
+    """The GRPO loss scores the completion through `logits_to_keep` with the base frozen (LoRA, 4-bit)."""
+    from peft import LoraConfig, get_peft_model
+
+    from r1lite.config import ModelConfig, QuantizationConfig
+    from r1lite.models import load_model
+
+    model = get_peft_model(
+        load_model(tiny, ModelConfig(name=tiny, device="cpu"), QuantizationConfig(mode="none")),
+        LoraConfig(r=4, target_modules="all-linear"),
+    )
+    ids = torch.randint(0, 100, (3, 12))
+
+    def step():
+        model(input_ids=ids, logits_to_keep=5).logits.float().logsumexp(-1).sum().backward()
+
+    assert head_copies(model, step) == []
+
+
 def base_model_of_runner(runner):
     from r1lite.rollout import base_model_of
 
