@@ -127,14 +127,17 @@ def identical(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
             if a[key].keys() != b[key].keys() or any(not torch.equal(a[key][n], b[key][n]) for n in a[key]):
                 differ.append(key)
         elif a[key] != b[key]:
-            first = a[key], b[key]
-            if isinstance(a[key], list):
-                steps = ([r.get("step") for r in a[key]], [r.get("step") for r in b[key]])
-                pairs = [(x, y) for x, y in zip(a[key], b[key], strict=False) if x != y]
-                first = (steps, {k: (pairs[0][0].get(k), pairs[0][1].get(k)) for k in pairs[0][0] if
-                                 pairs[0][0].get(k) != pairs[0][1].get(k)} if pairs else None)  # fmt: skip
-            differ.append(f"{key}: {str(first)[:400]}")
+            differ.append(f"{key}: {str(_first_difference(a[key], b[key]))[:400]}")
     return differ
+
+
+def _first_difference(a: Any, b: Any) -> Any:
+    """Both values; for metrics lines, the steps each side logged and the fields of the first line that differs."""
+    if not isinstance(a, list):
+        return a, b
+    steps = [r.get("step") for r in a], [r.get("step") for r in b]
+    x, y = next(((x, y) for x, y in zip(a, b, strict=False) if x != y), ({}, {}))
+    return steps, {k: (x.get(k), y.get(k)) for k in x if x.get(k) != y.get(k)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
