@@ -301,6 +301,10 @@ class TrackingConfig(Section):
     sample_every: int = Field(1, ge=1, description="steps between sampled completions logged to W&B")
     group: str | None = Field(None, description="W&B group; default the recipe's name (a sweep sets its own)")
     job_type: str | None = Field(None, description="W&B job type; default r1lite-run (a sweep sets the config)")
+    push_to_hub: str | None = Field(
+        None, description="Hugging Face repo (NAME or OWNER/NAME): each GRPO checkpoint's adapter to a branch"
+    )
+    hub_private: bool = Field(True, description="with push_to_hub: a repo it creates is private")
 
 
 class CostConfig(Section):

@@ -5,7 +5,6 @@
     >>> answer = play.answer(play.problem("3 5 7 -> 22"))           # a completion scored with the task's rewards
     >>> info = export(run, Path("out"), merged=True)               # a plain HF model + tokenizer + README.md
     >>> result = check(run, Path("out"))                            # its held-out accuracy beside the run's own
-    >>> push(Path("out"), "me/countdown-r1")                        # a private Hugging Face repo
 
 A merged export adds the LoRA update into the weights the adapter was trained against. For a 4-bit
 recipe those are the NF4 weights, so the base is quantized as in training and then dequantized before
@@ -21,7 +20,6 @@ completions.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,10 +41,6 @@ HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # th
 
 class ProblemError(R1liteError):
     """A problem given to `r1lite try` is malformed (a Countdown problem without a target, a bad number)."""
-
-
-class HubError(R1liteError):
-    """A push to the Hugging Face Hub cannot work: offline, not logged in, a bad repo id, a refused upload."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -521,65 +515,6 @@ def check_lines(result: dict[str, Any]) -> list[str]:
     line += f"; the run's {result['reference']} eval: {ref['accuracy']:.1%} (gap {gap:+.1f} pt)"
     same = f"{result['identical']} of {result['paired']} completions identical to the run's, token for token"
     return [line, same, *change_lines(result["changes"])]
-
-
-# ----------------------------------------------------------------------------------------------
-# Sharing: the Hugging Face Hub
-# ----------------------------------------------------------------------------------------------
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def hub_ready(repo: str) -> str:
-    """Fail before any work when a push cannot succeed: a bad repo id, offline, not logged in. Returns the user."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HFValidationError, LocalTokenNotFoundError, OfflineModeIsEnabled
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(repo)
-    except HFValidationError:
-        raise HubError(f"--push-to-hub {repo!r} is not a repo id; use NAME or OWNER/NAME") from None
-    offline = HubError("--push-to-hub needs the network and HF_HUB_OFFLINE=1 is set; unset it to push")
-    if _offline():
-        raise offline
-    try:
-        who = HfApi().whoami()
-    except LocalTokenNotFoundError:
-        raise HubError(
-            "--push-to-hub: not logged in to the Hugging Face Hub; run `hf auth login` or set HF_TOKEN"
-        ) from None
-    except OfflineModeIsEnabled:
-        raise offline from None
-    except Exception as e:  # the network or the Hub: one line, never a traceback (it may hold the token)
-        raise HubError(f"--push-to-hub: the Hub did not accept the login ({_first_line(e)})") from None
-    return str(who.get("name", "?"))
-
-
-def push(out: Path, repo: str, private: bool = True) -> str:
-    """Upload an export folder to `repo` (created if needed; private unless `private=False`); returns its URL."""
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    try:
-        url = api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
-        repo_id = getattr(url, "repo_id", None) or repo
-        api.upload_folder(
-            repo_id=repo_id,
-            folder_path=str(out),
-            repo_type="model",
-            commit_message=f"r1lite export of {Path(out).name}",
-        )
-    except Exception as e:  # the network or the Hub: one line, never a traceback (it may hold the token)
-        raise HubError(f"pushing {out} to {repo} failed: {_first_line(e)}") from None
-    return f"https://huggingface.co/{repo_id}"
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 # ----------------------------------------------------------------------------------------------

@@ -153,6 +153,10 @@ def run(recipe: Recipe, restart: bool = False, grpo_callbacks: list | None = Non
     from r1lite.tracking import Tracker, open_tracker
 
     root = run_dir(recipe)
+    if recipe.grpo.enabled and recipe.tracking.push_to_hub and is_main():  # fail before hours of other stages
+        from r1lite.hub import hub_ready
+
+        hub_ready(recipe.tracking.push_to_hub, "tracking.push_to_hub")
     root.mkdir(parents=True, exist_ok=True)
     tracker = open_tracker(recipe, root) if is_main() else Tracker()  # one W&B run, from the main process
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -406,12 +407,20 @@ def hub(monkeypatch, tmp_path):
         calls["create"] = {"repo_id": repo_id, **kwargs}
         return SimpleNamespace(repo_id=repo_id if "/" in repo_id else f"tester/{repo_id}")
 
-    def upload_folder(self, *, repo_id, folder_path, **kwargs):
-        calls["upload"] = {"repo_id": repo_id, **kwargs}
-        shutil.copytree(folder_path, tmp_path / "hub" / repo_id)
+    def create_branch(self, repo_id, *, branch, **kwargs):
+        calls.setdefault("branches", []).append(branch)
+
+    def upload_folder(self, *, repo_id, folder_path, revision=None, **kwargs):
+        """Into hub/<repo> for main, hub/<repo>@<branch> for a branch (which must have been created)."""
+        calls["upload"] = {"repo_id": repo_id, "revision": revision, **kwargs}
+        assert revision in (None, "main") or revision in calls.get("branches", [])
+        where = repo_id if revision in (None, "main") else f"{repo_id}@{revision}"
+        shutil.copytree(folder_path, tmp_path / "hub" / where, dirs_exist_ok=True)
+        calls.setdefault("uploads", []).append(where)
 
     monkeypatch.setattr(HfApi, "whoami", lambda self, *a, **k: {"name": "tester"})
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_branch", create_branch)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     return calls
 
@@ -456,3 +465,47 @@ def test_push_to_hub_fails_first_with_one_line(tiny, tmp_path, monkeypatch, hub)
     monkeypatch.setattr(HfApi, "upload_folder", refused)
     r = runner.invoke(app, ["export", run, "--out", str(out), "--push-to-hub", "me/x"])
     assert r.exit_code == 2 and r.output.strip().endswith("failed: OSError: connection refused")
+
+
+def test_grpo_pushes_each_checkpoint_to_a_branch_and_the_last_to_main(tmp_path, hub, monkeypatch):
+    """tracking.push_to_hub: every checkpoint's adapter to its own branch, the finished one to main too; a refused
+    upload is one warning and training goes on; a push that cannot work stops the run before any stage."""
+    import torch
+    from huggingface_hub import HfApi
+    from safetensors.torch import load_file
+    from test_pipeline import set_args, tiny_overrides
+
+    from r1lite.tiny import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "m")
+    sets = tiny_overrides(str(model), "output_dir=out", "sft.enabled=false", "tracking.push_to_hub=me/ckpt")
+    upload = HfApi.upload_folder
+
+    def refuse_the_first(self, **kwargs):
+        if not hub.get("refused"):
+            hub["refused"] = kwargs["revision"]
+            raise OSError("503 Service Unavailable\nretry later")
+        return upload(self, **kwargs)
+
+    monkeypatch.setattr(HfApi, "upload_folder", refuse_the_first)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where the copies to upload are made
+    r = cli("run", "countdown", "-p", "cpu", *set_args(sets))
+    assert r.exit_code == 0, r.output
+    assert hub["refused"] == "grpo-step-000001"
+    assert "grpo-step-000001 was not pushed to me/ckpt (OSError: 503 Service Unavailable)" in r.output
+    assert hub["uploads"] == ["me/ckpt@grpo-step-000002", "me/ckpt"] and hub["create"]["private"] is True
+    final = load_file("out/countdown-cpu/grpo/adapter/adapter_model.safetensors")
+    for where in ("me/ckpt@grpo-step-000002", "me/ckpt"):
+        folder = tmp_path / "hub" / where
+        pushed = load_file(str(folder / "adapter_model.safetensors"))
+        assert pushed.keys() == final.keys() and all(torch.equal(pushed[k], final[k]) for k in final)
+        assert (folder / "trainer_state.json").is_file() and not list(folder.glob("*.pt"))  # no optimizer state
+    assert not list((tmp_path / "tmp").glob("r1lite-push-*"))  # the copies uploaded from are gone
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline = cli("run", "countdown", "-p", "cpu", *set_args([*sets, "output_dir=never"]))
+    assert offline.exit_code == 2 and offline.output.strip().splitlines()[1:] == [  # after the run's name: one line
+        "error: tracking.push_to_hub needs the network and HF_HUB_OFFLINE=1 is set; unset it to push"
+    ]
+    assert not Path("never").exists()

@@ -48,6 +48,7 @@ def export(
 ) -> None:
     """Export the trained model (adapter or merged), with a model card built from the run; check it, share it."""
     from r1lite import export as ex
+    from r1lite import hub
     from r1lite.ui import console
 
     if not merged and (dtype is not None or merge_into != "trained"):
@@ -56,7 +57,7 @@ def export(
         raise R1liteError("--public goes with --push-to-hub REPO")
     trained = ex.open_run(run, adapter)
     if push_to_hub:
-        user = ex.hub_ready(push_to_hub)  # before the merge: a push that cannot work fails first
+        user = hub.hub_ready(push_to_hub)  # before the merge: a push that cannot work fails first
         console.print(f"[dim]Hugging Face Hub: logged in as {user}[/]")
     info = ex.export(trained, out, merged=merged, dtype=dtype, merge_into=merge_into, repo=push_to_hub)
     console.print(f"wrote {out}: {ex.describe(info)}", soft_wrap=True)
@@ -66,5 +67,5 @@ def export(
             console.print(line, soft_wrap=True)
         ex.write_card(trained, out, info, result)
     if push_to_hub:
-        url = ex.push(out, push_to_hub, private=not public)
+        url = hub.push(out, push_to_hub, private=not public)
         console.print(f"pushed to {url} ({'public' if public else 'private'})")

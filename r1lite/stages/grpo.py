@@ -190,6 +190,19 @@ def build_trainer(
     return trainer
 
 
+def checkpoint_pusher(recipe: Recipe) -> Any:
+    """`tracking.push_to_hub`'s uploader of checkpoints (main process only), after checking the login; else None."""
+    from r1lite.distributed import is_main
+    from r1lite.hub import PushCheckpoints, hub_ready
+
+    repo = recipe.tracking.push_to_hub
+    if not repo or not is_main():
+        return None
+    user = hub_ready(repo, "tracking.push_to_hub")
+    ui.log(f"grpo: each checkpoint goes to a branch of {repo} on the Hugging Face Hub (logged in as {user})")
+    return PushCheckpoints(repo, "grpo", private=recipe.tracking.hub_private)
+
+
 def run(
     recipe: Recipe,
     run_dir: Path,
@@ -208,9 +221,10 @@ def run(
     from r1lite.models import atomic_dir
 
     out = run_dir / "grpo"
+    pusher = checkpoint_pusher(recipe)  # before any work: a push that cannot work fails first
     key = interrupts.resume_key(recipe, "grpo", init_adapter)
     checkpoint = interrupts.continue_from(out, "grpo", key, restart, recipe.grpo.max_steps)
-    trainer = build_trainer(recipe, run_dir, init_adapter, callbacks, tracker)
+    trainer = build_trainer(recipe, run_dir, init_adapter, [*(callbacks or []), *([pusher] if pusher else [])], tracker)
     g = recipe.grpo
     interrupts.train(trainer, "grpo", checkpoint, g.max_nonfinite, g.max_steps, g.max_minutes)
     if is_main():  # one writer for the run directory
