@@ -111,6 +111,36 @@ def test_a_signal_stops_at_a_step_and_the_rerun_ends_exactly_as_an_uninterrupted
     assert read_json(root / "eval/final.json")["accuracy"] == read_json(whole / "eval/final.json")["accuracy"]
 
 
+class Killed(BaseException):
+    """The process dying where it stands (SIGKILL, a lost instance): nothing in r1lite catches it."""
+
+
+@pytest.mark.slow
+def test_steps_logged_after_the_last_checkpoint_are_logged_once_when_a_killed_run_continues(tiny, monkeypatch):
+    """Killed after step 3 was logged but with only checkpoint-2 on disk: the rerun trains step 3 again and logs
+    it once, so metrics.jsonl is the uninterrupted run's."""
+    from r1lite.tracking import RunMonitor
+
+    sets = ("sft.enabled=false", "grpo.save_every=2")
+    assert run(overrides(tiny, "whole", *sets)).exit_code == 0
+    log = RunMonitor.on_log
+
+    def killed_after_step_3(self, args, state, control, logs=None, **kwargs):
+        log(self, args, state, control, logs=logs, **kwargs)
+        if "/grpo/" in args.output_dir and state.global_step == 3:
+            raise Killed
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(Killed):
+        patch.setattr(RunMonitor, "on_log", killed_after_step_3)
+        run(overrides(tiny, "cut", *sets))
+    root = Path("cut/countdown-cpu")
+    assert 3 in {r["step"] for r in read_jsonl(root / "grpo/metrics.jsonl")}  # logged, but not checkpointed
+    assert interrupts.last_good_checkpoint(root / "grpo/trainer").name == "checkpoint-2"
+    again = run(overrides(tiny, "cut", *sets))
+    assert again.exit_code == 0 and "continuing from checkpoint-2" in again.output, again.output
+    assert metrics(root, "grpo") == metrics(Path("whole/countdown-cpu"), "grpo")  # step 3 once, none missing
+
+
 @pytest.mark.slow
 def test_raising_max_steps_extends_a_finished_run_from_its_last_step(tiny):
     constant = 'grpo.trl={"lr_scheduler_type": "constant"}'
