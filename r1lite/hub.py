@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,9 @@ class HubError(R1liteError):
     """A push to the Hugging Face Hub cannot work: offline, not logged in, a bad repo id, a refused upload."""
 
 
+_READY: dict[str, str] = {}  # repo -> the user the Hub accepted for it, in this process
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
@@ -39,7 +43,8 @@ def _offline() -> bool:
 def hub_ready(repo: str, option: str = "--push-to-hub") -> str:
     """Fail before any work when a push cannot succeed: a bad repo id, offline, not logged in. Returns the user.
 
-    `option` is what the user set (the CLI flag or the recipe key), so the one line names it.
+    `option` is what the user set (the CLI flag or the recipe key), so the one line names it. A login that
+    was accepted is not asked again in this process (GRPO, hours after the pipeline's check, trusts it).
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HFValidationError, LocalTokenNotFoundError, OfflineModeIsEnabled
@@ -52,6 +57,8 @@ def hub_ready(repo: str, option: str = "--push-to-hub") -> str:
     offline = HubError(f"{option} needs the network and HF_HUB_OFFLINE=1 is set; unset it to push")
     if _offline():
         raise offline
+    if repo in _READY:
+        return _READY[repo]
     try:
         who = HfApi().whoami()
     except LocalTokenNotFoundError:
@@ -62,7 +69,8 @@ def hub_ready(repo: str, option: str = "--push-to-hub") -> str:
         raise offline from None
     except Exception as e:  # the network or the Hub: one line, never a traceback (it may hold the token)
         raise HubError(f"{option}: the Hub did not accept the login ({first_line(e)})") from None
-    return str(who.get("name", "?"))
+    _READY[repo] = str(who.get("name", "?"))
+    return _READY[repo]
 
 
 def push(out: Path, repo: str, private: bool = True) -> str:
@@ -99,78 +107,107 @@ def first_line(e: Exception) -> str:
 # ----------------------------------------------------------------------------------------------
 
 TRAINING_STATE = (".pt", ".pth", ".bin")  # optimizer, scheduler, RNG, training args: for resuming here, not sharing
+STOP_WAIT_S = 60.0  # after a signal, the uploads still queued get this long (a spot notice is short); then cancelled
 
 
 def branch_name(stage: str, step: int) -> str:
     return f"{stage}-step-{step:06d}"
 
 
+@dataclass
+class _Upload:
+    branch: str
+    future: Future
+    copy: Path | None  # a temporary copy to delete once uploaded (or cancelled)
+
+
 class PushCheckpoints(TrainerCallback):  # type: ignore[misc]
-    """Each checkpoint's adapter (and tokenizer, trainer_state.json) to branch `<stage>-step-NNNNNN` of `repo`;
-    when the stage reaches its last step, that adapter to `main` too. Only the main process pushes."""
+    """Each checkpoint's adapter (and tokenizer, trainer_state.json) to branch `<stage>-step-NNNNNN` of `repo`, in
+    the background; the stage pushes its final adapter to `main` (`push_main`) and waits (`finish`). The stage
+    creates it on the main process only."""
 
     def __init__(self, repo: str, stage: str = "grpo", private: bool = True) -> None:
         self.repo, self.stage, self.private = repo, stage, private
         self.repo_id: str | None = None
         self.pool = ThreadPoolExecutor(max_workers=1)  # one at a time: the branches appear in step order
-        self.pending: list[tuple[str, Future]] = []
-        self.snapshots: list[Path] = []
-        self.failed: list[str] = []
+        self.uploads: list[_Upload] = []
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if not state.is_world_process_zero or not folder.is_dir():
             return
-        snapshot = Path(tempfile.mkdtemp(prefix="r1lite-push-"))
-        for f in folder.iterdir():
-            if f.is_file() and not f.name.endswith(TRAINING_STATE):
-                shutil.copy2(f, snapshot / f.name)
-        self.snapshots.append(snapshot)
-        step = state.global_step
-        self._submit(snapshot, branch_name(self.stage, step), f"r1lite {self.stage} step {step}")
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if not state.is_world_process_zero:
+        step, copy = state.global_step, None
+        try:  # a copy, since the trainer deletes old checkpoints while an upload may still run
+            copy = Path(tempfile.mkdtemp(prefix="r1lite-push-"))
+            for f in folder.iterdir():
+                if f.is_file() and not f.name.endswith(TRAINING_STATE):
+                    shutil.copy2(f, copy / f.name)
+        except OSError as e:  # no room for the copy: this checkpoint stays unpushed, training goes on
+            if copy is not None:
+                shutil.rmtree(copy, ignore_errors=True)
+            ui.warn(f"tracking.push_to_hub: {branch_name(self.stage, step)} not pushed ({first_line(e)})")
             return
-        last = branch_name(self.stage, state.global_step)
-        if state.global_step >= state.max_steps and self.pending and self.pending[-1][0] == last:
-            message = f"r1lite {self.stage}: the adapter after {state.global_step} steps"
-            self._submit(self.snapshots[-1], "main", message)
-        self.finish()
+        self._submit(copy, branch_name(self.stage, step), f"r1lite {self.stage} step {step}", owned=True)
 
-    def _submit(self, folder: Path, branch: str, message: str) -> None:
-        self.pending.append((branch, self.pool.submit(self._upload, folder, branch, message)))
+    def push_main(self, adapter: Path, steps: int) -> None:
+        """The stage's final adapter (a folder that stays) to `main`, after the checkpoints already queued."""
+        self._submit(adapter, "main", f"r1lite {self.stage}: the adapter after {steps} steps", owned=False)
 
-    def _upload(self, folder: Path, branch: str, message: str) -> None:
+    def _submit(self, folder: Path, branch: str, message: str, owned: bool) -> None:
+        future = self.pool.submit(self._upload, folder, branch, message, owned)
+        future.add_done_callback(lambda f: self._report(branch, f))
+        self.uploads.append(_Upload(branch, future, folder if owned else None))
+
+    def _upload(self, folder: Path, branch: str, message: str, owned: bool) -> None:
         from huggingface_hub import HfApi
 
-        api = HfApi()
-        if self.repo_id is None:
-            self.repo_id = _create(api, self.repo, self.private)
-        if branch != "main":
-            api.create_branch(self.repo_id, branch=branch, repo_type="model", exist_ok=True)
-        api.upload_folder(
-            repo_id=self.repo_id, folder_path=str(folder), repo_type="model", revision=branch, commit_message=message
-        )
+        try:
+            api = HfApi()
+            if self.repo_id is None:
+                self.repo_id = _create(api, self.repo, self.private)
+            if branch != "main":
+                api.create_branch(self.repo_id, branch=branch, repo_type="model", exist_ok=True)
+            api.upload_folder(
+                repo_id=self.repo_id,
+                folder_path=str(folder),
+                repo_type="model",
+                revision=branch,
+                commit_message=message,
+            )
+        finally:
+            if owned:
+                shutil.rmtree(folder, ignore_errors=True)
 
-    def finish(self) -> None:
-        """Wait for the uploads still running; report each that failed in one line (training is not failed by it)."""
-        if any(not f.done() for _, f in self.pending):
-            ui.log(f"{self.stage}: waiting for {sum(not f.done() for _, f in self.pending)} upload(s) to {self.repo}")
-        pushed = []
-        for branch, future in self.pending:
-            try:
-                future.result()
-                pushed.append(branch)
-            except Exception as e:  # the network or the Hub: one line, never a traceback (it may hold the token)
-                self.failed.append(branch)
-                ui.warn(f"tracking.push_to_hub: {branch} was not pushed to {self.repo} ({first_line(e)})")
+    def _report(self, branch: str, future: Future) -> None:
+        """A failed upload is one warning as soon as it fails (an expired token shows at once, not hours later)."""
+        if not future.cancelled() and (e := future.exception()) is not None:
+            ui.warn(f"tracking.push_to_hub: {branch} was not pushed to {self.repo} ({first_line(e)})")
+
+    def finish(self, timeout: float | None = None) -> None:
+        """Wait for the uploads (at most `timeout` seconds in all); cancel what is left and say which branches."""
+        left = [u for u in self.uploads if not u.future.done()]
+        if left:
+            ui.say(f"{self.stage}: waiting for {len(left)} upload(s) to {self.repo}")
+        try:
+            wait([u.future for u in self.uploads], timeout=timeout)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Cancel the uploads not started (the one running ends on its own) and delete their copies; report."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for u in self.uploads:
+            if u.future.cancelled() and u.copy is not None:
+                shutil.rmtree(u.copy, ignore_errors=True)
+        pushed = [
+            u.branch for u in self.uploads if u.future.done() and not u.future.cancelled() and not u.future.exception()
+        ]
+        unsent = [u.branch for u in self.uploads if not u.future.done() or u.future.cancelled()]
         if pushed:
             which = pushed[0] if len(pushed) == 1 else f"{pushed[0]} ... {pushed[-1]}"
             ui.say(
                 f"{self.stage}: pushed {len(pushed)} to https://huggingface.co/{self.repo_id or self.repo} ({which})"
             )
-        self.pending = []
-        for snapshot in self.snapshots:
-            shutil.rmtree(snapshot, ignore_errors=True)
-        self.snapshots = []
+        if unsent:
+            ui.warn(f"tracking.push_to_hub: not pushed (stopped first): {', '.join(unsent)}")
+        self.uploads = []

@@ -153,7 +153,9 @@ def run(recipe: Recipe, restart: bool = False, grpo_callbacks: list | None = Non
     from r1lite.tracking import Tracker, open_tracker
 
     root = run_dir(recipe)
-    if recipe.grpo.enabled and recipe.tracking.push_to_hub and is_main():  # fail before hours of other stages
+    push = recipe.grpo.enabled and recipe.tracking.push_to_hub and is_main()
+    grpo_done = push and _done(load_state(root), "grpo", fingerprints(recipe)["grpo"], [root / "grpo" / "adapter"])
+    if push and not grpo_done:  # fail before hours of other stages
         from r1lite.hub import hub_ready
 
         hub_ready(recipe.tracking.push_to_hub, "tracking.push_to_hub")

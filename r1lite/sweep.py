@@ -114,7 +114,11 @@ class Sweep:
     def check(self) -> None:
         """Every run's recipe resolves (a typo in --vary fails here, before any work, with the closest key)."""
         for run in self.runs():
-            self.recipe_of(run)
+            if self.recipe_of(run).tracking.push_to_hub:
+                raise RecipeError(
+                    "tracking.push_to_hub would push every run of a sweep to the same branches of one repo; "
+                    "leave it unset and share a run with `r1lite export RUN --push-to-hub REPO`"
+                )
 
     # -- the grid --------------------------------------------------------------------------------
     def configs(self) -> list[tuple[str, tuple[str, ...]]]:

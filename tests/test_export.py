@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from r1lite import export as ex
+from r1lite import hub as hub_module
 from r1lite.cli.main import app
 from r1lite.fileio import read_json, write_json, write_text
 
@@ -401,6 +402,7 @@ def hub(monkeypatch, tmp_path):
     from huggingface_hub import HfApi
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_module, "_READY", {})  # no login remembered from another test
     calls: dict = {"real_whoami": HfApi.whoami}
 
     def create_repo(self, repo_id, **kwargs):
@@ -468,11 +470,13 @@ def test_push_to_hub_fails_first_with_one_line(tiny, tmp_path, monkeypatch, hub)
 
 
 def test_grpo_pushes_each_checkpoint_to_a_branch_and_the_last_to_main(tmp_path, hub, monkeypatch):
-    """tracking.push_to_hub: every checkpoint's adapter to its own branch, the finished one to main too; a refused
-    upload is one warning and training goes on; a push that cannot work stops the run before any stage."""
+    """tracking.push_to_hub: every checkpoint's adapter to its own branch, the finished adapter to main; a refused
+    upload is one warning and training goes on; a rerun that finds the stage trained still pushes main; a stage
+    stopped early pushes its checkpoints but not main; a push that cannot work stops the run before any stage."""
     import torch
     from huggingface_hub import HfApi
     from safetensors.torch import load_file
+    from test_interrupts import signal_at
     from test_pipeline import set_args, tiny_overrides
 
     from r1lite.tiny import build_tiny_model
@@ -500,8 +504,26 @@ def test_grpo_pushes_each_checkpoint_to_a_branch_and_the_last_to_main(tmp_path, 
         folder = tmp_path / "hub" / where
         pushed = load_file(str(folder / "adapter_model.safetensors"))
         assert pushed.keys() == final.keys() and all(torch.equal(pushed[k], final[k]) for k in final)
-        assert (folder / "trainer_state.json").is_file() and not list(folder.glob("*.pt"))  # no optimizer state
+        assert not list(folder.glob("*.pt")) and (folder / "tokenizer_config.json").is_file()  # no optimizer state
+    assert (tmp_path / "hub/me/ckpt@grpo-step-000002/trainer_state.json").is_file()
     assert not list((tmp_path / "tmp").glob("r1lite-push-*"))  # the copies uploaded from are gone
+
+    # killed after the last checkpoint, before the adapter was written: the rerun trains nothing, pushes main
+    root = Path("out/countdown-cpu")
+    write_json(root / "stages.json", {k: v for k, v in read_json(root / "stages.json").items() if k != "grpo"})
+    shutil.rmtree(root / "grpo/adapter")
+    hub["uploads"] = []
+    again = cli("run", "countdown", "-p", "cpu", *set_args(sets))
+    assert again.exit_code == 0 and "continuing from checkpoint-2" in again.output, again.output
+    assert hub["uploads"] == ["me/ckpt"]
+
+    # stopped by a signal after step 1: that checkpoint is pushed, main is not (the stage did not finish)
+    hub["uploads"] = []
+    with pytest.MonkeyPatch.context() as patch:
+        signal_at(patch, "grpo", 1)
+        stopped = cli("run", "countdown", "-p", "cpu", *set_args([*sets, "output_dir=stopped"]))
+    assert stopped.exit_code == 143, stopped.output
+    assert hub["uploads"] == ["me/ckpt@grpo-step-000001"]
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     offline = cli("run", "countdown", "-p", "cpu", *set_args([*sets, "output_dir=never"]))
@@ -509,3 +531,41 @@ def test_grpo_pushes_each_checkpoint_to_a_branch_and_the_last_to_main(tmp_path, 
         "error: tracking.push_to_hub needs the network and HF_HUB_OFFLINE=1 is set; unset it to push"
     ]
     assert not Path("never").exists()
+
+
+def test_checkpoint_pusher_survives_a_failed_copy_and_a_stop_cancels_what_is_queued(tmp_path, hub, monkeypatch, capsys):
+    """Unit level: no room for the copy is one warning (training goes on); closing on a stop cancels the uploads not
+    started, deletes their copies and names them; only the running one ends on its own."""
+    import threading
+
+    from huggingface_hub import HfApi
+
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    args = SimpleNamespace(output_dir=str(tmp_path / "trainer"))
+    for step in (1, 2, 3):
+        write_text(tmp_path / f"trainer/checkpoint-{step}/adapter_config.json", "{}")
+    state = lambda step: SimpleNamespace(global_step=step, is_world_process_zero=True)  # noqa: E731
+    pusher = hub_module.PushCheckpoints("me/x")
+
+    def no_room(src, dst):
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(shutil, "copy2", no_room)
+        pusher.on_save(args, state(1), None)  # does not raise
+    assert "grpo-step-000001 not pushed (OSError: [Errno 28] No space left on device)" in capsys.readouterr().out
+    assert pusher.uploads == [] and not list((tmp_path / "tmp").glob("r1lite-push-*"))
+
+    release, upload = threading.Event(), HfApi.upload_folder
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: release.wait(5) and upload(self, **kw))
+    pusher.on_save(args, state(2), None)  # starts, and waits for `release`
+    pusher.on_save(args, state(3), None)  # queued behind it
+    pusher.close()
+    said = capsys.readouterr().out
+    assert "not pushed (stopped first): grpo-step-000002, grpo-step-000003" in said
+    assert len(list((tmp_path / "tmp").glob("r1lite-push-*"))) == 1  # step 3's copy is gone; step 2's is in use
+    release.set()
+    pusher.pool.shutdown(wait=True)
+    assert hub["uploads"] == ["me/x@grpo-step-000002"]
+    assert not list((tmp_path / "tmp").glob("r1lite-push-*"))

@@ -100,6 +100,8 @@ def test_a_grid_of_configs_and_seeds_as_named_runs():
         Sweep.from_args("countdown", "cpu", ["grpo.lr=1e-5,5e-5"], 1)
     with pytest.raises(RecipeError, match="needs the form key=value1,value2"):
         Sweep.from_args("countdown", "cpu", ["grpo.learning_rate"], 1)
+    with pytest.raises(RecipeError, match=r"tracking\.push_to_hub would push every run of a sweep to the same"):
+        Sweep.from_args("countdown", "cpu", ["grpo.learning_rate=1e-5,5e-5"], 2, sets=["tracking.push_to_hub=me/x"])
 
 
 def test_the_shipped_sweep_files_resolve_and_the_dry_run_prices_them():

@@ -218,6 +218,7 @@ def run(
     """
     from r1lite import interrupts
     from r1lite.distributed import is_main, wait_for_everyone
+    from r1lite.hub import STOP_WAIT_S
     from r1lite.models import atomic_dir
 
     out = run_dir / "grpo"
@@ -226,10 +227,22 @@ def run(
     checkpoint = interrupts.continue_from(out, "grpo", key, restart, recipe.grpo.max_steps)
     trainer = build_trainer(recipe, run_dir, init_adapter, [*(callbacks or []), *([pusher] if pusher else [])], tracker)
     g = recipe.grpo
-    interrupts.train(trainer, "grpo", checkpoint, g.max_nonfinite, g.max_steps, g.max_minutes)
+    try:
+        interrupts.train(trainer, "grpo", checkpoint, g.max_nonfinite, g.max_steps, g.max_minutes)
+    except KeyboardInterrupt:  # a second signal: stop at once, uploads not yet started are dropped
+        if pusher:
+            pusher.close()
+        raise
+    except BaseException:  # stopped by a signal, out of memory, NaN: what is queued gets a short while
+        if pusher:
+            pusher.finish(timeout=STOP_WAIT_S)
+        raise
     if is_main():  # one writer for the run directory
         with atomic_dir(out / ADAPTER) as tmp:
             trainer.model.save_pretrained(tmp)
             trainer.processing_class.save_pretrained(tmp)
+    if pusher:  # also when a rerun found the stage trained and only wrote its adapter
+        pusher.push_main(out / ADAPTER, trainer.state.global_step)
+        pusher.finish()
     wait_for_everyone()
     return out / ADAPTER
