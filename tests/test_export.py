@@ -515,7 +515,7 @@ def test_grpo_pushes_each_checkpoint_to_a_branch_and_the_last_to_main(tmp_path, 
     hub["uploads"] = []
     again = cli("run", "countdown", "-p", "cpu", *set_args(sets))
     assert again.exit_code == 0 and "continuing from checkpoint-2" in again.output, again.output
-    assert hub["uploads"] == ["me/ckpt"]
+    assert hub["uploads"] == ["me/ckpt"] and hub["upload"]["commit_message"] == "r1lite grpo: the adapter after 2 steps"
 
     # stopped by a signal after step 1: that checkpoint is pushed, main is not (the stage did not finish)
     hub["uploads"] = []

@@ -242,7 +242,8 @@ def run(
             trainer.model.save_pretrained(tmp)
             trainer.processing_class.save_pretrained(tmp)
     if pusher:  # also when a rerun found the stage trained and only wrote its adapter
-        pusher.push_main(out / ADAPTER, trainer.state.global_step)
+        done = interrupts.checkpoint_step(checkpoint) if checkpoint else 0  # a rerun that only loaded it
+        pusher.push_main(out / ADAPTER, max(trainer.state.global_step, done))
         pusher.finish()
     wait_for_everyone()
     return out / ADAPTER
