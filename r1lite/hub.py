@@ -20,13 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+
 from r1lite import ui
 from r1lite.errors import R1liteError
-
-try:  # a trainer callback when transformers is there; the module imports without it
-    from transformers import TrainerCallback
-except ImportError:  # pragma: no cover - transformers is a dependency
-    TrainerCallback = object  # type: ignore[assignment,misc]
 
 
 class HubError(R1liteError):
@@ -121,7 +118,7 @@ class _Upload:
     copy: Path | None  # a temporary copy to delete once uploaded (or cancelled)
 
 
-class PushCheckpoints(TrainerCallback):  # type: ignore[misc]
+class PushCheckpoints(TrainerCallback):
     """Each checkpoint's adapter (and tokenizer, trainer_state.json) to branch `<stage>-step-NNNNNN` of `repo`, in
     the background; the stage pushes its final adapter to `main` (`push_main`) and waits (`finish`). The stage
     creates it on the main process only."""
