@@ -539,7 +539,7 @@ def model_card(run: TrainedRun, folder: Path, info: dict[str, Any], checked: dic
         _front_matter(r, task, info),
         f"# {r.run_name}: {_base_name(r.model.name)} trained by r1lite on {task.spec or task.name}",
         "",
-        f"R1-Zero-style reinforcement learning with r1lite on **{task.spec or task.name}**: {task.description}. "
+        f"R1-Zero-style reinforcement learning with r1lite on **{task.spec or task.name}**: {task.summary()}. "
         + _how_trained(r),
         "",
         *_facts(run, info),

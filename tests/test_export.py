@@ -305,6 +305,9 @@ def test_model_card_says_what_how_well_how_to_use_and_what_it_cost(tiny, tmp_pat
     head, body = card.split("---\n", 2)[1], card.split("---\n", 2)[2]
     assert "library_name: transformers" in head and "- countdown" in head
     assert "| task | countdown |" in body and "| recipe | `countdown`, profile `cpu` |" in body
+    # the run's problems (the cpu profile's 3 numbers), not the task's full range of 3-6
+    assert "**countdown**: reach a target from 1 to 100 with 3 numbers from 1 to 99, each used once" in body
+    assert "3-6" not in body
     assert f"| base model | {model} |" in body
     table = next(line for line in body.splitlines() if line.startswith("| accuracy |"))
     cells = [format_metric("accuracy", summary[k]["accuracy"]) for k in ("base", "warmup", "final")]

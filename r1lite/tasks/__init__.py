@@ -93,6 +93,11 @@ class Task:
             settings = settings.model_dump()
         self.settings = self.Settings.model_validate(settings or {})
 
+    def summary(self) -> str:
+        """What this task's problems are under its settings (a model card describes the run, not the task's
+        full range)."""
+        return self.description
+
     # -- data ------------------------------------------------------------------------------------
     def sample(self, rng: random.Random) -> Example:
         """One random problem as a JSON-able dict (drawn only from `rng`, so data is seeded)."""

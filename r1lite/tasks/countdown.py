@@ -454,6 +454,15 @@ class Countdown(Task):
     fields = ("nums", "target")
     has_traces = True
 
+    def summary(self) -> str:
+        s = self.settings
+        counts = sorted(set(s.num_counts))
+        counts_text = " or ".join(map(str, counts)) if len(counts) < 3 else f"{counts[0]}-{counts[-1]}"
+        return (
+            f"reach a target from {s.target_min} to {s.target_max} with {counts_text} numbers "
+            f"from {s.num_min} to {s.num_max}, each used once, and + - * /"
+        )
+
     def _generator_args(self) -> dict[str, Any]:
         s = self.settings
         return dict(
