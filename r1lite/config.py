@@ -235,6 +235,12 @@ class GRPOConfig(Section):
     dynamic_sampling_rounds: int = Field(
         4, ge=1, description="with dynamic_sampling: at most this many extra generation rounds per step"
     )
+    reward_control: Literal["none", "shuffle"] = Field(
+        "none",
+        description="shuffle: a control arm, each step's rewards permuted across that step's completions (the same "
+        "rewards, no information about which completion earned which); a gain it also shows is not the reward's "
+        "doing (r1lite sweep --control runs both arms)",
+    )
     eval_every: int = Field(50, ge=0, description="steps between held-out evals; 0: off")
     eval_examples: int = Field(64, ge=1, description="held-out problems per periodic eval")
     save_every: int = Field(50, ge=1, description="steps between checkpoints (a rerun continues from the last one)")
@@ -287,9 +293,24 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(1024, ge=8, description="tokens per completion")
     pass_k: int = Field(0, ge=0, description="samples per problem for pass@k; 0: greedy only")
     temperature: float = Field(1.0, gt=0, description="sampling temperature for pass@k")
+    metric: Literal["greedy", "sampled"] = Field(
+        "greedy",
+        description="the metric a run's claims rest on, declared before it runs (both are reported): greedy "
+        "accuracy, or sampled: avg@k, each problem's mean accuracy over pass_k samples at eval.temperature",
+    )
     reward: str | None = Field(
         None, description="reward whose 1.0 means correct; default: the task's (countdown: countdown_equation)"
     )
+
+    @model_validator(mode="after")
+    def _sampled_needs_samples(self) -> EvalConfig:
+        if self.metric == "sampled" and self.pass_k < 1:
+            raise ValueError("metric 'sampled' averages eval.pass_k samples per problem: set eval.pass_k (e.g. 8)")
+        return self
+
+    def metric_name(self) -> str:
+        """How the declared metric is shown: accuracy (greedy) or avg@k."""
+        return f"avg@{self.pass_k}" if self.metric == "sampled" else "accuracy"
 
 
 class TrackingConfig(Section):

@@ -1,9 +1,16 @@
 """TRL's GRPOTrainer, plus: the log-prob gap of rollouts from a different sampler and its correction, r1lite's
-own count of groups without reward variance, and DAPO's dynamic sampling.
+own count of groups without reward variance, DAPO's dynamic sampling, and a shuffled-reward control arm.
 
     >>> trainer = GRPOTrainer(model=..., rollout_func=make_rollout_func(settings), is_cap=2.0, ...)
     >>> trainer.train()      # logs rollout/logprob_gap and rollout/is_clipped every step
     >>> GRPOTrainer(..., dynamic_sampling_rounds=4)   # up to 4 extra draws per step to fill it with signal
+    >>> GRPOTrainer(..., reward_control="shuffle")    # the control: each step's rewards permuted
+
+The control arm answers "did the reward do it?": small models gain from random or shuffled rewards
+surprisingly often (Shao et al., 2025, "Spurious Rewards"), through sharpening and the clipping bias
+alone. Shuffling each step's rewards across its completions keeps their distribution (so advantages,
+the loss scale and every other statistic look alike) and removes which completion earned which; a gain
+of the real arm over this control is the information the reward carried.
 
 Our rollout engine samples from a merged bf16 copy of the policy (or the 4-bit model under other
 kernels), while TRL scores the NF4 + LoRA policy with fp32 norms: the two disagree a little on every
@@ -27,25 +34,54 @@ import torch
 from trl import GRPOTrainer as _TRLGRPOTrainer
 
 
+def shuffle_rewards(rewards_per_func: torch.Tensor, seed: int) -> torch.Tensor:
+    """The rows (completions) of a [B, F] reward tensor in a seeded random order: every completion gets some
+    completion's rewards, all reward functions together, so the batch's rewards are the same multiset."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(rewards_per_func.shape[0], generator=generator).to(rewards_per_func.device)
+    return rewards_per_func[order]
+
+
 class GRPOTrainer(_TRLGRPOTrainer):
-    def __init__(self, *args: Any, is_cap: float = 2.0, dynamic_sampling_rounds: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        is_cap: float = 2.0,
+        dynamic_sampling_rounds: int = 0,
+        reward_control: str = "none",
+        **kwargs: Any,
+    ) -> None:
         """`is_cap`: the truncation of the importance ratio; 0 turns the correction off (the gap is still logged).
 
         `dynamic_sampling_rounds`: with more than 0, groups whose completions all score alike are replaced by
         groups of freshly drawn prompts, up to that many extra generation rounds per step (DAPO's dynamic
         sampling); the batch keeps its size whatever happens.
+
+        `reward_control`: "shuffle" trains on each scored batch's rewards permuted across its completions.
         """
         super().__init__(*args, **kwargs)
         self.is_cap = is_cap
         self.dynamic_rounds = dynamic_sampling_rounds
+        self.reward_control = reward_control
         self._signal: list[bool] = []  # per local group of the last scored batch: its rewards vary
+        self._scored: tuple[int, int] = (-1, 0)  # (step, batches scored in it): seeds the control's permutation
+
+    def _control_seed(self) -> int:
+        """A seed per scored batch: the same on every process (they hold the same gathered rewards) and after a
+        resume (it depends on the step and on how many batches the step scored before, nothing else)."""
+        step, count = self._scored
+        self._scored = (self.state.global_step, count + 1 if step == self.state.global_step else 0)
+        return self.args.seed * 1_000_003 + self.state.global_step * 1_009 + self._scored[1]
 
     def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> torch.Tensor:
-        """TRL's rewards (gathered over processes), plus r1lite's share of groups without reward variance."""
+        """TRL's rewards (gathered over processes), shuffled in the control arm, plus r1lite's share of groups
+        without reward variance."""
         from r1lite.diagnostics import groups_without_signal
 
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         mode = "train" if self.model.training else "eval"
+        if self.reward_control == "shuffle" and mode == "train":
+            rewards_per_func = shuffle_rewards(rewards_per_func, self._control_seed())
         group = self.num_generations if mode == "train" else self.num_generations_eval
         weights = self.reward_weights.to(rewards_per_func.device)
         rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)  # [B], as TRL sums them

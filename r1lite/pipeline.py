@@ -86,14 +86,19 @@ def _done(state: dict[str, Any], stage: str, fp: str, outputs: list[Path]) -> bo
 
 
 def _reuse(root: Path, stage: str, fp: str) -> dict[str, Any] | None:
-    """Copy `stage`'s outputs from another run in the same output folder that finished it with fingerprint `fp`.
+    """Copy `stage`'s outputs from another run in the same output folder (for a sweep's run, also from the runs
+    beside the sweep's folder: `make demo-rl` reuses the demo's warm-up) that finished it with fingerprint `fp`.
 
     The fingerprint covers everything the stage read (its recipe sections and, through them, its upstream
     stages), so the copy is what running it here would make. Returns the stage record, or None.
     """
     import shutil
 
-    for other in sorted(p.parent for p in root.parent.glob("*/stages.json") if p.parent != root):
+    folders = [root.parent]
+    if (root.parent / "sweep.json").is_file():  # a sweep's run also copies from the runs beside its sweep folder
+        folders.append(root.parent.parent)
+    candidates = [p.parent for folder in folders for p in sorted(folder.glob("*/stages.json"))]
+    for other in (c for c in candidates if c != root):
         record = load_state(other).get(stage, {})
         paths = ARTIFACTS.get(stage, ())
         if record.get("fingerprint") != fp or not paths or not all((other / a).exists() for a in paths):
@@ -254,11 +259,14 @@ def write_summary(recipe: Recipe, root: Path, tracker: Any = None) -> dict[str, 
     labels = ("base", "warmup", "final") if "eval_warmup" in state else ("base", "final")
     evals = {k: read_json(root / "eval" / f"{k}.json") for k in labels}
     cost = cost_for_run(recipe, {k: v["seconds"] for k, v in state.items()}, hardware)
+    pairs = [c for c in CHANGES if all(k in evals for k in c)]
     summary = {
         "run": recipe.run_name,
         "run_dir": str(root),
         **evals,
-        "changes": paired_changes(root, [c for c in CHANGES if all(k in evals for k in c)]),
+        "metric": recipe.eval.metric_name(),  # declared in the recipe before the run
+        "changes": paired_changes(root, pairs),
+        "changes_sampled": paired_changes(root, pairs, "sampled"),
         "stages": state,
         "cost": cost,
         "hardware": hardware,
@@ -279,15 +287,19 @@ def write_summary(recipe: Recipe, root: Path, tracker: Any = None) -> dict[str, 
     return summary
 
 
-def paired_changes(root: Path, pairs: list[tuple[str, str]]) -> dict[str, dict[str, float]]:
-    """Accuracy change of each (after, before) pair of evals on the same problems, with a paired 95 % interval."""
+def paired_changes(root: Path, pairs: list[tuple[str, str]], metric: str = "greedy") -> dict[str, dict[str, float]]:
+    """Change of each (after, before) pair of evals on the same problems, with a paired 95 % interval: of greedy
+    accuracy, or of avg@k (`metric="sampled"`, for the pairs whose evals both sampled)."""
     from r1lite.report import paired_eval_rows
+    from r1lite.stages.eval import problem_score
     from r1lite.stats import paired_difference
 
     out = {}
     for after, before in pairs:
         rows = paired_eval_rows(root, before, after)
-        if rows:
-            ci = paired_difference([float(b["correct"]) for b, _ in rows], [float(a["correct"]) for _, a in rows])
+        if rows and (metric == "greedy" or all(b.get("samples") and a.get("samples") for b, a in rows)):
+            ci = paired_difference(
+                [problem_score(b, metric) for b, _ in rows], [problem_score(a, metric) for _, a in rows]
+            )
             out[f"{after}_vs_{before}"] = ci.as_dict()
     return out

@@ -343,15 +343,24 @@ def build_report(run_dir: Path) -> Path:
         warmup = read_json_or_empty(run_dir / "eval/warmup.json") if "eval_warmup" in stages else {}
         heads = ["base", *(["warm-up (SFT)"] if warmup else []), "trained"]
         md += ["## Held-out eval", "", f"| metric | {' | '.join(heads)} |", "|---" * (len(heads) + 1) + "|"]
-        for key in ("accuracy", "format_rate", "mean_reward", "mean_length", "search_rate", "examples"):
+        sampled = [k for k in after if k.startswith(("avg@", "pass@"))]
+        for key in ("accuracy", *sampled, "format_rate", "mean_reward", "mean_length", "search_rate", "examples"):
             if key in before and key in after:
                 cells = [before, *([warmup] if warmup else []), after]
                 md.append(f"| {key} | " + " | ".join(format_metric(key, c.get(key, "-")) for c in cells) + " |")
         from r1lite.pipeline import CHANGES, paired_changes
-        from r1lite.stages.eval import change_lines
+        from r1lite.stages.eval import summary_change_lines
 
         pairs = [c for c in CHANGES if "warmup" not in c or warmup]
-        md += ["", *change_lines(paired_changes(run_dir, pairs)), ""]
+        changes = {
+            "metric": recipe.eval.metric_name(),
+            "final": after,
+            "changes": paired_changes(run_dir, pairs),
+            "changes_sampled": paired_changes(run_dir, pairs, "sampled"),
+        }
+        md += ["", *summary_change_lines(changes), ""]
+        if recipe.grpo.enabled and recipe.grpo.reward_control == "shuffle":
+            md += ["**Control arm**: GRPO trained on each step's rewards shuffled across its completions.", ""]
     paired = before_after(run_dir, seed=recipe.seed)
     if paired:
         md += ["## Before and after, same problems", "", *side_by_side(paired), ""]

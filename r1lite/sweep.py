@@ -4,6 +4,7 @@
     >>> sweep.runs()             # 4 runs: runs/lr/learning_rate-1e-05-s42/, ...-s43/, learning_rate-5e-05-s42/, ...
     >>> launch(sweep, parallel=2)  # each run is `r1lite run` in its own process; finished ones are skipped
     >>> build_sweep_report(Path("runs/lr"))   # report.md + report.html: means, intervals, paired differences
+    >>> Sweep.from_args("countdown", "cpu-rl", [], seeds=2, control=True)   # each config with its control arm
 
 A sweep is many ordinary runs in one output folder, `runs/<sweep>/<config>-s<seed>/`, each one the
 recipe with its `--set` overrides: a run continues where it stopped and skips what it finished
@@ -11,7 +12,9 @@ recipe with its `--set` overrides: a run continues where it stopped and skips wh
 the same settings, so the data is prepared once and each distinct SFT warm-up trains once (the sweep
 starts one run per warm-up first). Seeds vary the training seed (`seed`: data order, LoRA
 initialisation, SFT shuffling, rollout sampling), never the problems, so every config is evaluated
-on the same held-out problems and differences can be paired.
+on the same held-out problems and differences can be paired. `control` adds a control arm to every
+config (`grpo.reward_control: shuffle`: the same GRPO on each step's rewards shuffled), and the report
+pairs each config with its control: a gain over it is what the reward itself taught.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from r1lite.errors import RecipeError
 from r1lite.fileio import read_json_or_empty, read_jsonl, write_json
 
 MANIFEST = "sweep.json"
+CONTROL_KEY = "grpo.reward_control"
+ARMS = ("none", "shuffle")  # the real arm, the control arm
 
 
 @dataclass(frozen=True)
@@ -64,8 +69,10 @@ class Sweep:
         seeds: int,
         name: str | None = None,
         sets: list[str] | None = None,
+        control: bool = False,
     ) -> Sweep:
-        """From the command line: `--vary key=v1,v2` (repeatable), `--seeds N` (the recipe's seed and the next)."""
+        """From the command line: `--vary key=v1,v2` (repeatable), `--seeds N` (the recipe's seed and the next),
+        `--control` (every config also as its shuffled-reward control arm)."""
         from r1lite.recipes import load_recipe
 
         grid: dict[str, list[str]] = {}
@@ -74,6 +81,10 @@ class Sweep:
             if not sep or not values.strip():
                 raise RecipeError(f"--vary '{item}' needs the form key=value1,value2 (grpo.learning_rate=1e-5,5e-5)")
             grid[key.strip()] = [v.strip() for v in values.split(",") if v.strip()]
+        if control:
+            if CONTROL_KEY in grid:
+                raise RecipeError(f"--control adds {CONTROL_KEY}={','.join(ARMS)} itself; drop it from --vary")
+            grid[CONTROL_KEY] = list(ARMS)
         base = load_recipe(recipe, profile, sets or [])
         if seeds < 1:
             raise RecipeError("--seeds must be at least 1")
@@ -90,25 +101,31 @@ class Sweep:
         return sweep
 
     @classmethod
-    def from_file(cls, path: Path, name: str | None = None) -> Sweep:
-        """A sweep file (recipes/sweeps/*.yaml): recipe, profile, vary {key: [values]}, seeds, optional set."""
+    def from_file(cls, path: Path, name: str | None = None, seeds: int | None = None) -> Sweep:
+        """A sweep file (recipes/sweeps/*.yaml): recipe, profile, vary {key: [values]}, seeds, optional set and
+        control; `seeds` (the command line's) overrides the file's."""
         from r1lite.recipes import read_yaml
 
         raw = read_yaml(path)
-        unknown = set(raw) - {"name", "recipe", "profile", "vary", "seeds", "set", "description"}
+        unknown = set(raw) - {"name", "recipe", "profile", "vary", "seeds", "set", "description", "control"}
         if unknown:
             raise RecipeError(f"{path}: unknown key(s) {sorted(unknown)}; a sweep has recipe, profile, vary, seeds")
-        if "recipe" not in raw or not isinstance(raw.get("vary"), dict):
+        if "recipe" not in raw or not isinstance(raw.get("vary", {}), dict):
             raise RecipeError(f"{path}: a sweep needs `recipe:` and `vary:` (a mapping of key to a list of values)")
-        values = {k: vs if isinstance(vs, list) else [vs] for k, vs in raw["vary"].items()}
+        if "vary" not in raw and not raw.get("control"):
+            raise RecipeError(
+                f"{path}: a sweep needs `vary:` (a mapping of key to a list of values) or `control: true`"
+            )
+        values = {k: vs if isinstance(vs, list) else [vs] for k, vs in raw.get("vary", {}).items()}
         vary = [f"{k}={','.join(str(v) for v in vs)}" for k, vs in values.items()]
         return cls.from_args(
             str(raw["recipe"]),
             raw.get("profile"),
             vary,
-            int(raw.get("seeds", 1)),
+            seeds if seeds is not None else int(raw.get("seeds", 1)),
             name or raw.get("name") or path.stem,
             [str(s) for s in raw.get("set", [])],
+            control=bool(raw.get("control", False)),
         )
 
     def check(self) -> None:
@@ -159,16 +176,28 @@ class Sweep:
             f"tracking.job_type={run.config}",
         ]
 
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What the report reads; the runs of an `earlier` manifest of the same grid stay in it, so a sweep run
+        in parts (one seed now, another later) reports every seed."""
+        runs = {r.name: {"config": r.config, "seed": r.seed, "set": list(r.sets)} for r in self.runs()}
+        seeds = list(self.seeds)
+        same = earlier and (earlier.get("recipe"), earlier.get("profile"), earlier.get("vary")) == (
+            self.recipe,
+            self.profile,
+            self.vary,
+        )
+        if same and earlier:
+            runs = {**earlier.get("runs", {}), **runs}
+            seeds = sorted({*earlier.get("seeds", []), *seeds})
         return {
             "name": self.name,
             "recipe": self.recipe,
             "profile": self.profile,
             "vary": self.vary,
-            "seeds": self.seeds,
+            "seeds": seeds,
             "set": self.sets,
             "configs": [c for c, _ in self.configs()],
-            "runs": {r.name: {"config": r.config, "seed": r.seed, "set": list(r.sets)} for r in self.runs()},
+            "runs": runs,
         }
 
 
@@ -274,7 +303,7 @@ def launch(
     from r1lite.stages import data
 
     sweep.root.mkdir(parents=True, exist_ok=True)
-    write_json(sweep.root / MANIFEST, sweep.manifest())
+    write_json(sweep.root / MANIFEST, sweep.manifest(read_json_or_empty(sweep.root / MANIFEST)))
     prepared: set[str] = set()
     for run in sweep.runs():  # one data preparation per distinct data section, before any run starts
         cfg = sweep.recipe_of(run).data
@@ -319,7 +348,8 @@ def _launch_local(sweep: Sweep, runs: list[SweepRun], parallel: int) -> dict[str
     def one(indexed: tuple[int, SweepRun]) -> tuple[str, int]:
         i, run = indexed
         slot = slots[i % len(slots)]
-        ui.say(f"sweep {sweep.name}: {run.name} started" + (f" (slot {slot})" if parallel > 1 else ""))
+        log = sweep.root / run.name / "sweep.log"
+        ui.say(f"sweep {sweep.name}: {run.name} started" + (f" (slot {slot})" if parallel > 1 else "") + f"; {log}")
         code = run_local(sweep, run, _slot_env(slot, parallel))
         ui.say(f"sweep {sweep.name}: {run.name} {'finished' if code == 0 else f'stopped with exit code {code}'}")
         return run.name, code
@@ -380,14 +410,21 @@ CURVES = (("reward", "mean reward"), ("heldout_accuracy", "held-out accuracy"), 
 class ConfigResult:
     config: str
     runs: list[Path]
-    correct: list[list[float]]  # runs x problems (the final eval's rows, in order)
+    correct: list[list[float]]  # runs x problems (the final eval's rows, in order): greedy accuracy
     finals: list[dict[str, Any]]
     seconds: float
     usd: float | None
+    sampled: list[list[float]] = field(default_factory=list)  # runs x problems: avg@k, when the evals sampled
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+
+    def scores(self, metric: str) -> list[list[float]]:
+        return self.sampled if metric == "sampled" else self.correct
 
 
 def collect(root: Path) -> tuple[dict[str, Any], list[ConfigResult]]:
     """The sweep's manifest and, per config, what its finished runs wrote."""
+    from r1lite.stages.eval import problem_score
+
     manifest = read_json_or_empty(root / MANIFEST)
     if not manifest:
         raise RecipeError(f"{root} is not a sweep folder (no {MANIFEST}); `r1lite sweep RECIPE ...` makes one")
@@ -396,45 +433,62 @@ def collect(root: Path) -> tuple[dict[str, Any], list[ConfigResult]]:
         names = [n for n, r in manifest["runs"].items() if r["config"] == config]
         done = [root / n for n in names if (root / n / "summary.json").is_file()]
         summaries = [read_json_or_empty(d / "summary.json") for d in done]
-        correct = [[float(r["correct"]) for r in read_jsonl(d / "eval/final.jsonl")] for d in done]
+        rows = [read_jsonl(d / "eval/final.jsonl") for d in done]
+        sampled = all(r.get("samples") for run in rows for r in run) and bool(rows)
         usd = [s["cost"]["total"]["usd"] for s in summaries]
         results.append(
             ConfigResult(
                 config,
                 done,
-                correct,
+                [[problem_score(r) for r in run] for run in rows],
                 [s["final"] for s in summaries],
                 sum(s["cost"]["total"]["seconds"] for s in summaries),
                 None if any(u is None for u in usd) else sum(usd),
+                [[problem_score(r, "sampled") for r in run] for run in rows] if sampled else [],
+                summaries,
             )
         )
     return manifest, results
 
 
-def statistics_table(results: list[ConfigResult], baseline: str | None = None) -> list[str]:
-    """Markdown: mean and 95 % interval per config, the paired difference against the baseline, and the
-    smallest difference these seeds and problems could detect."""
+def declared_metric(results: list[ConfigResult]) -> str:
+    """The metric the sweep's recipe declared (eval.metric): greedy, or sampled when every run sampled."""
+    names = {s.get("metric", "accuracy") for r in results for s in r.summaries}
+    sampled = any(n.startswith("avg@") for n in names) and all(r.sampled for r in results if r.correct)
+    return "sampled" if sampled else "greedy"
+
+
+def metric_label(results: list[ConfigResult], metric: str) -> str:
+    if metric != "sampled":
+        return "accuracy"
+    return next((k for r in results for f in r.finals for k in f if k.startswith("avg@")), "avg@k")
+
+
+def statistics_table(results: list[ConfigResult], baseline: str | None = None, metric: str = "greedy") -> list[str]:
+    """Markdown: mean and 95 % interval per config of `metric` (greedy accuracy or sampled avg@k), the paired
+    difference against the baseline, and the smallest difference these seeds and problems could detect."""
     from r1lite.stats import detectable_difference, nested_interval, paired_runs_difference
 
-    done = [r for r in results if r.correct]
+    done = [r for r in results if r.scores(metric)]
     if not done:
         return ["No run of this sweep has finished yet."]
     if baseline is not None and baseline not in [r.config for r in results]:
         configs = ", ".join(r.config for r in results)
         raise RecipeError(f"--baseline {baseline} is not a config of this sweep; its configs: {configs}")
     base = next((r for r in done if r.config == baseline), done[0])
-    n = min(len(c) for r in done for c in r.correct)
+    n = min(len(c) for r in done for c in r.scores(metric))
+    label = metric_label(results, metric)
     lines = [
-        f"| config | seeds | accuracy [95 % interval] | vs {base.config} [95 % paired interval] | format | length |",
+        f"| config | seeds | {label} [95 % interval] | vs {base.config} [95 % paired interval] | format | length |",
         "|---|---|---|---|---|---|",
     ]
     for r in done:
-        runs = [c[:n] for c in r.correct]
+        runs = [c[:n] for c in r.scores(metric)]
         acc = nested_interval(runs)
         if r is base:
             diff = "baseline"
         else:
-            d = paired_runs_difference(runs, [c[:n] for c in base.correct])
+            d = paired_runs_difference(runs, [c[:n] for c in base.scores(metric)])
             diff = f"{d.points()}{' *' if d.excludes_zero else ''}"
         fmt = sum(f["format_rate"] for f in r.finals) / len(r.finals)
         length = sum(f["mean_length"] for f in r.finals) / len(r.finals)
@@ -442,18 +496,86 @@ def statistics_table(results: list[ConfigResult], baseline: str | None = None) -
             f"| {r.config} | {len(runs)} | {acc.estimate:.1%} [{acc.low:.1%}, {acc.high:.1%}] | {diff} | {fmt:.1%} "
             f"| {length:.0f} |"
         )
-    seeds = min(len(r.correct) for r in done)
-    p = sum(sum(map(sum, r.correct)) for r in done) / sum(len(c) for r in done for c in r.correct)
+    seeds = min(len(r.scores(metric)) for r in done)
+    p = sum(sum(map(sum, r.scores(metric))) for r in done) / sum(len(c) for r in done for c in r.scores(metric))
     mdd = detectable_difference(n, p)  # seeds re-score the same problems: counted as n problems, not n x seeds
     lines += [
         "",
         f"Intervals: percentile bootstrap over seeds and the {n} held-out problems (every config is evaluated on the "
         "same problems, so differences are paired); * marks an interval that excludes zero.",
         f"The smallest difference this sweep could detect ({n} problems per config, each scored by {seeds} seed(s); "
-        f"80 % power, accuracy near {p:.0%}): about {mdd * 100:.1f} points. A smaller difference in the table "
-        "says nothing.",
+        f"80 % power, {label} near {p:.0%}): about {mdd * 100:.1f} points. A smaller difference in the table "
+        "says nothing."
+        + (" (Sampled scores vary less per problem, so this bound is conservative.)" if metric == "sampled" else ""),
     ]
     return lines
+
+
+def control_pairs(manifest: dict[str, Any], results: list[ConfigResult]) -> list[tuple[ConfigResult, ConfigResult]]:
+    """(real arm, control arm) for every config of a sweep run with --control: the same settings but the rewards."""
+    if CONTROL_KEY not in manifest.get("vary", {}):
+        return []
+    by_sets = {}
+    for r in results:
+        sets = next((v["set"] for v in manifest["runs"].values() if v["config"] == r.config), [])
+        arm = next((x.split("=", 1)[1] for x in sets if x.startswith(CONTROL_KEY + "=")), "none")
+        rest = tuple(x for x in sets if not x.startswith((CONTROL_KEY + "=", "seed=")))
+        by_sets.setdefault(rest, {})[arm] = r
+    return [(arms["none"], arms["shuffle"]) for arms in by_sets.values() if set(arms) >= set(ARMS)]
+
+
+def control_table(manifest: dict[str, Any], results: list[ConfigResult], metric: str) -> list[str]:
+    """Markdown: per config, the real arm, its control arm and real - control (paired over problems, nested over
+    seeds), for `metric`; and each run's own effect (final vs warm-up)."""
+    from r1lite.stats import nested_interval, paired_runs_difference
+
+    pairs = [(a, b) for a, b in control_pairs(manifest, results) if a.scores(metric) and b.scores(metric)]
+    if not pairs:
+        return []
+    label = metric_label(results, metric)
+    lines = [
+        f"| config | seeds (real, control) | real arm {label} | control arm {label} | real - control [95 % paired "
+        "interval] |",
+        "|---|---|---|---|---|",
+    ]
+    for real, control in pairs:
+        n = min(len(c) for c in [*real.scores(metric), *control.scores(metric)])
+        a, b = [c[:n] for c in real.scores(metric)], [c[:n] for c in control.scores(metric)]
+        ia, ib, d = nested_interval(a), nested_interval(b), paired_runs_difference(a, b)
+        config = real.config.replace("_reward_control-none", "").replace("reward_control-none", "base")
+        lines.append(
+            f"| {config} | {len(a)}, {len(b)} | {ia.estimate:.1%} [{ia.low:.1%}, {ia.high:.1%}] | "
+            f"{ib.estimate:.1%} [{ib.low:.1%}, {ib.high:.1%}] | {d.points()}{' *' if d.excludes_zero else ''} |"
+        )
+    return lines
+
+
+def headline(root: Path) -> list[str]:
+    """What the terminal shows after `r1lite sweep report`: with a control arm, real - control per config in the
+    declared metric; otherwise the declared metric's table."""
+    manifest, results = collect(Path(root))
+    metric = declared_metric(results)
+    label = metric_label(results, metric)
+    if control_pairs(manifest, results):
+        table = control_table(manifest, results, metric)
+        return [f"{label} (declared metric), real arm vs control arm (* : the interval excludes zero):", *table]
+    return statistics_table(results, None, metric)
+
+
+def own_effects(results: list[ConfigResult], metric: str) -> dict[str, str]:
+    """Per run: GRPO's own effect on `metric` (final vs warm-up, or vs base without a warm-up) from its summary."""
+    from r1lite.stats import Interval
+
+    key = "changes_sampled" if metric == "sampled" else "changes"
+    out = {}
+    for r in results:
+        for d, summary in zip(r.runs, r.summaries, strict=True):
+            changes = summary.get(key, {})
+            change = changes.get("final_vs_warmup") or changes.get("final_vs_base")
+            if change:
+                ci = Interval(change["estimate"], change["low"], change["high"], int(change["n"]))
+                out[d.name] = f"{ci.points()}{' *' if ci.excludes_zero else ''}"
+    return out
 
 
 def plot_bands(results: list[ConfigResult], out: Path) -> Path | None:
@@ -497,6 +619,9 @@ def build_sweep_report(root: Path, baseline: str | None = None) -> Path:
     from r1lite.report import _html
 
     manifest, results = collect(Path(root))
+    declared = declared_metric(results)
+    sampled = any(r.correct for r in results) and all(r.sampled for r in results if r.correct)
+    metrics = [declared, *(m for m in ("greedy", "sampled") if m != declared and (m == "greedy" or sampled))]
     plot = plot_bands(results, Path(root) / "plots" / "sweep_curves.png")
     finished_runs = sum(len(r.runs) for r in results)
     seconds = sum(r.seconds for r in results)
@@ -510,20 +635,41 @@ def build_sweep_report(root: Path, baseline: str | None = None) -> Path:
         f"{finished_runs} of {len(manifest['runs'])} runs finished; {seconds / 60:.1f} min of wall time in all, "
         f"cost {cost}.",
         "",
-        "## Final held-out accuracy",
-        "",
-        *statistics_table(results, baseline),
-        "",
     ]
+    if control_pairs(manifest, results):
+        md += [
+            "## Real arm vs control arm",
+            "",
+            "The control arm runs the same GRPO on each step's rewards shuffled across its completions: the same "
+            "rewards, no information about which completion earned them. What the real arm gains over it is what "
+            "the reward taught; what both gain is sharpening or noise.",
+            "",
+        ]
+        for metric in metrics:
+            label = metric_label(results, metric)
+            md += [f"### {label}{' (declared metric)' if metric == declared else ''}", ""]
+            md += [*control_table(manifest, results, metric), ""]
+    for metric in metrics:
+        label = metric_label(results, metric)
+        md += [
+            f"## Final held-out {label}{' (declared metric)' if metric == declared and len(metrics) > 1 else ''}",
+            "",
+            *statistics_table(results, baseline, metric),
+            "",
+        ]
     if plot:
         md += ["## Curves", "", f"![{plot.stem}](plots/{plot.name})", ""]
-    md += ["## Runs", "", "| run | config | seed | accuracy | wall time |", "|---|---|---|---|---|"]
+    labels = [metric_label(results, m) for m in metrics]
+    effects = [own_effects(results, m) for m in metrics]
+    heads = [*labels, *(f"GRPO's own effect on {label} [95 %]" for label in labels), "wall time"]
+    md += ["## Runs", "", f"| run | config | seed | {' | '.join(heads)} |", "|---" * (len(heads) + 3) + "|"]
     for r in results:
-        for d, final in zip(r.runs, r.finals, strict=True):
+        for i, d in enumerate(r.runs):
             seed = manifest["runs"][d.name]["seed"]
-            summary = read_json_or_empty(d / "summary.json")
-            minutes = summary["cost"]["total"]["seconds"] / 60
-            md.append(f"| {d.name} | {r.config} | {seed} | {final['accuracy']:.1%} | {minutes:.1f} min |")
+            minutes = r.summaries[i]["cost"]["total"]["seconds"] / 60
+            values = [sum(r.scores(m)[i]) / len(r.scores(m)[i]) for m in metrics]
+            cells = [*(f"{v:.1%}" for v in values), *(e.get(d.name, "-") for e in effects), f"{minutes:.1f} min"]
+            md.append(f"| {d.name} | {r.config} | {seed} | {' | '.join(cells)} |")
     write_text(Path(root) / "report.md", "\n".join(md) + "\n")
     write_text(Path(root) / "report.html", _html(manifest["name"], "\n".join(md), [plot] if plot else []))
     return Path(root) / "report.html"

@@ -103,3 +103,15 @@ def test_grpo_learns_under_cpu_bf16(tiny, monkeypatch):
     start, end = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert end >= 2.5 * start and end - start >= 0.04, f"reward {start:.3f} -> {end:.3f}: {rewards}"
     assert max(r["rollout_logprob_gap"] for r in steps) < 0.1
+
+
+@pytest.mark.slow
+def test_the_control_arm_does_not_learn_the_toy_reward(tiny, monkeypatch):
+    """The same GRPO on each step's rewards shuffled across its completions (grpo.reward_control: shuffle): the
+    reward that the real arm raises several-fold above stays where it was, so a control wired to the real
+    rewards fails here."""
+    steps = train(tiny, "none", "engine", monkeypatch, "cpu", "grpo.reward_control=shuffle")
+    rewards = [r["reward"] for r in steps]
+    assert len(rewards) == 20
+    start, end = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    assert end < 1.5 * start + 0.01, f"reward {start:.3f} -> {end:.3f}: {rewards}"

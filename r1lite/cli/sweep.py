@@ -18,7 +18,16 @@ def sweep(
     sweep_name: Annotated[str | None, typer.Argument(help="with `report`: the sweep's name or folder")] = None,
     profile: ProfileOpt = None,
     vary: Annotated[list[str] | None, typer.Option("--vary", help="key=v1,v2 (repeatable): the grid")] = None,
-    seeds: Annotated[int, typer.Option("--seeds", min=1, help="runs per config: the recipe's seed and the next")] = 1,
+    seeds: Annotated[
+        int | None,
+        typer.Option(
+            "--seeds", min=1, help="runs per config: the recipe's seed and the next (default 1, or the file's)"
+        ),
+    ] = None,
+    control: Annotated[
+        bool,
+        typer.Option("--control", help="every config also as a control arm (grpo.reward_control=shuffle)"),
+    ] = False,
     name: Annotated[str | None, typer.Option("--name", help="the sweep's folder under output_dir")] = None,
     set_: SetOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the grid with the plan's time and cost")] = False,
@@ -28,7 +37,7 @@ def sweep(
     baseline: Annotated[str | None, typer.Option(help="with `report`: the config others are compared with")] = None,
 ) -> None:
     """Run a sweep (finished runs are skipped, interrupted ones continue), or `r1lite sweep report S`."""
-    from r1lite.sweep import Sweep, build_sweep_report, launch, plan_rows
+    from r1lite.sweep import Sweep, build_sweep_report, headline, launch, plan_rows
     from r1lite.ui import console
 
     if target == "report":
@@ -36,14 +45,18 @@ def sweep(
             raise R1liteError("`r1lite sweep report` needs the sweep: r1lite sweep report NAME (or runs/NAME)")
         folder = Path(sweep_name) if Path(sweep_name).is_dir() else Path("runs") / sweep_name
         path = build_sweep_report(folder, baseline)
+        for line in headline(folder):
+            console.print(line, soft_wrap=True)
         console.print(f"wrote {path} and {path.with_suffix('.md')}")
         return
     if launcher not in ("local", "slurm"):
         raise R1liteError(f"--launcher {launcher}: use local or slurm")
     if target.endswith((".yaml", ".yml")) and _is_sweep_file(Path(target)):
-        s = Sweep.from_file(Path(target), name)
+        if vary or set_ or control:
+            raise R1liteError("a sweep file holds its grid: put --vary, --set and --control into the file")
+        s = Sweep.from_file(Path(target), name, seeds)
     else:
-        s = Sweep.from_args(target, profile, vary or [], seeds, name, set_)
+        s = Sweep.from_args(target, profile, vary or [], seeds or 1, name, set_, control)
     rows = plan_rows(s)
     _print_grid(s, rows)
     too_big = [r["config"] for r in rows if r["fits"] is False]
@@ -63,7 +76,7 @@ def sweep(
 def _is_sweep_file(path: Path) -> bool:
     from r1lite.recipes import read_yaml
 
-    return path.is_file() and "vary" in read_yaml(path)
+    return path.is_file() and ("vary" in read_yaml(path) or "control" in read_yaml(path))
 
 
 def _print_grid(s, rows) -> None:

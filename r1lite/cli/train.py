@@ -198,7 +198,7 @@ def run(
     from r1lite import pipeline
     from r1lite.cost import cost_line
     from r1lite.distributed import is_main, world_size
-    from r1lite.stages.eval import change_lines, comparison_table
+    from r1lite.stages.eval import comparison_table, summary_change_lines
     from r1lite.ui import console
 
     if gpus is not None and world_size() == 1:  # not yet launched: become `accelerate launch ... r1lite run`
@@ -219,7 +219,7 @@ def run(
     if not is_main():
         return
     console.print(comparison_table(result["base"], result["final"], r.data.make_task().name, result.get("warmup")))
-    for line in change_lines(result["changes"]):
+    for line in summary_change_lines(result):
         console.print(line, soft_wrap=True)
     console.print(cost_line(result["cost"]))
     console.print(f"report: r1lite report {result['run_dir']}")

@@ -4,8 +4,11 @@
     >>> summary = run(recipe, run_dir, adapter="runs/x/grpo/adapter", label="final")
 
 Greedy decoding gives accuracy; `eval.pass_k > 0` also samples k completions per problem at
-`eval.temperature` and reports pass@1 (mean sample accuracy) and pass@k. Per-example completions
-and scores go to `eval/<label>.jsonl`, the summary to `eval/<label>.json`.
+`eval.temperature` and reports avg@k (each problem's mean accuracy over its k samples, averaged: the
+quantity GRPO maximizes at the training temperature, and an unbiased pass@1) and pass@k.
+`eval.metric` declares which of greedy accuracy and avg@k a run's claims rest on; paired changes are
+computed for both. Per-example completions and scores go to `eval/<label>.jsonl`, the summary to
+`eval/<label>.json`.
 """
 
 from __future__ import annotations
@@ -141,6 +144,13 @@ def score(
     return rows
 
 
+def problem_score(row: dict[str, Any], metric: str = "greedy") -> float:
+    """One problem's score under a metric: its greedy answer's correctness, or its samples' mean (avg@k)."""
+    if metric == "sampled":
+        return statistics.fmean(float(s["correct"]) for s in row["samples"])
+    return float(row["correct"])
+
+
 def summarize(rows: list[dict[str, Any]], extra: list[str] | tuple[str, ...] = ()) -> dict[str, float]:
     """Means over the rows: accuracy, format, reward, length, search, and the task's own metrics."""
     mean = lambda key: statistics.fmean(float(r[key]) for r in rows)  # noqa: E731
@@ -208,7 +218,7 @@ def evaluate(
     summary = summarize(rows, extra)
     if cfg.pass_k:
         hits = [sum(s["correct"] for s in row["samples"]) for row in rows]
-        summary["pass@1"] = statistics.fmean(h / cfg.pass_k for h in hits)
+        summary[f"avg@{cfg.pass_k}"] = statistics.fmean(h / cfg.pass_k for h in hits)
         summary[f"pass@{cfg.pass_k}"] = statistics.fmean(pass_at_k(cfg.pass_k, h, cfg.pass_k) for h in hits)
     return summary, rows
 
@@ -275,8 +285,9 @@ CHANGE_NAMES = {
 }
 
 
-def change_lines(changes: dict[str, dict[str, float]]) -> list[str]:
-    """One line per paired accuracy change: the estimate and its 95 % interval, and whether it excludes zero."""
+def change_lines(changes: dict[str, dict[str, float]], metric: str = "accuracy") -> list[str]:
+    """One line per paired change of `metric` (accuracy, avg@k): the estimate, its 95 % interval, and whether it
+    excludes zero."""
     from r1lite.stats import Interval
 
     lines = []
@@ -284,7 +295,20 @@ def change_lines(changes: dict[str, dict[str, float]]) -> list[str]:
         ci = Interval(values["estimate"], values["low"], values["high"], int(values["n"]))
         verdict = "above zero" if ci.low > 0 else "below zero" if ci.high < 0 else "not distinguishable from zero"
         what = CHANGE_NAMES.get(name, name)
-        lines.append(f"accuracy, {what}: {ci.points()} (95 % paired bootstrap over {ci.n} problems: {verdict})")
+        lines.append(f"{metric}, {what}: {ci.points()} (95 % paired bootstrap over {ci.n} problems: {verdict})")
+    return lines
+
+
+def summary_change_lines(summary: dict[str, Any]) -> list[str]:
+    """A run's paired changes, greedy and (when its evals sampled) avg@k, the declared metric first and marked."""
+    declared = summary.get("metric", "accuracy")
+    sampled = next((k for k in summary.get("final", {}) if k.startswith("avg@")), "avg@k")
+    blocks = [("accuracy", summary.get("changes", {})), (sampled, summary.get("changes_sampled", {}))]
+    blocks.sort(key=lambda block: block[0] != declared)
+    lines = []
+    for name, changes in blocks:
+        marked = f"{name} (declared metric)" if name == declared and len(blocks[1][1]) else name
+        lines += change_lines(changes, marked)
     return lines
 
 
@@ -308,7 +332,7 @@ def comparison_table(
             fmt, change = (lambda v: f"{v:.3f}"), f"{a - b:+.3f}"
         elif key == "mean_length":
             fmt, change = (lambda v: f"{v:.0f}"), f"{a - b:+.0f}"
-        elif key not in METRICS and not key.startswith("pass@"):  # a task's own metric: its unit is its own
+        elif key not in METRICS and not key.startswith(("pass@", "avg@")):  # a task's own metric: its unit is its own
             fmt, change = (lambda v: f"{v:.3g}"), f"{a - b:+.3g}"
         else:
             fmt, change = (lambda v: f"{v:.1%}"), f"{(a - b) * 100:+.1f} pt"

@@ -157,6 +157,7 @@ def build_trainer(
         f"grpo: {recipe.model.name} ({recipe.quantization.mode}), rollouts by {backend}, "
         f"{recipe.grpo.prompts_per_step} prompts x {recipe.grpo.num_generations} completions per step"
         + (f", starting from {init_adapter}" if init_adapter else "")
+        + (", CONTROL ARM: each step's rewards shuffled" if recipe.grpo.reward_control == "shuffle" else "")
     )
     reward_funcs = trl_reward_funcs([name for name, _ in reward_plan(recipe)], recipe.data.make_task())
     trainer = GRPOTrainer(
@@ -169,6 +170,7 @@ def build_trainer(
         rollout_func=rollout_func,
         is_cap=recipe.grpo.rollout_is_cap,
         dynamic_sampling_rounds=recipe.grpo.dynamic_sampling_rounds if recipe.grpo.dynamic_sampling else 0,
+        reward_control=recipe.grpo.reward_control,
     )
     keep_fp32_adapters(trainer.model)  # TRL stores adapters in bf16 on a quantized base
     quiet_library_output(trainer)

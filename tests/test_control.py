@@ -1,0 +1,160 @@
+"""The control arm (grpo.reward_control: shuffle) and the sampled metric (eval.metric: sampled, avg@k): the control
+trains on the same rewards with the information of which completion earned them removed, sweeps run it beside the
+real arm, and the report pairs the two."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from r1lite.cli.main import app
+from r1lite.errors import RecipeError
+from r1lite.fileio import write_json, write_jsonl
+from r1lite.grpo_trainer import shuffle_rewards
+from r1lite.recipes import load_recipe
+from r1lite.sweep import Sweep, build_sweep_report, collect, control_table, headline
+
+runner = CliRunner()
+
+
+def test_the_control_permutes_whole_rows_and_keeps_the_multiset():
+    rewards = torch.arange(48, dtype=torch.float32).reshape(16, 3)  # 16 completions x 3 reward functions
+    shuffled = shuffle_rewards(rewards, seed=7)
+    assert not torch.equal(shuffled, rewards)  # completions get other completions' rewards
+    rows = sorted(tuple(r.tolist()) for r in shuffled)
+    assert rows == sorted(tuple(r.tolist()) for r in rewards)  # the same rewards, each row whole
+    assert torch.equal(shuffle_rewards(rewards, seed=7), shuffled)  # seeded: a resumed run shuffles alike
+    assert not torch.equal(shuffle_rewards(rewards, seed=8), shuffled)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from r1lite.tiny import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("control") / "m", hidden=64, layers=2))
+
+
+def score_rewards(tiny: str, tmp_path: Path, control: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the rewards the trainer trains on, the completions' own rewards) for one scored batch."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig
+
+    from r1lite.grpo_trainer import GRPOTrainer
+
+    own = lambda completions, **_: [float(len(c)) for c in completions]  # noqa: E731
+    args = GRPOConfig(
+        output_dir=str(tmp_path / control), per_device_train_batch_size=8, num_generations=4, max_completion_length=8,
+        report_to=[], use_cpu=True, beta=0.0, seed=3,
+    )  # fmt: skip
+    trainer = GRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32),
+        reward_funcs=own,
+        args=args,
+        train_dataset=Dataset.from_list([{"prompt": f"{i} + {i} ="} for i in range(8)]),
+        processing_class=AutoTokenizer.from_pretrained(tiny),
+        peft_config=LoraConfig(r=4, target_modules="all-linear"),
+        reward_control=control,
+    )
+    trainer.model.train()
+    completions = [f"completion number {'x' * i}" for i in range(8)]
+    inputs = [{"prompt": "p"} for _ in completions]
+    trained = trainer._calculate_rewards(inputs, ["p"] * 8, completions, [[1]] * 8)
+    return trained[:, 0], torch.tensor(own(completions))
+
+
+def test_the_control_arm_trains_on_the_batchs_rewards_in_another_order(tiny, tmp_path):
+    real, truth = score_rewards(tiny, tmp_path, "none")
+    assert torch.equal(real, truth)
+    control, truth = score_rewards(tiny, tmp_path, "shuffle")
+    assert not torch.equal(control, truth) and torch.equal(control.sort().values, truth.sort().values)
+
+
+def test_the_sampled_metric_needs_samples_and_is_named_avg_at_k():
+    with pytest.raises(RecipeError, match=r"set eval\.pass_k"):
+        load_recipe("countdown", "cpu", ["eval.metric=sampled"])
+    recipe = load_recipe("countdown", "cpu", ["eval.metric=sampled", "eval.pass_k=8"])
+    assert recipe.eval.metric_name() == "avg@8"
+    assert load_recipe("countdown", "cpu").eval.metric_name() == "accuracy"
+
+
+def test_the_control_adds_a_shuffled_arm_to_every_config():
+    s = Sweep.from_args("countdown", "cpu", ["grpo.learning_rate=1e-5,5e-5"], 1, "c", control=True)
+    assert [c for c, _ in s.configs()] == [
+        "learning_rate-1e-5_reward_control-none",
+        "learning_rate-1e-5_reward_control-shuffle",
+        "learning_rate-5e-5_reward_control-none",
+        "learning_rate-5e-5_reward_control-shuffle",
+    ]
+    assert s.recipe_of(s.runs()[1]).grpo.reward_control == "shuffle"
+    with pytest.raises(RecipeError, match="--control adds grpo.reward_control"):
+        Sweep.from_args("countdown", "cpu", ["grpo.reward_control=none,shuffle"], 1, control=True)
+    result = runner.invoke(app, ["sweep", "countdown", "-p", "cpu", "--control", "--seeds", "2", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "reward_control-shuffle" in result.output and "the whole sweep: 4 runs" in result.output
+
+
+def test_the_demo_rl_sweep_file_declares_its_metric_and_runs_both_arms():
+    root = Path(__file__).resolve().parent.parent / "recipes" / "sweeps"
+    s = Sweep.from_file(root / "demo-rl.yaml")
+    assert [c for c, _ in s.configs()] == ["reward_control-none", "reward_control-shuffle"]
+    assert len(s.seeds) == 2 and len(Sweep.from_file(root / "demo-rl.yaml", seeds=1).runs()) == 2
+    recipe = s.recipe_of(s.runs()[0])
+    assert recipe.eval.metric == "sampled" and recipe.eval.pass_k >= 4
+
+
+def fake_control_sweep(root: Path, arms: dict[str, list[tuple[float, float]]], problems: int = 256) -> None:
+    """A finished --control sweep: per arm and seed, (greedy accuracy, avg@4) on the same problems."""
+    runs, configs = {}, []
+    for arm, per_seed in arms.items():
+        config = f"reward_control-{arm}"
+        configs.append(config)
+        for seed, (greedy, sampled) in enumerate(per_seed):
+            name = f"{config}-s{seed}"
+            runs[name] = {"config": config, "seed": seed, "set": [f"grpo.reward_control={arm}", f"seed={seed}"]}
+            right, hits = round(greedy * problems), round(sampled * problems * 4)
+            rows = [
+                {
+                    "nums": [i], "target": i, "correct": i < right,
+                    "samples": [{"correct": i * 4 + k < hits} for k in range(4)],
+                }
+                for i in range(problems)
+            ]  # fmt: skip
+            write_jsonl(root / name / "eval/final.jsonl", rows)
+            final = {"accuracy": right / problems, "avg@4": hits / problems / 4, "format_rate": 1.0, "mean_length": 9}
+            effect = {"estimate": 0.05, "low": 0.01, "high": 0.09, "n": problems}
+            summary = {"final": final, "metric": "avg@4", "cost": {"total": {"seconds": 60.0, "usd": 0.0}}}
+            write_json(root / name / "summary.json", {**summary, "changes_sampled": {"final_vs_warmup": effect}})
+    vary = {"grpo.reward_control": ["none", "shuffle"]}
+    manifest = {"name": root.name, "recipe": "countdown", "profile": "cpu-rl", "vary": vary, "seeds": [0, 1]}
+    write_json(root / "sweep.json", {**manifest, "set": [], "configs": configs, "runs": runs})
+
+
+def test_the_report_pairs_each_real_arm_with_its_control_in_the_declared_metric(tmp_path):
+    # sampled: the real arm learned (+10 pt avg@4); greedy: both alike
+    fake_control_sweep(tmp_path / "s", {"none": [(0.15, 0.20), (0.15, 0.22)], "shuffle": [(0.15, 0.10), (0.15, 0.12)]})
+    manifest, results = collect(tmp_path / "s")
+    sampled = control_table(manifest, results, "sampled")
+    greedy = control_table(manifest, results, "greedy")
+    assert "| real arm avg@4 | control arm avg@4 |" in sampled[0]
+    assert "+10.0 pt" in sampled[2] and sampled[2].rstrip(" |").endswith("*")
+    assert "+0.0 pt" in greedy[2] and not greedy[2].rstrip(" |").endswith("*")
+    assert headline(tmp_path / "s")[0].startswith("avg@4 (declared metric), real arm vs control arm")
+    md = build_sweep_report(tmp_path / "s").with_suffix(".md").read_text()
+    assert md.index("### avg@4 (declared metric)") < md.index("### accuracy")
+    assert "## Real arm vs control arm" in md and "+5.0 pt [+1.0, +9.0] *" in md  # each run's own effect
+    result = runner.invoke(app, ["sweep", "report", str(tmp_path / "s")])
+    assert result.exit_code == 0 and "+10.0 pt" in result.output
+
+
+def test_a_sweep_run_in_parts_reports_every_seed(tmp_path):
+    s = Sweep.from_args("countdown", "cpu", [], 2, "p", [f"output_dir={tmp_path}"], control=True)
+    one = Sweep.from_args("countdown", "cpu", [], 1, "p", [f"output_dir={tmp_path}"], control=True)
+    merged = one.manifest(s.manifest())
+    assert sorted(merged["runs"]) == sorted(r.name for r in s.runs()) and merged["seeds"] == [42, 43]
+    other = Sweep.from_args("countdown", "cpu", ["grpo.learning_rate=1e-5,5e-5"], 1, "p")
+    assert sorted(other.manifest(s.manifest())["runs"]) == sorted(r.name for r in other.runs())  # another grid
