@@ -91,7 +91,7 @@ def test_the_control_adds_a_shuffled_arm_to_every_config():
         "learning_rate-5e-5_reward_control-shuffle",
     ]
     assert s.recipe_of(s.runs()[1]).grpo.reward_control == "shuffle"
-    with pytest.raises(RecipeError, match="--control adds grpo.reward_control"):
+    with pytest.raises(RecipeError, match=r"--control adds grpo\.reward_control"):
         Sweep.from_args("countdown", "cpu", ["grpo.reward_control=none,shuffle"], 1, control=True)
     result = runner.invoke(app, ["sweep", "countdown", "-p", "cpu", "--control", "--seeds", "2", "--dry-run"])
     assert result.exit_code == 0, result.output
