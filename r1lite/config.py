@@ -273,6 +273,34 @@ class GRPOConfig(Section):
         return self
 
 
+# What each setting of a training stage's own section does to what the stage makes: the one place that says
+# it, read by `interrupts.resume_key` (which checkpoints a changed recipe may continue) and checked by a test
+# that fails when a new field is classified nowhere.
+#   weights: shapes the trained weights; a change starts the stage over
+#   extends: how far the stage trains; a change continues it from its last checkpoint
+#   split:   how the work is split or watched (memory knobs, evals, saves, logs, budgets), never the weights
+#            (SFT's batch_size x grad_accum is the global batch, which is a weights setting of its own)
+EFFECTS: dict[str, dict[str, str]] = {
+    "sft": {
+        "enabled": "weights", "examples": "weights", "completions": "weights", "max_dead_ends": "weights",
+        "trace_style": "weights", "learning_rate": "weights", "max_length": "weights", "trl": "weights",
+        "epochs": "extends", "max_steps": "extends",
+        "batch_size": "split", "grad_accum": "split", "save_every": "split", "max_nonfinite": "split",
+    },
+    "grpo": {
+        "enabled": "weights", "prompts_per_step": "weights", "num_generations": "weights", "learning_rate": "weights",
+        "beta": "weights", "loss_type": "weights", "scale_rewards": "weights", "temperature": "weights",
+        "top_p": "weights", "top_k": "weights", "max_completion_length": "weights", "rewards": "weights",
+        "rollout": "weights", "vllm_mode": "weights", "rollout_is_cap": "weights", "dynamic_sampling": "weights",
+        "dynamic_sampling_rounds": "weights", "reward_control": "weights", "trl": "weights",
+        "max_steps": "extends",
+        "micro_batch_size": "split", "rollout_merge": "split", "rollout_compile": "split", "max_minutes": "split",
+        "eval_every": "split", "eval_examples": "split", "save_every": "split", "log_every": "split",
+        "max_nonfinite": "split",
+    },
+}  # fmt: skip
+
+
 class DistributedConfig(Section):
     strategy: Literal["ddp", "zero2", "zero3"] = Field(
         "ddp",

@@ -15,6 +15,21 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def check_writable(path: str | Path, what: str) -> None:
+    """Fail in one line, before any work, when the folder that will hold `path` cannot be made or written."""
+    from r1lite.errors import R1liteError
+
+    parent = Path(path).absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise R1liteError(
+            f"{what} {path}: cannot write in {parent} ({err.strerror}); choose a folder you can write to"
+        ) from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""

@@ -381,24 +381,15 @@ def disk_full(err: OSError) -> R1liteError:
 # Which checkpoints a stage may continue from
 # ----------------------------------------------------------------------------------------------
 
-# Settings a stage's checkpoints survive: more steps or epochs extend a run; memory knobs (how a global
-# batch is split, merge and eval batch sizes) and bookkeeping (evals, saves, logs, budgets) do not change
-# the trajectory of the weights.
-EXTENSIBLE = {"grpo": ("max_steps",), "sft": ("epochs", "max_steps")}
-IRRELEVANT = {
-    "grpo": ("micro_batch_size", "rollout_merge", "rollout_compile", "eval_every", "eval_examples", "save_every",
-             "log_every", "max_minutes", "max_nonfinite"),
-    "sft": ("batch_size", "grad_accum", "save_every", "max_nonfinite"),
-}  # fmt: skip
-
 
 def resume_key(recipe: Any, stage: str, init_adapter: Path | None = None) -> str:
     """What a stage's checkpoints must share with the recipe to be continued: everything that shapes the
-    trained weights except the settings that extend the run (EXTENSIBLE) or do not change it (IRRELEVANT)."""
+    trained weights (config.EFFECTS says which of the stage's settings do), the starting adapter's bytes."""
+    from r1lite.config import EFFECTS
     from r1lite.fileio import fingerprint, sha256_file
 
     r = recipe.model_dump(mode="json")
-    own = {k: v for k, v in r[stage].items() if k not in EXTENSIBLE[stage] + IRRELEVANT[stage]}
+    own = {k: v for k, v in r[stage].items() if EFFECTS[stage][k] == "weights"}
     if stage == "sft":
         own["global_batch"] = recipe.sft.batch_size * recipe.sft.grad_accum
     weights = init_adapter / "adapter_model.safetensors" if init_adapter else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -26,9 +27,12 @@ def data(
     set_: SetOpt = None,
 ) -> None:
     """Write data/<task>/{train,test}.jsonl and manifest.json: seeded, de-duplicated, train and test disjoint."""
+    from r1lite.fileio import check_writable
     from r1lite.recipes import task_recipe
     from r1lite.stages import data as stage
 
+    if out:
+        check_writable(Path(out) / "manifest.json", "--out")
     flags = {"source": source, "dir": out, "train_size": train_size, "test_size": test_size, "seed": seed}
     overrides = [*(set_ or []), *(f"data.{k}={v}" for k, v in flags.items() if v is not None)]
     stage.run(task_recipe(task, recipe, profile, overrides).data, force=force)

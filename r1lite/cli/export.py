@@ -17,6 +17,7 @@ import typer
 from r1lite.cli.report import RunArg
 from r1lite.cli.try_ import AdapterOpt
 from r1lite.errors import R1liteError
+from r1lite.fileio import check_writable
 
 
 def export(
@@ -55,6 +56,7 @@ def export(
         raise R1liteError("--dtype and --merge-into go with --merged (an adapter keeps its own weights)")
     if public and not push_to_hub:
         raise R1liteError("--public goes with --push-to-hub REPO")
+    check_writable(out, "--out")
     trained = ex.open_run(run, adapter)
     if push_to_hub:
         user = hub.hub_ready(push_to_hub)  # before the merge: a push that cannot work fails first

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 
 from r1lite.errors import R1liteError
+
+# permission denied, no such file or directory, not a directory, read-only file system, is a directory
+_WHERE_ERRORS = {errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EROFS, errno.EISDIR}
 
 
 class _Group(TyperGroup):
@@ -16,6 +20,16 @@ class _Group(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except OSError as e:
+            if e.errno not in _WHERE_ERRORS or not e.filename:
+                raise
+            from r1lite.ui import err_console
+
+            # a folder or file the user pointed at that cannot be written or read: the path, why, exit 2
+            err_console.print(
+                f"[bold red]error:[/] {e.filename}: {e.strerror}; choose a path you can use", soft_wrap=True
+            )
+            raise typer.Exit(2) from None
         except R1liteError as e:
             from r1lite.interrupts import Interrupted
             from r1lite.ui import err_console

@@ -37,9 +37,12 @@ def score(
     Countdown rows: completion, nums, target. reasoning-gym rows: completion, question, answer, metadata
     (an entry of the generator plus the completion).
     """
-    from r1lite.fileio import write_jsonl
+    from r1lite.fileio import check_writable, write_jsonl
     from r1lite.rewards import rewards_for
     from r1lite.tasks import load_task
+
+    if out:
+        check_writable(out, "--out")
 
     t = load_task(task)
     table = rewards_for(t)
