@@ -51,6 +51,13 @@ def run_dir(recipe: Recipe) -> Path:
     return Path(recipe.output_dir) / recipe.run_name
 
 
+def samples_base(recipe: Recipe) -> bool:
+    """Whether the base eval takes `eval.pass_k` samples too: only where GRPO's or SFT's effect is judged against
+    the base model. With a warm-up before GRPO, GRPO is judged against the warm-up, and sampling a base model
+    that cannot yet answer costs as much as the evals that matter (5 minutes of the CPU demo-rl)."""
+    return not (recipe.sft.enabled and recipe.grpo.enabled)
+
+
 def fingerprints(recipe: Recipe) -> dict[str, str]:
     """Per stage: a hash of what it reads, chained through its upstream stages."""
     from r1lite.models import cpu_bf16, uses_cuda
@@ -60,7 +67,8 @@ def fingerprints(recipe: Recipe) -> dict[str, str]:
     r["model"]["cpu_bf16"] = cpu_bf16(recipe.model, uses_cuda(recipe.model))
     fp: dict[str, str] = {"data": fingerprint(r["data"])}
     base = {"data": fp["data"], "model": r["model"], "quantization": r["quantization"]}
-    fp["eval_base"] = fingerprint({**base, "eval": r["eval"]})
+    greedy_base = {"samples": False} if recipe.eval.pass_k and not samples_base(recipe) else {}
+    fp["eval_base"] = fingerprint({**base, "eval": r["eval"], **greedy_base})
     fp["sft"] = fingerprint({**base, "lora": r["lora"], "sft": r["sft"], "seed": r["seed"]})
     fp["eval_warmup"] = fingerprint({"trained": fp["sft"], "eval": r["eval"]})
     fp["grpo"] = fingerprint(
@@ -194,7 +202,11 @@ def _run(recipe: Recipe, root: Path, restart: bool, grpo_callbacks: list | None,
 
     plan: list[tuple[str, list[Path], Callable[[], Any]]] = [
         ("data", [], lambda: data.run(recipe.data)),
-        ("eval_base", [root / "eval" / "base.json"], lambda: eval.run(recipe, root, label="base", tracker=tracker)),
+        (
+            "eval_base",
+            [root / "eval" / "base.json"],
+            lambda: eval.run(recipe, root, label="base", tracker=tracker, sample=samples_base(recipe)),
+        ),
         ("sft", [sft_adapter], lambda: sft.run(recipe, root, tracker, restart=restart)),
         (
             "eval_warmup",  # what imitation alone did, so the final eval can say what RL added

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from r1lite.cli.main import app
 from r1lite.errors import RecipeError
-from r1lite.fileio import write_json, write_jsonl
+from r1lite.fileio import read_jsonl, write_json, write_jsonl
 from r1lite.grpo_trainer import shuffle_rewards
 from r1lite.recipes import load_recipe
 from r1lite.sweep import Sweep, build_sweep_report, collect, control_table, headline
@@ -158,3 +158,24 @@ def test_a_sweep_run_in_parts_reports_every_seed(tmp_path):
     assert sorted(merged["runs"]) == sorted(r.name for r in s.runs()) and merged["seeds"] == [42, 43]
     other = Sweep.from_args("countdown", "cpu", ["grpo.learning_rate=1e-5,5e-5"], 1, "p")
     assert sorted(other.manifest(s.manifest())["runs"]) == sorted(r.name for r in other.runs())  # another grid
+
+
+@pytest.mark.slow
+def test_a_run_samples_the_evals_its_claims_compare_and_pairs_both_metrics(tmp_path, monkeypatch, tiny):
+    """With a warm-up before GRPO the base eval stays greedy (GRPO is judged against the warm-up); the warm-up and
+    final evals sample, and the summary holds both metrics' paired changes, the declared one named."""
+    from r1lite import pipeline
+
+    monkeypatch.chdir(tmp_path)
+    sets = [
+        f"model.name={tiny}", "data.dir=data/c", "data.train_size=16", "data.test_size=4", "sft.examples=8",
+        "sft.batch_size=8", "grpo.max_steps=1", "grpo.prompts_per_step=2", "grpo.num_generations=2",
+        "grpo.micro_batch_size=4", "grpo.max_completion_length=8", "eval.examples=4", "eval.max_new_tokens=8",
+        "eval.pass_k=2", "eval.metric=sampled", "tracking.wandb=disabled",
+    ]  # fmt: skip
+    summary = pipeline.run(load_recipe("countdown", "cpu", sets))
+    rows = {label: read_jsonl(tmp_path / "runs/countdown-cpu/eval" / f"{label}.jsonl") for label in ("base", "final")}
+    assert not any(r.get("samples") for r in rows["base"]) and all(len(r["samples"]) == 2 for r in rows["final"])
+    assert summary["metric"] == "avg@2" and "avg@2" in summary["final"] and "avg@2" not in summary["base"]
+    assert set(summary["changes_sampled"]) == {"final_vs_warmup"}
+    assert set(summary["changes"]) == {"final_vs_base", "warmup_vs_base", "final_vs_warmup"}

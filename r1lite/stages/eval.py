@@ -172,8 +172,9 @@ def evaluate(
     recipe: Recipe,
     max_new_tokens: int | None = None,
     desc: str = "eval",
+    sample: bool = True,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Greedy (and optionally sampled) eval of a loaded model on `examples`.
+    """Greedy (and, with `eval.pass_k` and `sample`, sampled) eval of a loaded model on `examples`.
 
     Under several processes each generates its share and every process gets all rows back, in order
     (a collective: every process calls it), so no process waits at a barrier while one evaluates alone.
@@ -196,7 +197,8 @@ def evaluate(
         options["dtype"] = "bfloat16"
     greedy = [g[0] for g in generate(model, tokenizer, prompts, max_new, cfg.batch_size, desc=desc, **options)]
     rows = score(mine, greedy, cfg.reward, task)
-    if cfg.pass_k:
+    k = cfg.pass_k if sample else 0
+    if k:
         sampled = generate(
             model,
             tokenizer,
@@ -216,10 +218,10 @@ def evaluate(
     rows = gather(rows)
     extra = list(task.metrics(examples[0], rows[0]["completion"])) if examples else []  # the task's own metrics
     summary = summarize(rows, extra)
-    if cfg.pass_k:
+    if k:
         hits = [sum(s["correct"] for s in row["samples"]) for row in rows]
-        summary[f"avg@{cfg.pass_k}"] = statistics.fmean(h / cfg.pass_k for h in hits)
-        summary[f"pass@{cfg.pass_k}"] = statistics.fmean(pass_at_k(cfg.pass_k, h, cfg.pass_k) for h in hits)
+        summary[f"avg@{k}"] = statistics.fmean(h / k for h in hits)
+        summary[f"pass@{k}"] = statistics.fmean(pass_at_k(k, h, k) for h in hits)
     return summary, rows
 
 
@@ -230,8 +232,10 @@ def run(
     adapter: str | None = None,
     label: str = "final",
     tracker: Any = None,
+    sample: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate the recipe's model (+ adapter) on the test split and write eval/<label>.{jsonl,json}.
+    """Evaluate the recipe's model (+ adapter) on the test split and write eval/<label>.{jsonl,json};
+    `sample=False` skips `eval.pass_k`'s samples (greedy only).
 
     Every process of a run calls it (each evaluates its share); the main one writes the files.
     """
@@ -244,7 +248,7 @@ def run(
     tokenizer = load_tokenizer(path, recipe.model.revision)
     model = load_for_inference(path, recipe.model, recipe.quantization, adapter)
     start = time.monotonic()
-    summary, rows = evaluate(model, tokenizer, examples, recipe, desc=f"eval {label}")
+    summary, rows = evaluate(model, tokenizer, examples, recipe, desc=f"eval {label}", sample=sample)
     summary = {
         "label": label,
         "model": recipe.model.name,
