@@ -65,7 +65,7 @@ demo: $(STAMP)
 
 # Does GRPO itself teach the model, and is it the reward that does? The cpu-rl profile beside its control arm
 # (each step's rewards shuffled), one seed: the demo's warm-up (copied when `make demo` ran first), then both
-# arms, then real - control in the declared metric (avg@4) with a paired 95 % interval. ~45 min on 2 cores.
+# arms, then real - control in the declared metric (avg@4) with a paired 95 % interval: ~35-40 min, 5.2 GB.
 demo-rl: $(STAMP)
 	$(VENV)/bin/r1lite sweep recipes/sweeps/demo-rl.yaml --seeds 1 $(ARGS)
 	$(VENV)/bin/r1lite sweep report demo-rl
@@ -73,7 +73,8 @@ demo-rl: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/rollout.py --shape tiny
 
-# Everything a GPU can tell us, in one command (<= 9 min on an H200); `ARGS=--dry-run` checks it on CPU.
+# Everything a GPU can tell us in one device call of <= 9 min on an H100 (bench/NOTES.md has the device command
+# line); each part is written as it finishes. `ARGS=--dry-run` runs the same parts, order and budget on CPU.
 gpu-check: $(STAMP)
 	$(PY) bench/gpu_check.py $(ARGS)
 

@@ -104,14 +104,10 @@ def run_backend(backend: str, model_dir: Path, args: argparse.Namespace) -> dict
     from r1lite.config import LoraConfig, ModelConfig, QuantizationConfig
     from r1lite.grpo_trainer import GRPOTrainer
     from r1lite.models import keep_fp32_adapters, load_model, load_tokenizer, lora_config
-    from r1lite.rollout import RolloutSettings, make_rollout_func
+    from r1lite.rollout import RolloutSettings, make_rollout_func, release_engines
     from r1lite.tracking import quiet_library_output
 
     cuda = torch.cuda.is_available()
-    gc.collect()
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
     model_cfg = ModelConfig(name=str(model_dir), gradient_checkpointing=args.grad_ckpt)
     quant = QuantizationConfig(mode=args.quant, compute_dtype="bfloat16" if cuda else "float32")
     tokenizer = load_tokenizer(str(model_dir))
@@ -207,11 +203,23 @@ def run_backend(backend: str, model_dir: Path, args: argparse.Namespace) -> dict
         values = [log[key] for log in logs_seen if key in log]
         if values:
             result[key.split("/")[1]] = round(statistics.fmean(values), 4)
+    release_engines(trainer.model, pinned=True)  # its merged copy, cache and captured step, now
     del trainer, model
-    gc.collect()
-    if cuda:
-        torch.cuda.empty_cache()
     return result
+
+
+def fresh_start() -> None:
+    """Free what the previous backend left before the next one starts, and zero the peak it is measured by.
+
+    Its policy and trainer sit in reference cycles (gc), its compiled decode step in dynamo's caches together
+    with the CUDA-graph memory pool it captured into (`torch._dynamo.reset`), and its blocks in the allocator's
+    cache: without this a later backend's peak may include an earlier one's policy and graph pool.
+    """
+    torch._dynamo.reset()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def run_case(shape: str, prompts: int, generations: int, tokens: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -224,7 +232,11 @@ def run_case(shape: str, prompts: int, generations: int, tokens: int, args: argp
             model_dir = Path(resolve_model(args.model))
         else:
             model_dir = build_model(shape, Path(d) / "model", torch.bfloat16 if cuda else torch.float32)
-        results = {b: run_backend(b, model_dir, case) for b in args.backends.split(",")}
+        results = {}
+        for backend in args.backends.split(","):
+            fresh_start()
+            results[backend] = run_backend(backend, model_dir, case)
+        fresh_start()
     out: dict[str, Any] = {
         "shape": args.model or shape,
         "batch": f"{prompts}x{generations}x{tokens}",

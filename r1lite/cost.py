@@ -3,47 +3,27 @@
     >>> price_for("NVIDIA GeForce RTX 4090")        # (0.35, 'RTX 4090')
     >>> run_cost({"sft": 600.0, "grpo": 7200.0}, gpus=1, hourly_usd=0.35)
 
-Prices are editable defaults: typical on-demand community-cloud rates per GPU-hour, checked on
-PRICES_DATE. Rates move; set `cost.gpu_hourly_usd` in the recipe to use your own.
+Prices are editable defaults in the one card table (`r1lite.hardware.CARDS`, each with its source and date):
+typical on-demand community-cloud rates per GPU-hour, checked on PRICES_DATE. Rates move; set
+`cost.gpu_hourly_usd` in the recipe to use your own.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-PRICES_DATE = "2026-11"
-# USD per GPU-hour, on-demand, single GPU (editable defaults; override with cost.gpu_hourly_usd). Each row:
-# where and when the rate was seen. RunPod = Community Cloud on-demand; Vast.ai = marketplace median.
-GPU_PRICES: dict[str, float] = {
-    "RTX 3060": 0.093,  # 12 GB; Vast.ai median, 2025-10 (kani-tts README, commit of 2025-10-28)
-    "RTX 4060 Ti": 0.122,  # 16 GB; Vast.ai median, 2025-10 (kani-tts README, 2025-10-28)
-    "RTX 5060 Ti": 0.138,  # 16 GB; Vast.ai median, 2025-10 (kani-tts README, 2025-10-28)
-    "A4000": 0.17,  # RTX A4000 16 GB; RunPod, 2026-08-26 (Secure Cloud 0.25, 2026-10-03)
-    "RTX 4080": 0.22,  # 16 GB; Vast.ai median, 2025-10 (kani-tts README, 2025-10-28)
-    "T4": 0.35,  # 16 GB, no bf16; Google Cloud on-demand, 2025-02-06 (marketplaces list it cheaper, undated)
-    "RTX 3090": 0.22,  # RunPod, 2026-08-26
-    "RTX 4090": 0.35,  # RunPod 0.34, 2026-08-26 (Vast.ai 0.16-0.54, 2026-02)
-    "RTX 5090": 0.69,  # RunPod, 2026-09-07
-    "L4": 0.45,  # RunPod 0.44, 2026-08-26
-    "A10": 0.60,  # typical community-cloud rate, 2026-11 (Lambda lists 1.29, 2026-09-09)
-    "L40S": 0.79,  # RunPod, 2026-09-07
-    "A6000": 0.33,  # RTX A6000 48 GB; RunPod, 2026-09-09
-    "A100": 1.30,  # 80 GB; RunPod 1.19 PCIe / 1.39 SXM, 2026-08-26
-    "H100": 2.10,  # typical community-cloud rate, 2026-11 (RunPod 1.99 PCIe / 2.69 SXM, 2026-08-26)
-    "H200": 3.00,  # typical community-cloud rate, 2026-11 (RunPod ~3.59, 2026-08-26)
-}
+from r1lite.hardware import PRICES_DATE, find_card
+
 TINYZERO_CLAIM_USD = 30.0  # "under $30" of GPU rent (TinyZero README)
 
 
 def price_for(gpu_name: str | None) -> tuple[float | None, str | None]:
-    """Match a device name such as 'NVIDIA H200' against the table (longest key first)."""
-    if not gpu_name:
+    """The hourly price and model of the card a device name such as 'NVIDIA H200' names (`hardware.find_card`);
+    (None, None) for a card the table does not know or has no price for."""
+    card = find_card(gpu_name)
+    if card is None or card.usd_per_hour is None:
         return None, None
-    name = gpu_name.upper().replace("GEFORCE ", "")
-    for key in sorted(GPU_PRICES, key=len, reverse=True):
-        if key.upper() in name:
-            return GPU_PRICES[key], key
-    return None, None
+    return card.usd_per_hour, card.model
 
 
 def run_cost(stage_seconds: dict[str, float], gpus: int, hourly_usd: float | None) -> dict[str, Any]:

@@ -30,6 +30,10 @@ class ModelError(R1liteError):
     """A model cannot be found, loaded or placed on the requested device."""
 
 
+class PrecisionError(R1liteError):
+    """The model computed NaN or infinite logits (activations overflow its dtype, e.g. fp16); a wider dtype fixes it."""
+
+
 def first_problem(err: Any) -> tuple[list[str], str, str]:
     """A pydantic ValidationError's first problem: where, its type, and its message with the offending value."""
     first = err.errors()[0]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,8 @@ class PushCheckpoints(TrainerCallback):
         self.repo_id: str | None = None
         self.pool = ThreadPoolExecutor(max_workers=1)  # one at a time: the branches appear in step order
         self.uploads: list[_Upload] = []
+        self.finishing: set[str] = set()  # branches still uploading when the stage closed: they end on their own
+        self._lock = threading.Lock()
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -176,9 +179,17 @@ class PushCheckpoints(TrainerCallback):
                 shutil.rmtree(folder, ignore_errors=True)
 
     def _report(self, branch: str, future: Future) -> None:
-        """A failed upload is one warning as soon as it fails (an expired token shows at once, not hours later)."""
-        if not future.cancelled() and (e := future.exception()) is not None:
+        """A failed upload is one warning as soon as it fails (an expired token shows at once, not hours later);
+        one that was still running when the stage closed says when it has gone up."""
+        if future.cancelled():
+            return
+        if (e := future.exception()) is not None:
             ui.warn(f"tracking.push_to_hub: {branch} was not pushed to {self.repo} ({first_line(e)})")
+            return
+        with self._lock:
+            late = branch in self.finishing  # `close` named it as still uploading
+        if late:
+            ui.say(f"{self.stage}: pushed {branch} to https://huggingface.co/{self.repo_id or self.repo}")
 
     def finish(self, timeout: float | None = None) -> None:
         """Wait for the uploads (at most `timeout` seconds in all); cancel what is left and say which branches."""
@@ -191,20 +202,31 @@ class PushCheckpoints(TrainerCallback):
             self.close()
 
     def close(self) -> None:
-        """Cancel the uploads not started (the one running ends on its own) and delete their copies; report."""
+        """Cancel the uploads not started and delete their copies; report each upload by what became of it.
+
+        The one running is not cut off (the process waits for the pool's thread before it exits): it is named as
+        still uploading, and `_report` says when it has gone up or failed. Never "not pushed" while it may be.
+        """
         self.pool.shutdown(wait=False, cancel_futures=True)
-        for u in self.uploads:
-            if u.future.cancelled() and u.copy is not None:
-                shutil.rmtree(u.copy, ignore_errors=True)
-        pushed = [
-            u.branch for u in self.uploads if u.future.done() and not u.future.cancelled() and not u.future.exception()
-        ]
-        unsent = [u.branch for u in self.uploads if not u.future.done() or u.future.cancelled()]
+        pushed, running, unsent = [], [], []
+        with self._lock:  # against `_report`: an upload that ends now is counted here or reported there, once
+            for u in self.uploads:
+                if u.future.cancelled():
+                    unsent.append(u.branch)
+                    if u.copy is not None:
+                        shutil.rmtree(u.copy, ignore_errors=True)
+                elif not u.future.done():
+                    running.append(u.branch)
+                    self.finishing.add(u.branch)
+                elif u.future.exception() is None:
+                    pushed.append(u.branch)
         if pushed:
             which = pushed[0] if len(pushed) == 1 else f"{pushed[0]} ... {pushed[-1]}"
             ui.say(
                 f"{self.stage}: pushed {len(pushed)} to https://huggingface.co/{self.repo_id or self.repo} ({which})"
             )
+        if running:
+            ui.say(f"{self.stage}: still uploading {', '.join(running)}; the process waits for it before it exits")
         if unsent:
             ui.warn(f"tracking.push_to_hub: not pushed (stopped first): {', '.join(unsent)}")
         self.uploads = []

@@ -155,6 +155,9 @@ def trainer_defaults(recipe: Any, on_cuda: bool) -> dict[str, Any]:
         "use_cpu": not on_cuda,
         "seed": recipe.seed,
         "ddp_timeout": int(recipe.distributed.timeout_minutes * 60),  # the same timeout as r1lite's own group
+        # every trainable parameter (LoRA) gets a gradient in every backward; the Trainer's default for a PEFT
+        # model, True, walks the autograd graph after each backward to find unused ones
+        "ddp_find_unused_parameters": False,
         "report_to": [],  # W&B is ours (r1lite.tracking), so one run holds every stage
         "disable_tqdm": not ui.is_live(),  # our monitor shows progress
     }
@@ -296,21 +299,34 @@ def keep_trainable_layout(model: Any) -> int:
     return restored
 
 
-def keep_fp32_adapters(model: Any) -> int:
-    """Cast every trainable parameter back to fp32 (after TRL's trainers cast them to bf16 on a 4-bit base).
+def fp32_masters(model: Any) -> dict[str, Any]:
+    """The fp32 tensors of `model`'s trainable parameters by name, to hand to `keep_fp32_adapters` once the
+    trainer is built: holding them keeps the exact values TRL's cast to bf16 replaces (no copy is made)."""
+    import torch
+
+    return {n: p.data for n, p in model.named_parameters() if p.requires_grad and p.dtype == torch.float32}
+
+
+def keep_fp32_adapters(model: Any, masters: dict[str, Any] | None = None) -> int:
+    """Make every trainable parameter fp32 again (after TRL's trainers cast them to bf16 on a 4-bit base).
 
     TRL 1.16 follows the QLoRA paper and stores adapters in bf16 when the base is quantized, but bf16
     has 8 bits of mantissa: an Adam step of 2e-5 on a weight above ~0.008 rounds to no change, so at
     RL learning rates most adapter entries never move. fp32 masters cost 2 bytes per adapter
-    parameter (megabytes for LoRA); compute still runs in bf16 under autocast. Returns how many
-    tensors were cast. Call it after the trainer is built and before `train()` creates the optimizer.
+    parameter (megabytes for LoRA); compute still runs in bf16 under autocast. A parameter named in
+    `masters` (`fp32_masters` before the trainer was built: a loaded adapter) gets its own tensor back,
+    bit for bit; casting the bf16 copy up would start training from a rounded adapter, not the one loaded.
+    Returns how many tensors were replaced. Call it after the trainer is built and before `train()`
+    creates the optimizer.
     """
     import torch
 
+    masters = masters or {}
     cast = 0
-    for param in model.parameters():
+    for name, param in model.named_parameters():
         if param.requires_grad and param.dtype != torch.float32:
-            param.data = param.data.float()
+            kept = masters.get(name)
+            param.data = kept if kept is not None and kept.shape == param.shape else param.data.float()
             cast += 1
     return cast
 

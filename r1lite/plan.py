@@ -18,13 +18,14 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from r1lite.errors import R1liteError
+from r1lite.hardware import CARDS, GIB, Card, card_by_name, find_card
 
-GIB = 2**30
 PROMPT_TOKENS = 160  # a rendered Countdown prompt is ~140 Qwen tokens; chat templates add ~20
 COMPACT_PROMPT_TOKENS = 70  # data.prompt_format=compact, with SmolLM2's default system prompt
 
@@ -50,7 +51,13 @@ def prompt_tokens_for(recipe: Any) -> int:
     return math.ceil(chars / CHARS_PER_TOKEN) + (CHAT_TEMPLATE_TOKENS if fmt in ("compact", "chat") else 0)
 
 
-CUDA_CONTEXT_GIB = 0.6  # CUDA context + cuBLAS workspace, outside max_memory_allocated
+# Device memory a process holds outside PyTorch's allocator (so outside max_memory_allocated): the CUDA context
+# and the kernel modules it loads. A bare context takes 0.27 GiB with CUDA's lazy module loading and 0.62 GiB
+# without (pytorch/pytorch#86509); with every torch kernel loaded transformers' "Model training anatomy" measured
+# 1,343 MB and quotes 1-2 GB. A training process adds cuBLAS/cuBLASLt, Triton (TRL's fused LM head) and
+# bitsandbytes modules, and NCCL's buffers under several processes. 1.0 GiB until `make gpu-check` measures it
+# (each profile's `cuda_context_gib`: device memory in use minus what the allocator reserved).
+CUDA_CONTEXT_GIB = 1.0
 ALLOCATOR_SLACK = 0.05  # fragmentation of PyTorch's caching allocator, share of tensor bytes
 HEADROOM = 0.10  # a plan "fits comfortably" with this share of the card left over
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -133,14 +140,18 @@ SHAPES: dict[str, Shape] = {
     "qwen/qwen2.5-1.5b": Shape(151936, 1536, 8960, 28, 12, 2, qkv_bias=True, source=_QWEN),
     "qwen/qwen2.5-3b": Shape(151936, 2048, 11008, 36, 16, 2, qkv_bias=True, source=_QWEN),
     "qwen/qwen2.5-7b": Shape(152064, 3584, 18944, 28, 28, 4, tied=False, qkv_bias=True, source=_QWEN),
+    # Qwen3-1.7B(-Base): 8 KV heads of 128 (4x Qwen2.5-3B's KV cache per token), no q/k/v bias, tied embeddings;
+    # q_norm/k_norm (2 x 128 weights a layer) are left out of the count
+    "qwen/qwen3-1.7b": Shape(151936, 2048, 6144, 28, 16, 8, head_dim=128, source=_QWEN),
     "smollm2-135m-instruct": Shape(49152, 576, 1536, 30, 9, 3, source="SmolLM2-135M-Instruct config.json"),
 }
 SHAPES["huggingfacetb/smollm2-135m-instruct"] = SHAPES["smollm2-135m-instruct"]
 
 
 def shape_for(name: str) -> Shape:
-    """The built-in shape of a model the recipes name (instruct variants too), or a local folder's config.json."""
-    key = name.lower().removesuffix("-instruct")
+    """The built-in shape of a model the recipes name (instruct and base variants too), or a local folder's
+    config.json."""
+    key = name.lower().removesuffix("-instruct").removesuffix("-base")
     if name.lower() in SHAPES or key in SHAPES:
         return SHAPES.get(name.lower(), SHAPES.get(key))
     config = Path(name).expanduser() / "config.json"
@@ -158,63 +169,14 @@ def shape_for(name: str) -> Shape:
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Card:
-    name: str
-    gib: float  # memory CUDA reports as total (a "16 GB" card: ~15.6 GiB)
-    bandwidth_gbs: float = 0.0  # memory bandwidth, GB/s (vendor data sheets)
-    tflops: float = 0.0  # dense bf16 tensor TFLOP/s with FP32 accumulate, as PyTorch's matmuls run (no sparsity)
-    price: str | None = None  # key of cost.GPU_PRICES
-    bf16: bool = True  # bf16 tensor cores (compute capability 8.0+)
-
-
-# The first card of each size is the one a `gpu-<N>gb` profile is planned for: the common, cheaper card of
-# that size (the slower one, where sizes share a profile), so the plan's hours are not the best case.
-# TFLOP/s: GeForce cards run bf16/fp16 matmuls with FP32 accumulate (PyTorch's) at half their FP16-accumulate
-# rate, which the marketing figures quote; data-centre and workstation cards run them at full rate.
-# Sources: NVIDIA Ampere GA102 whitepaper (v2, appendix A/C), Ada whitepaper (appendix A), RTX Blackwell
-# whitepaper (appendix A), A100/H100/H200/L40S/A4000/T4/V100 data sheets; GeForce rows without a whitepaper
-# entry derived as 512 dense FP32-accumulate FLOP per clock per SM x SMs x boost clock, which measured matmul
-# rates match (torch-performance-test-data: 3060 25.5, 4060 31.2, 4060 Ti 43-48 TFLOP/s).
-CARDS: list[Card] = [
-    Card("8 GB (RTX 4060)", 7.6, 272, 30.2),  # derived (measured 31.2)
-    Card("12 GB (RTX 3060)", 11.6, 360, 25.5, "RTX 3060"),  # derived (measured 25.5)
-    Card("12 GB (RTX 4070)", 11.6, 504, 58.3),  # derived; no sourced rental price
-    Card("16 GB (RTX 4060 Ti)", 15.6, 288, 44.1, "RTX 4060 Ti"),  # 16 GB model; derived (measured 43-48)
-    Card("16 GB (RTX 5060 Ti)", 15.6, 448, 47.4, "RTX 5060 Ti"),  # 16 GB model; scaled from Blackwell rows
-    Card("16 GB (RTX A4000)", 15.6, 448, 76.7, "A4000"),  # data sheet 153.4 is sparse; full rate (measured 62.8)
-    Card("16 GB (RTX 4080)", 15.6, 717, 97.5, "RTX 4080"),  # Ada whitepaper: 194.9 FP16-acc, 97.5 FP32-acc
-    Card("16 GB (Tesla T4)", 14.7, 320, 65, "T4", bf16=False),  # fp16 only: r1lite trains in fp16 there
-    Card("16 GB (V100)", 15.8, 900, 125, bf16=False),  # SXM2, fp16 only
-    Card("24 GB (RTX 3090)", 23.6, 936, 71, "RTX 3090"),  # GA102 whitepaper: 142 FP16-acc, 71 FP32-acc
-    Card("24 GB (RTX 4090)", 23.6, 1008, 165.2, "RTX 4090"),  # Ada whitepaper: 330.3 FP16-acc, 165.2 FP32-acc
-    Card("24 GB (L4)", 22.0, 300, 121, "L4"),  # data sheet; 72 W cap: large matmuls settle at 55-59 measured
-    Card("24 GB (A10)", 22.5, 600, 62.5, "A10"),  # data sheet says 125, accumulate unstated; half rate assumed
-    Card("32 GB (RTX 5090)", 31.4, 1792, 209.5, "RTX 5090"),  # Blackwell whitepaper: 419 FP16-acc, 209.5 FP32
-    Card("48 GB (L40S)", 44.4, 864, 362, "L40S"),  # data sheet, full rate (measured 269)
-    Card("48 GB (RTX A6000)", 47.5, 768, 154.8, "A6000"),  # GA102 whitepaper appendix C
-    Card("80 GB (A100)", 79.2, 2039, 312, "A100"),  # A100 data sheet (SXM)
-    Card("80 GB (H100)", 79.2, 3350, 989, "H100"),  # H100 whitepaper table 3 (SXM)
-    Card("H200", 139.8, 4800, 989, "H200"),  # data sheet 1,979 is sparse
-]
-
-
-def card_by_name(name: str) -> Card:
-    """A card from the table by a size ("16", "16gb") or a name ("H200", "4090"); a clear error otherwise."""
-    key = name.lower().replace(" ", "").removesuffix("gb").removesuffix("gib")
-    by_size = [c for c in CARDS if c.name.split()[0].lower() == key]
-    by_name = [c for c in CARDS if key and key in c.name.lower().replace(" ", "")]
-    if by_size or by_name:
-        return (by_size or by_name)[0]
-    valid = ", ".join(c.name for c in CARDS)
-    raise R1liteError(f"unknown GPU '{name}'; use --vram GIB, or one of: {valid}")
+# The card table (memory, speed, rental price) and its one name matcher live in r1lite.hardware:
+# `r1lite plan --gpu`, the cost report and the detected GPU all find cards through `hardware.find_card`.
 
 
 def card_for_profile(profile: str | None) -> Card | None:
-    """The card a `gpu-<N>gb` profile is named for."""
-    if profile and profile.startswith("gpu-") and profile.endswith("gb"):
-        return card_by_name(profile[4:-2])
-    return None
+    """The card a `gpu-<N>gb` profile (or a variant of it, `gpu-<N>gb-<what>`) is named for."""
+    m = re.fullmatch(r"gpu-(\d+)gb(-[\w.-]+)?", profile or "")
+    return card_by_name(m.group(1)) if m else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -405,6 +367,7 @@ class Plan:
     free_before: dict[str, int] = field(default_factory=dict)  # stage -> free bytes its merge decision assumed
     episodes: int = 0  # prompts x generations x steps
     generated_tokens: int = 0  # at most: every completion at max_completion_length
+    typical: TypicalLength | None = None  # the run timed at a measured or cited mean completion length
 
     @property
     def peak_gib(self) -> float:
@@ -436,6 +399,7 @@ class Plan:
             "compiled_decode": self.compiled,
             "episodes": self.episodes,
             "generated_tokens_max": self.generated_tokens,
+            "typical": None if self.typical is None else self.typical.as_dict(),
             "stages": {k: s.as_dict(self.on_cuda) for k, s in self.stages.items()},
             "step_seconds": None if self.step_seconds is None else round(self.step_seconds, 1),
             "run_hours": None if self.run_hours is None else round(self.run_hours, 2),
@@ -570,7 +534,11 @@ def make_plan(
     plan.merge, plan.compiled, plan.free_before = decisions, compiled, free_before
     plan.episodes = g.prompts_per_step * g.num_generations * g.max_steps if g.enabled else 0
     plan.generated_tokens = plan.episodes * g.max_completion_length
-    _add_timing(plan, recipe, rows, seq, prompt_tokens)
+    timing = run_timing(recipe, shape, card, on_cuda, rows, prompt_tokens, gpus)
+    if timing is not None:
+        plan.step_seconds, plan.run_hours, plan.usd = timing.step_seconds, timing.run_hours, timing.usd
+        plan.timing_sources = timing.sources
+        plan.typical = _typical(plan, recipe, rows, prompt_tokens)
     if on_cuda and verdicts:  # each card planned on its own: the engine's merge decision depends on the card
         plan.verdicts = {
             c.name: bool(make_plan(recipe, c, gpus, stock_trl, prompt_tokens, verdicts=False).fits(headroom=HEADROOM))
@@ -597,36 +565,73 @@ CPU_TRAIN_S_PER_TOKEN = 1 / 130  # SFT and GRPO training, prompt + completion to
 CPU_DECODE_S_PER_STEP = 0.20  # one decode step of a batch of up to 32 rows, the engine on CPU
 
 
-def _add_cpu_timing(plan: Plan, recipe: Any, rows: int, seq: int, prompt: int) -> None:
+# A mean completion length where no run of the recipe has logged one, per task. minrl trains Qwen3-1.7B-Base with
+# LoRA to ~60 % on Countdown with completions capped at 400 tokens (github.com/janhuenermann/minrl,
+# scripts/train_grpo.py: generation_length=400), so a run that learns the task can average that or less.
+CITED_COMPLETION_TOKENS: dict[str, tuple[int, str]] = {
+    "countdown": (
+        400,
+        "cited: minrl trains Qwen3-1.7B-Base to ~60 % on Countdown with completions capped at 400 tokens",
+    ),
+}
+
+
+@dataclass
+class Timing:
+    """Seconds per GRPO step, hours and dollars for a run, and where the figures come from."""
+
+    step_seconds: float
+    run_hours: float
+    usd: float | None
+    sources: list[str]
+
+
+@dataclass
+class TypicalLength:
+    """The run timed at a stated mean completion length instead of every completion at its maximum."""
+
+    completion_tokens: int
+    source: str
+    measured: bool
+    generated_tokens: int
+    timing: Timing
+
+    def as_dict(self) -> dict[str, Any]:
+        t = self.timing
+        return {
+            "completion_tokens": self.completion_tokens,
+            "source": self.source,
+            "measured": self.measured,
+            "generated_tokens": self.generated_tokens,
+            "step_seconds": round(t.step_seconds, 1),
+            "run_hours": round(t.run_hours, 2),
+            "usd": None if t.usd is None else round(t.usd, 2),
+        }
+
+
+def _cpu_timing(recipe: Any, shape: Shape, rows: int, prompt: int) -> Timing:
     g, e = recipe.grpo, recipe.eval
-    scale = plan.shape.params / SHAPES["smollm2-135m-instruct"].params
+    scale = shape.params / SHAPES["smollm2-135m-instruct"].params
     train_s, decode_s = CPU_TRAIN_S_PER_TOKEN * scale, CPU_DECODE_S_PER_STEP * scale
-    plan.step_seconds = g.max_completion_length * decode_s * math.ceil(rows / 32) + rows * seq * train_s
+    seq = prompt + g.max_completion_length
+    step = g.max_completion_length * decode_s * math.ceil(rows / 32) + rows * seq * train_s
     completion = 20 if recipe.sft_completions() == "answers" else 60 if recipe.sft.trace_style == "short" else 150
     sft_tokens = min(prompt + completion, recipe.sft.max_length)
     sft_s = recipe.sft.examples * recipe.sft.epochs * sft_tokens * train_s if recipe.sft.enabled else 0
     eval_s = 2 * math.ceil(e.examples / min(e.batch_size, 32)) * e.max_new_tokens * decode_s
-    plan.run_hours = (plan.step_seconds * g.max_steps + sft_s + eval_s) / 3600
-    plan.usd = 0.0
-    plan.timing_sources = [f"CPU: {CPU_SOURCE}; scaled by parameter count for other models"]
+    hours = (step * g.max_steps + sft_s + eval_s) / 3600
+    return Timing(step, hours, 0.0, [f"CPU: {CPU_SOURCE}; scaled by parameter count for other models"])
 
 
-def _add_timing(plan: Plan, recipe: Any, rows: int, seq: int, prompt: int) -> None:
-    g, shape = recipe.grpo, plan.shape
-    if not plan.on_cuda:
-        _add_cpu_timing(plan, recipe, rows, seq, prompt)
-        return
-    card = plan.card
-    if card is None or not card.tflops:
-        return
+def _gpu_timing(recipe: Any, shape: Shape, card: Card, rows: int, prompt: int, gpus: int) -> Timing:
+    g = recipe.grpo
     mode = "none" if recipe.quantization.mode == "none" else "nf4"
     ms_per_layer, gen_source = HF_GENERATE_MS_PER_LAYER[mode]
     decode_s = max(ms_per_layer * shape.layers / 1000, weight_bytes(shape, mode, True, 2) / (card.bandwidth_gbs * 1e9))
-    generation = decode_s * g.max_completion_length
     mfu, mfu_source = TRAIN_MFU
     flops_per_token = (8 if recipe.model.gradient_checkpointing else 6) * shape.params
-    train = rows * seq * flops_per_token / (card.tflops * 1e12 * mfu)
-    plan.step_seconds = generation + train
+    train = rows * (prompt + g.max_completion_length) * flops_per_token / (card.tflops * 1e12 * mfu)
+    step = decode_s * g.max_completion_length + train
     evals = (g.max_steps // g.eval_every if g.eval_every else 0) * math.ceil(g.eval_examples / recipe.eval.batch_size)
     final_evals = 2 * math.ceil(recipe.eval.examples / recipe.eval.batch_size)
     eval_s = (evals * g.max_completion_length + final_evals * recipe.eval.max_new_tokens) * decode_s
@@ -634,18 +639,68 @@ def _add_timing(plan: Plan, recipe: Any, rows: int, seq: int, prompt: int) -> No
     if recipe.sft.enabled:
         sft_tokens = recipe.sft.examples * recipe.sft.epochs * recipe.sft.max_length
         sft_s = sft_tokens * flops_per_token / (card.tflops * 1e12 * mfu)
-    plan.run_hours = (plan.step_seconds * g.max_steps + eval_s + sft_s) / 3600
-    plan.timing_sources = [
+    hours = (step * g.max_steps + eval_s + sft_s) / 3600
+    hourly = recipe.cost.gpu_hourly_usd if recipe.cost.gpu_hourly_usd is not None else card.usd_per_hour
+    sources = [
         f"decode: {gen_source}; taken as card-independent (launch-bound), or the card's bandwidth if slower",
         f"training: {mfu_source}",
         "engine decode speed: not yet measured on a GPU; planned at HF generate's rate (an upper bound on time)",
     ]
-    from r1lite.cost import GPU_PRICES
+    return Timing(step, hours, None if hourly is None else hours * hourly * gpus, sources)
 
-    hourly = recipe.cost.gpu_hourly_usd
-    if hourly is None and card.price:
-        hourly = GPU_PRICES.get(card.price)
-    plan.usd = None if hourly is None else plan.run_hours * hourly * plan.gpus
+
+def run_timing(
+    recipe: Any, shape: Shape, card: Card | None, on_cuda: bool, rows: int, prompt: int, gpus: int = 1
+) -> Timing | None:
+    """The run's time and cost on `card` (None on a GPU the table has no speed for)."""
+    if not on_cuda:
+        return _cpu_timing(recipe, shape, rows, prompt)
+    return _gpu_timing(recipe, shape, card, rows, prompt, gpus) if card is not None and card.tflops else None
+
+
+def _measured_completion_tokens(recipe: Any) -> tuple[int, str] | None:
+    """The mean completion length this recipe's own GRPO run logged (TRL's completions/mean_length), if any."""
+    from r1lite.pipeline import run_dir
+    from r1lite.report import series
+
+    folder = run_dir(recipe)
+    _, lengths = series(folder, "grpo", "completion_length")
+    if not lengths:
+        return None
+    mean = round(sum(lengths) / len(lengths))
+    return mean, f"measured: mean over {len(lengths)} logged GRPO steps of {folder}"
+
+
+def typical_completion(recipe: Any) -> tuple[int, str, bool] | None:
+    """(tokens, source, measured): a measured run's mean completion length when there is one, else a cited figure
+    for the recipe's task; None without either."""
+    measured = _measured_completion_tokens(recipe)
+    if measured is not None:
+        return (*measured, True)
+    cited = CITED_COMPLETION_TOKENS.get(recipe.data.task)
+    return None if cited is None else (*cited, False)
+
+
+def at_completion_length(recipe: Any, tokens: int) -> Any:
+    """The recipe with every completion (GRPO and evals) at most `tokens` long."""
+    g, e = recipe.grpo, recipe.eval
+    return recipe.model_copy(
+        update={
+            "grpo": g.model_copy(update={"max_completion_length": min(tokens, g.max_completion_length)}),
+            "eval": e.model_copy(update={"max_new_tokens": min(tokens, e.max_new_tokens)}),
+        }
+    )
+
+
+def _typical(plan: Plan, recipe: Any, rows: int, prompt: int) -> TypicalLength | None:
+    """The plan's run timed at the typical completion length, when one is known and below the maximum."""
+    typical = typical_completion(recipe)
+    if typical is None or not plan.episodes or typical[0] >= recipe.grpo.max_completion_length:
+        return None
+    tokens, source, measured = typical
+    shorter = at_completion_length(recipe, tokens)
+    timing = run_timing(shorter, plan.shape, plan.card, plan.on_cuda, rows, prompt, plan.gpus)
+    return None if timing is None else TypicalLength(tokens, source, measured, plan.episodes * tokens, timing)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -746,10 +801,7 @@ def detected_card(vram_gib: float | None = None) -> Card | None:
     hw = probe()
     if not hw.cuda:
         return None
-    from r1lite.cost import price_for
-
-    _, price_key = price_for(hw.gpu_name)
-    known = next((c for c in CARDS if price_key and c.price == price_key), None)
+    known = find_card(hw.gpu_name)
     return (
         replace(known, name=hw.gpu_name or known.name, gib=hw.gpu_total_gib)
         if known

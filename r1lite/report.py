@@ -452,20 +452,44 @@ def _html(title: str, markdown: str, plots: list[Path]) -> str:
     )
 
 
-def list_runs(root: Path) -> list[dict[str, Any]]:
-    """Every run directory under `root`, with how far it got and its final numbers."""
-    from r1lite.pipeline import STAGES
+def _enabled_stages(run_dir: Path) -> list[str]:
+    """The stages the run's own recipe runs (an RL-only run has no SFT and no warm-up eval), as `r1lite run` does.
 
+    A config.yaml that no longer validates (a task file moved, a key renamed since) is read for the two switches
+    that decide it, so an old run still lists with its progress.
+    """
+    from types import SimpleNamespace
+
+    from r1lite.pipeline import enabled_stages
+    from r1lite.recipes import read_yaml, resolve
+
+    path = run_dir / "config.yaml"
+    try:
+        raw = read_yaml(path)
+    except R1liteError:
+        raw = {}
+    try:
+        return enabled_stages(resolve(raw, None, [], str(path)))
+    except R1liteError:
+        switch = lambda k: bool(raw[k].get("enabled", True)) if isinstance(raw.get(k), dict) else True  # noqa: E731
+        return enabled_stages(
+            SimpleNamespace(sft=SimpleNamespace(enabled=switch("sft")), grpo=SimpleNamespace(enabled=switch("grpo")))
+        )
+
+
+def list_runs(root: Path) -> list[dict[str, Any]]:
+    """Every run directory under `root`, with how far it got (of the stages its recipe runs) and its final numbers."""
     runs = []
     for d in sorted(p for p in Path(root).glob("*") if (p / "config.yaml").is_file()):
         stages = read_json_or_empty(d / "stages.json")
         final, base = read_json_or_empty(d / "eval/final.json"), read_json_or_empty(d / "eval/base.json")
+        enabled = _enabled_stages(d)
         runs.append(
             {
                 "name": d.name,
                 "path": str(d),
-                "stages_done": sum(s in stages for s in STAGES),
-                "stages_total": len(STAGES),
+                "stages_done": sum(s in stages for s in enabled),
+                "stages_total": len(enabled),
                 "base_accuracy": base.get("accuracy"),
                 "final_accuracy": final.get("accuracy"),
                 "final_format_rate": final.get("format_rate"),

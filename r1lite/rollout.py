@@ -22,7 +22,9 @@ Qwen2.5-3B). The prefill keeps only the last position's logits. Memory is checke
 allocated, on both paths, against what the cache really costs in the dtype activations run in.
 
 Sampling follows TRL/HF semantics (temperature, then top-k, then top-p). Returned log-probs are
-log_softmax(logits / temperature) of the sampled tokens, the quantity TRL recomputes in training.
+log_softmax(logits / temperature) of the sampled tokens, the quantity TRL recomputes in training, with
+the logits of a half-precision head computed in fp32 (`last_logits`). Non-finite logits (an fp16
+overflow) stop the rollout with the setting to change, not a device-side assert.
 
 Engines live on the model they serve (`engine_for`), so they die with it; `release_engines(model)`
 frees their buffers at once (end of an eval, end of a stage).
@@ -39,7 +41,7 @@ from typing import Any
 import torch
 
 from r1lite import ui
-from r1lite.errors import R1liteError
+from r1lite.errors import PrecisionError, R1liteError
 
 GIB = 2**30
 
@@ -80,7 +82,12 @@ class RolloutOutput:
 def sample(
     logits: torch.Tensor, s: RolloutSettings, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next tokens [B] and their log-probs [B] under log_softmax(logits / temperature)."""
+    """Next tokens [B] and their log-probs [B] under log_softmax(logits / temperature).
+
+    A row whose logits are not finite (NaN or +inf: fp16 activations that overflowed) gets a non-finite log-prob
+    and an arbitrary token: on CUDA `torch.multinomial` on such a row is a device-side assert that kills the process,
+    so it never sees one, and the engine raises `PrecisionError` at its next sync instead.
+    """
     scaled = logits.float() / s.temperature  # [B, V]
     logp = torch.log_softmax(scaled, dim=-1)
     if s.greedy:
@@ -96,8 +103,34 @@ def sample(
             drop = cum - torch.softmax(sorted_logits, dim=-1) > s.top_p  # keep the token that crosses top_p
             filtered = filtered.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
         probs = torch.softmax(filtered, dim=-1)
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        finite = torch.isfinite(probs).all(dim=-1, keepdim=True)  # [B, 1]; no device sync
+        tokens = torch.multinomial(torch.where(finite, probs, 1.0), 1, generator=generator).squeeze(-1)
+    # not finite for a row with NaN or +inf logits (log_softmax spreads them over the row); finite otherwise, as
+    # the chosen token has a probability above 0
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def nonfinite_error(dtype: torch.dtype) -> PrecisionError:
+    """The one-line error for NaN/inf logits in `dtype`, naming the settings that widen it."""
+    wider = "--set model.dtype=float32 --set quantization.compute_dtype=float32"
+    if dtype == torch.float16:
+        bf16 = "--set model.dtype=bfloat16 --set quantization.compute_dtype=bfloat16"
+        fix = f"use bf16 on a GPU that has it ({bf16}) or fp32 ({wider})"
+    else:
+        fix = f"rerun with {wider}"
+    return PrecisionError(
+        f"rollout: the policy's next-token logits are NaN or infinite in {str(dtype).removeprefix('torch.')} "
+        f"(activations overflowed, or the weights diverged); {fix}"
+    )
+
+
+def _all_stopped(done: torch.Tensor, logps: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether every row has stopped, in one device->host sync that also raises `PrecisionError` when a sampled
+    token's log-prob is not finite (its logits were not)."""
+    stopped, broken = torch.stack([done.all(), ~torch.isfinite(logps).all()]).tolist()
+    if broken:
+        raise nonfinite_error(dtype)
+    return bool(stopped)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,20 +180,40 @@ def merged_copy(model: Any, dtype: torch.dtype) -> Any:
     # stream that seeded sampling relies on)
     with torch.device("meta"):
         copy = AutoModelForCausalLM.from_config(source.config, dtype=dtype)
-    copy.to_empty(device=device)
+    copy.tie_weights()  # a no-op for untied models
+    _materialize(copy, device)
     copy.eval().requires_grad_(False)
+    filled: set[int] = set()
     with torch.no_grad():
         for name, module in copy.named_modules():
-            own = [n for n, _ in module.named_parameters(recurse=False)]
+            own = [(n, p) for n, p in module.named_parameters(recurse=False) if id(p) not in filled]
             src = source.get_submodule(name) if own or list(module.named_buffers(recurse=False)) else None
-            for pname in own:
-                getattr(module, pname).copy_(_dense(src, pname, dtype))
+            for pname, param in own:  # a tied head is the embeddings' tensor, filled once
+                param.copy_(_dense(src, pname, dtype))
+                filled.add(id(param))
             for bname, buf in module.named_buffers(recurse=False):
                 buf.copy_(getattr(src, bname))
-    copy.tie_weights()  # to_empty() unties shared tensors; re-tie (a no-op for untied models)
     copy.generation_config = source.generation_config
     contiguous_head(copy)  # frozen: a sliced prefill would copy the whole head per prompt
     return copy
+
+
+def _materialize(model: Any, device: torch.device) -> None:
+    """Allocate the parameters and buffers of a model built on the meta device, one tensor per distinct parameter.
+
+    Not `Module.to_empty`: it gives every module a tensor of its own, so a tied LM head becomes a second head
+    (0.58 GiB on Qwen2.5-3B) until `tie_weights()`, memory neither the engine's estimate nor the plan counts.
+    """
+    made: dict[int, torch.nn.Parameter] = {}
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None:
+                if id(param) not in made:
+                    made[id(param)] = torch.nn.Parameter(torch.empty_like(param, device=device), requires_grad=False)
+                module._parameters[name] = made[id(param)]
+        for name, buf in list(module._buffers.items()):
+            if buf is not None:
+                module._buffers[name] = torch.empty_like(buf, device=device)
 
 
 def refresh_merged(copy: Any, model: Any, dtype: torch.dtype) -> None:
@@ -297,6 +350,49 @@ def _cache_kwarg(model: Any) -> str:
     """transformers renamed `past_key_values` to `cache`; use whichever this version's forward takes."""
     params = inspect.signature(base_model_of(model).forward).parameters
     return "cache" if "cache" in params else "past_key_values"
+
+
+# Config fields with which a model's forward post-processes its LM head's output (as TRL's fused head lists them)
+_LOGIT_SCALING = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+
+
+def fp32_head(runner: Any) -> torch.nn.Linear | None:
+    """The LM head the engine applies itself, in fp32: a plain half-precision head whose output is the logits.
+
+    None where the model's own forward gives the logits: a head already in fp32 (the same numbers), a quantized
+    or adapted head, or logits the forward post-processes (softcapping, a scale).
+    """
+    base = base_model_of(runner)
+    head = base.get_output_embeddings()
+    config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    if not isinstance(head, torch.nn.Linear) or head.weight.dtype not in (torch.float16, torch.bfloat16):
+        return None
+    if any(getattr(config, key, None) not in (None, 1.0) for key in _LOGIT_SCALING):
+        return None
+    return head
+
+
+def _fp32_linear(x: torch.Tensor, head: torch.nn.Linear) -> torch.Tensor:
+    """`head(x)` with the products accumulated and returned in fp32, without an fp32 copy of the weight on CUDA."""
+    if x.device.type == "cuda" and torch.__version__ >= (2, 8):  # `out_dtype`: bf16/fp16 in, fp32 out
+        out = torch.mm(x, head.weight.t(), out_dtype=torch.float32)
+    else:
+        out = x.float() @ head.weight.float().t()
+    return out if head.bias is None else out + head.bias.float()
+
+
+def last_logits(runner: Any, head: torch.nn.Linear | None, **inputs: Any) -> torch.Tensor:
+    """`runner`'s logits [B, V] at the last position of `inputs`; through `head` in fp32 when given (`fp32_head`,
+    looked up once, outside a compiled step).
+
+    The sampled tokens' log-probs are compared with the trainer's (`rollout/logprob_gap`, the importance ratio),
+    which TRL folds into log-probs in fp32; bf16 logits would add their rounding (steps of 0.125 at 16 <= |z| < 32)
+    to that gap on a GPU. The head costs the same matmul either way.
+    """
+    if head is None:
+        return runner(**inputs, logits_to_keep=1).logits[:, -1, :]
+    hidden = base_model_of(runner).base_model(**inputs).last_hidden_state  # [B, L, H]: the model without its head
+    return _fp32_linear(hidden[:, -1, :], head)
 
 
 @dataclass
@@ -539,20 +635,14 @@ class RolloutEngine:
                 mask[i, Lp - len(p) :] = 1
             positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [P, Lp]
             prefill_cache = DynamicCache(config=source.config)
-            out = runner(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                logits_to_keep=1,
-                **{kw: prefill_cache},
-            )
-            first_logits = out.logits[:, -1, :].repeat_interleave(G, dim=0)  # [B, V]
+            inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": True}
+            first_logits = last_logits(runner, fp32_head(runner), **inputs, **{kw: prefill_cache})
+            first_logits = first_logits.repeat_interleave(G, dim=0)  # [B, V]
 
             # 2. copy each prompt's KV into its G rows of the batch's static cache
             for layer, filled in zip(state.cache.layers, prefill_cache.layers, strict=False):
                 layer.update(filled.keys.repeat_interleave(G, dim=0), filled.values.repeat_interleave(G, dim=0))
-            del prefill_cache, out
+            del prefill_cache
             state.mask.fill_(1)
             state.mask[:, :Lp] = mask.repeat_interleave(G, dim=0)  # causal masking hides the unwritten tail
             next_pos = mask.sum(-1).repeat_interleave(G, dim=0)  # [B] position of the first new token
@@ -570,9 +660,13 @@ class RolloutEngine:
                 done |= torch.isin(tok, eos)
                 # 3. rows stop at their EOS (padded after it); the batch stops once all rows have, checked
                 #    every `sync_every` tokens: each check waits for the device
-                if t + 1 == self.s.max_new_tokens or (steps % self.s.sync_every == 0 and bool(done.all())):
+                #    (the same sync stops the rollout at a non-finite log-prob: the policy overflowed its dtype)
+                if t + 1 == self.s.max_new_tokens or (
+                    steps % self.s.sync_every == 0 and _all_stopped(done, logps[:, :steps], dtype)
+                ):
                     break
                 logits = state.step(tok[:, None], (next_pos + t)[:, None])
+            _all_stopped(done, logps[:, :steps], dtype)  # the tokens since the last check
         finally:
             if was_training:
                 self.model.train()
@@ -590,13 +684,11 @@ class RolloutEngine:
         mismatch turns capture off for this engine with one logged line and decoding goes on eagerly; a
         CUDA error that outlives the failed capture stops the run with the setting to change.
         """
-        kw = _cache_kwarg(state.runner)
+        kw, head = _cache_kwarg(state.runner), fp32_head(state.runner)
 
         def step(tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-            out = state.runner(
-                input_ids=tok, attention_mask=state.mask, position_ids=pos, use_cache=True, **{kw: state.cache}
-            )
-            return out.logits[:, -1, :]
+            inputs = {"input_ids": tok, "attention_mask": state.mask, "position_ids": pos, "use_cache": True}
+            return last_logits(state.runner, head, **inputs, **{kw: state.cache})
 
         state.compiled = self.compiles(state.merged, device)
         if not state.compiled:
@@ -684,11 +776,12 @@ def engine_for(model: Any, tokenizer: Any, settings: RolloutSettings) -> Rollout
     return engines[key]
 
 
-def release_engines(model: Any) -> None:
-    """Free the buffers of the engines `engine_for` made for `model`, except the GRPO trainer's own."""
+def release_engines(model: Any, pinned: bool = False) -> None:
+    """Free the buffers of the engines `engine_for` made for `model`, except the GRPO trainer's own unless `pinned`
+    (its trainer is done with it)."""
     engines = model.__dict__.get(_ENGINES_ATTR, {})
     for key, engine in list(engines.items()):
-        if not engine.pinned:
+        if pinned or not engine.pinned:
             engine.close()
             del engines[key]
     if not engines:

@@ -1,9 +1,15 @@
-"""The rollout benchmark's harness runs end to end on CPU (a smoke test: no speed is asserted)."""
+"""The benchmarks' harnesses run end to end on CPU (smoke tests: no speed is asserted)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,28 +31,79 @@ def test_rollout_bench_smoke(tmp_path):
     assert result["throughput_ratio"] > 0 and out.is_file()
 
 
-@pytest.mark.slow
-def test_gpu_check_dry_run_prints_the_table_it_would_print_on_a_gpu(tmp_path, capsys):
-    """`python bench/gpu_check.py --dry-run`: every GPU profile through base eval, SFT and GRPO (with its periodic
-    eval) on tiny shapes, the CUDA tests (skipped here) and the rollout comparison, into one JSON and one table."""
-    path = Path(__file__).resolve().parent.parent / "bench" / "gpu_check.py"
-    spec = importlib.util.spec_from_file_location("bench_gpu_check", path)
+GPU_CHECK = Path(__file__).resolve().parent.parent / "bench" / "gpu_check.py"
+
+
+def _gpu_check():
+    spec = importlib.util.spec_from_file_location("bench_gpu_check", GPU_CHECK)
     check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(check)
+    return check
+
+
+def test_gpu_check_starts_a_part_only_when_the_time_it_needs_remains(tmp_path, monkeypatch, capsys):
+    """Within a 5 s budget only env fits: tests, rollout and every profile are skipped with their need, in the
+    JSON that is written even so."""
+    monkeypatch.delenv("OUT", raising=False)
+    check, out = _gpu_check(), tmp_path / "gpu.json"
+    report = check.main(["--dry-run", "--budget-s", "5", "--out", str(out)])
+    assert [p["name"] for p in report["parts"]] == ["env"] and report["env"]["pip_list"]
+    assert set(report["skipped"]) == {"tests", "rollout", *check.PROFILES}
+    assert all(why.startswith("budget: needs") for why in report["skipped"].values())
+    assert json.loads(out.read_text()) == report and report["finished"] is True
+    assert "skipped gpu-16gb: budget" in capsys.readouterr().out
+
+
+def test_gpu_check_judges_fit_from_peak_allocated_and_the_measured_context():
+    """Fits = peak allocated x the plan's allocator factor + the CUDA context its process held <= the card; a cap
+    at the card less the plan's context cannot tell that on its own."""
+    judge_fit, gib = _gpu_check().judge_fit, 2**30
+    assert judge_fit(12 * gib, int(1.2 * gib), 15.6)  # 12.6 + 1.2
+    assert not judge_fit(14 * gib, int(1.2 * gib), 15.6)  # 14.7 + 1.2: the allocator's share alone fits
+    assert not judge_fit(13 * gib, int(2.0 * gib), 15.6)  # 13.65 + 2.0: a context larger than planned
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_writes_each_part_as_it_finishes(tmp_path):
+    """`python bench/gpu_check.py --dry-run` in its own process, stopped (SIGKILL) once a profile has finished: the
+    JSON on disk was valid after every part, grew in the order env, tests, rollout, profiles, and holds every part
+    that finished, with the numbers the GPU run would fill in."""
     out = tmp_path / "gpu.json"
-    report = check.main(["--dry-run", "--out", str(out)])
-    assert out.is_file() and not report["skipped"]
-    assert [p["profile"] for p in report["profiles"]] == list(check.PROFILES)
-    for p in report["profiles"]:
-        assert "error" not in p, p
-        assert set(p["stages"]) == {"eval", "sft_step", "grpo_rollout", "grpo_train", "grpo_periodic_eval"}
-        assert p["merge"]["engine"] == p["merge"]["plan"]  # on CPU both follow the CPU rule
-        assert p["step_s"] > 0
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    command = [sys.executable, str(GPU_CHECK), "--dry-run", "--profiles", "gpu-16gb-qwen3,gpu-16gb", "--out", str(out)]
+    log = (tmp_path / "log").open("w")
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    seen: list[list[str]] = []
+    try:
+        deadline = time.monotonic() + 1200
+        while proc.poll() is None and time.monotonic() < deadline:
+            if out.is_file():
+                names = [p["name"] for p in json.loads(out.read_text())["parts"]]  # never half a file
+                if not seen or names != seen[-1]:
+                    seen.append(names)
+                if "gpu-16gb-qwen3" in names:
+                    break
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the check and the profile process it started
+        proc.wait()
+        log.close()
+    order = ["env", "tests", "rollout", "gpu-16gb-qwen3", "gpu-16gb"]
+    assert all(names == order[: len(names)] for names in seen), seen
+    report = json.loads(out.read_text())
+    tail = (tmp_path / "log").read_text()[-3000:]
+    assert [p["name"] for p in report["parts"]][:4] == order[:4] and "finished" not in report, tail
     assert report["tests"]["exit_code"] in (0, 5) and report["tests"]["counts"].get("skipped", 0) >= 10
     assert not report["tests"]["failed"]
-    assert {c["merge"] for c in report["rollout"]} == {"merged", "unmerged"}
-    printed = capsys.readouterr().out
-    assert "r1lite GPU check" in printed and "grpo_periodic_eval" in printed and "pytest -m cuda" in printed
+    assert [c["merge"] for c in report["rollout"]] == ["unmerged", "merged"]
+    assert all("results" in c for c in report["rollout"]), report["rollout"]
+    [profile] = report["profiles"]
+    assert "error" not in profile, profile
+    assert profile["model"] == "Qwen/Qwen3-1.7B-Base" and profile["card"] == "16 GB (RTX 4060 Ti)"
+    assert set(profile["stages"]) == {"eval", "sft_step", "grpo_rollout", "grpo_train", "grpo_periodic_eval"}
+    assert profile["merge"]["engine"] == profile["merge"]["plan"]  # on CPU both follow the CPU rule
+    assert profile["step_s"] > 0 and profile["fits_card"] is None  # no CUDA: nothing measured to judge
 
 
 def test_reward_fuzzer_finds_no_exception(capsys):

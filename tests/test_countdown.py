@@ -120,16 +120,94 @@ def test_base_prompt_is_tinyzero_verbatim():
     assert cd.base_prompt([1, 2, 3], 6) == expected
 
 
-def test_prompt_formats_end_in_think():
-    assert cd.qwen_instruct_prompt([1, 2], 3).startswith("<|im_start|>system\n")
-    assert cd.qwen_instruct_prompt([1, 2], 3).endswith(
-        "<|im_start|>assistant\nLet me solve this step by step.\n<think>"
+def _prompts_the_stages_render(fmt: str, tokenizer) -> tuple[list, dict[str, list[str]]]:
+    """(train and test problems, the prompts GRPO, SFT and eval build from them) for `data.prompt_format=fmt`."""
+    from types import SimpleNamespace
+
+    from r1lite.recipes import load_recipe
+    from r1lite.stages import data, grpo, sft
+    from r1lite.stages import eval as eval_stage
+
+    sets = [f"data.prompt_format={fmt}", "data.dir=data/prompts", "data.train_size=3", "data.test_size=3"]
+    recipe = load_recipe("countdown", "cpu", [*sets, "sft.examples=3", "eval.examples=3"])
+    data.run(recipe.data)
+    seen = {}
+
+    def generate(model, tokenizer, prompts, *args, **kwargs):  # the eval's prompts, answered with nothing
+        seen["eval"] = prompts
+        return [[("", 0)] for _ in prompts]
+
+    examples = data.load_split(recipe.data, "train"), data.load_split(recipe.data, "test")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(eval_stage, "generate", generate)
+        model = SimpleNamespace(parameters=lambda: iter([SimpleNamespace(device=SimpleNamespace(type="cpu"))]))
+        eval_stage.evaluate(model, tokenizer, examples[1], recipe)
+    seen["grpo"] = [row["prompt"] for row in grpo.build_dataset(recipe, tokenizer)]
+    seen["sft"] = [row["prompt"] for row in sft.build_dataset(recipe, tokenizer)]
+    return examples, seen
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer():
+    from r1lite.tiny import build_tokenizer
+
+    return build_tokenizer()  # a ChatML template, as the offline model's
+
+
+@pytest.mark.parametrize("fmt", ["base", "qwen-instruct", "chat", "compact"])
+def test_the_prompts_every_stage_renders_end_in_think_and_ask_the_problem(fmt, chat_tokenizer):
+    """What GRPO trains on, SFT imitates after and eval scores: one rendering (the task's), TinyZero's text."""
+    (train, test), seen = _prompts_the_stages_render(fmt, chat_tokenizer)
+    task = cd.Countdown()
+    for stage, problems in (("grpo", train), ("sft", train), ("eval", test)):
+        assert seen[stage] == [task.render_prompt(ex, fmt, chat_tokenizer) for ex in problems], stage
+        for ex, prompt in zip(problems, seen[stage], strict=True):
+            assert prompt.endswith("<think>"), (stage, prompt)  # the completion starts inside the think block
+            ask = (
+                f"Make {ex['target']} from {ex['nums']} with + - * /, each number once. Answer in <answer></answer>."
+                if fmt == "compact"
+                else f"Using the numbers {ex['nums']}, create an equation that equals {ex['target']}. "
+            )
+            assert ask in prompt, (stage, prompt)
+    ex = train[0]
+    user = (
+        f"Using the numbers {ex['nums']}, create an equation that equals {ex['target']}. You can use basic arithmetic "
+        "operations (+, -, *, /) and each number can only be used once. Show your work in <think> </think> tags. "
+        "And return the final answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3 </answer>."
     )
-    assert cd.chat_messages([1, 2], 3)[1]["content"].startswith("Using the numbers [1, 2], create")
+    system = (
+        "You are a helpful assistant. You first thinks about the reasoning process in the mind and then provides "
+        "the user with the answer."
+    )
+    prompt = seen["grpo"][0]
+    if fmt == "base":
+        assert prompt == cd.base_prompt(ex["nums"], ex["target"])  # TinyZero's text (test_base_prompt_is_...)
+    elif fmt == "qwen-instruct":  # TinyZero's ChatML written out by hand
+        assert prompt == (
+            f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n {user}<|im_end|>\n"
+            "<|im_start|>assistant\nLet me solve this step by step.\n<think>"
+        )
+    elif fmt == "chat":  # the same turns through the model's own template
+        assert prompt == (
+            f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
+            "<|im_start|>assistant\nLet me solve this step by step.\n<think>"
+        )
+    else:
+        assert prompt == (
+            f"<|im_start|>user\nMake {ex['target']} from {ex['nums']} with + - * /, each number once. Answer in "
+            "<answer></answer>.<|im_end|>\n<|im_start|>assistant\n<think>"
+        )
+
+
+def test_prompt_formats_that_cannot_be_rendered_are_refused():
+    task, ex = cd.Countdown(), {"nums": [1, 2], "target": 3}
     with pytest.raises(ValueError, match="chat template"):
-        cd.render_prompt([1, 2], 3, "chat", tokenizer=None)
+        task.render_prompt(ex, "chat", tokenizer=None)
     with pytest.raises(ValueError, match="unknown prompt format"):
-        cd.render_prompt([1, 2], 3, "nope")
+        task.render_prompt(ex, "nope")
+    assert task.render_prompt(ex, "compact") == (  # no chat template: the question, then the think block
+        "Make 3 from [1, 2] with + - * /, each number once. Answer in <answer></answer>.\n<think>"
+    )
 
 
 def test_shows_search():

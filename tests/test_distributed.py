@@ -123,3 +123,55 @@ def test_two_processes_run_one_run(tmp_path):
     from transformers import AutoModelForCausalLM
 
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model), str(two / "grpo/adapter"))
+
+
+def test_trainers_skip_ddp_unused_parameter_search(tmp_path):
+    """For a PEFT model (not a PreTrainedModel) the HF Trainer's default is find_unused_parameters=True under
+    `--gpus N`: a walk of the autograd graph after every backward. Every LoRA parameter gets a gradient, so r1lite
+    turns it off in the arguments every stage builds."""
+    from trl import SFTConfig
+
+    from r1lite.models import trainer_defaults
+    from r1lite.stages.grpo import trainer_args
+
+    recipe = load_recipe("countdown", "gpu-24gb")
+    grpo = trainer_args(recipe, tmp_path, on_cuda=False, backend="engine")
+    sft = SFTConfig(output_dir=str(tmp_path / "sft"), **trainer_defaults(recipe, on_cuda=False))
+    assert grpo.ddp_find_unused_parameters is False and sft.ddp_find_unused_parameters is False
+
+
+DDP_SCRIPT = """
+import sys
+from datasets import Dataset
+from trl import SFTConfig, SFTTrainer
+from r1lite.models import load_model, load_tokenizer, lora_config, trainer_defaults
+from r1lite.recipes import load_recipe
+
+path = sys.argv[1]
+recipe = load_recipe("countdown", "cpu", [f"model.name={path}"])
+args = SFTConfig(output_dir="out", max_steps=1, save_strategy="no", **trainer_defaults(recipe, on_cuda=False))
+trainer = SFTTrainer(
+    model=load_model(path, recipe.model, recipe.quantization),
+    args=args,
+    train_dataset=Dataset.from_list([{"prompt": "Try 4 * 5", "completion": " = 20"}] * 4),
+    processing_class=load_tokenizer(path),
+    peft_config=lora_config(recipe.lora),
+)
+trainer.train()  # a backward through DDP: with find_unused_parameters=False an unused parameter would raise
+wrapped = trainer.model_wrapped
+print(f"{type(wrapped).__name__} find_unused_parameters={wrapped.find_unused_parameters}")
+"""
+
+
+@pytest.mark.slow
+def test_the_ddp_wrapper_does_not_search_for_unused_parameters(tmp_path):
+    """Two processes (gloo on CPU) train one LoRA step: DDP wraps the model without the unused-parameter search."""
+    from r1lite.tiny import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "model")
+    (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "ddp.py", str(model)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(launcher, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("DistributedDataParallel find_unused_parameters=False") == 2, done.stdout

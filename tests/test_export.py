@@ -8,6 +8,7 @@ says and a merge that dropped it would show.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -24,6 +25,12 @@ from r1lite.fileio import read_json, write_json, write_text
 
 runner = CliRunner()
 MAX_NEW = 12  # tokens per answer in `try` tests
+UMASK = os.umask(0o022)
+os.umask(UMASK)
+
+
+def _mode(path: Path) -> str:
+    return oct(path.stat().st_mode & 0o777)
 
 
 def cli(*args: str, input: str | None = None):
@@ -276,7 +283,10 @@ def test_merged_export_is_a_plain_model_with_the_adapters_greedy_tokens(tiny, tm
         assert _greedy(merged, tokenizer, prompt, 16) == _greedy(adapted, tokenizer, prompt, 16), row
         differs += _greedy(base, tokenizer, prompt, 16) != _greedy(adapted, tokenizer, prompt, 16)
     assert differs  # the adapter matters, so equal tokens mean it was merged
-    assert oct((out / "model.safetensors").stat().st_mode & 0o777) != oct(0o600)  # readable by a server
+    # readable by a server in a container or another user: the permissions the umask gives an ordinary file (0644
+    # under the usual 022), not the 0600 of a temporary file, and the folder's likewise (0755)
+    assert _mode(out / "model.safetensors") == _mode(out / "config.json") == oct(0o666 & ~UMASK)
+    assert _mode(out) == oct(0o777 & ~UMASK)
 
 
 def test_adapter_export_is_a_peft_folder_with_tokenizer_and_card(tiny, tmp_path):
@@ -560,15 +570,25 @@ def test_checkpoint_pusher_survives_a_failed_copy_and_a_stop_cancels_what_is_que
     assert "grpo-step-000001 not pushed (OSError: [Errno 28] No space left on device)" in capsys.readouterr().out
     assert pusher.uploads == [] and not list((tmp_path / "tmp").glob("r1lite-push-*"))
 
-    release, upload = threading.Event(), HfApi.upload_folder
-    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: release.wait(5) and upload(self, **kw))
+    started, release, upload = threading.Event(), threading.Event(), HfApi.upload_folder
+
+    def held(self, **kwargs):
+        started.set()
+        release.wait(5)
+        return upload(self, **kwargs)
+
+    monkeypatch.setattr(HfApi, "upload_folder", held)
     pusher.on_save(args, state(2), None)  # starts, and waits for `release`
+    assert started.wait(5)
     pusher.on_save(args, state(3), None)  # queued behind it
     pusher.close()
     said = capsys.readouterr().out
-    assert "not pushed (stopped first): grpo-step-000002, grpo-step-000003" in said
+    # only the queued upload was dropped; the running one is not called unsent, since it goes on and completes
+    assert "not pushed (stopped first): grpo-step-000003\n" in said and "grpo-step-000002," not in said
+    assert "grpo: still uploading grpo-step-000002; the process waits for it before it exits" in said
     assert len(list((tmp_path / "tmp").glob("r1lite-push-*"))) == 1  # step 3's copy is gone; step 2's is in use
     release.set()
     pusher.pool.shutdown(wait=True)
     assert hub["uploads"] == ["me/x@grpo-step-000002"]
+    assert "grpo: pushed grpo-step-000002 to https://huggingface.co/me/x" in capsys.readouterr().out  # said when up
     assert not list((tmp_path / "tmp").glob("r1lite-push-*"))

@@ -54,8 +54,8 @@ def moved(root: Path, stage: str) -> bool:
     return any(t.abs().sum() > 0 for name, t in adapter(root, stage).items() if "lora_B" in name)
 
 
-def run(sets: list[str]):
-    args = ["--quiet", "run", "countdown", "-p", "cpu", *[x for s in sets for x in ("--set", s)]]
+def run(sets: list[str], *flags: str):
+    args = ["--quiet", "run", "countdown", "-p", "cpu", *flags, *[x for s in sets for x in ("--set", s)]]
     return runner.invoke(app, args)
 
 
@@ -181,11 +181,19 @@ def test_the_second_signal_stops_at_once(monkeypatch):
 
 @pytest.mark.slow
 def test_running_out_of_memory_keeps_the_checkpoint_and_auto_fit_continues(tiny, monkeypatch):
+    """The settings named and saved are the real planner's (nothing stubbed but the card): they fit a card with 15 %
+    less memory where the run's own do not, and --auto-fit writes them into config.yaml and continues."""
     from r1lite import plan
     from r1lite.grpo_trainer import GRPOTrainer
+    from r1lite.recipes import load_recipe, read_yaml
 
-    monkeypatch.setattr(plan, "detected_card", lambda vram_gib=None: plan.Card("test card", 16.0))
-    monkeypatch.setattr(plan, "auto_fit", lambda recipe, card, **_: (recipe, {"grpo.micro_batch_size": 2}))
+    sets = overrides(tiny, "oom", "grpo.save_every=2", "sft.enabled=false")
+    recipe = load_recipe("countdown", "cpu", sets)
+    peak = plan.make_plan(recipe, plan.Card("any", 80.0), verdicts=False).peak_gib
+    card = plan.Card("test card", peak * 1.2)  # the run fits it, but not with room on 15 % less: the plan must act
+    smaller = plan.Card(card.name, card.gib * 0.85)
+    assert not plan.make_plan(recipe, smaller, verdicts=False).fits(headroom=plan.HEADROOM)
+    monkeypatch.setattr(plan, "detected_card", lambda vram_gib=None: card)
     generate, calls = GRPOTrainer._generate, []
 
     def oom_at_step_3(self, prompts):
@@ -194,20 +202,30 @@ def test_running_out_of_memory_keeps_the_checkpoint_and_auto_fit_continues(tiny,
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return generate(self, prompts)
 
-    sets = overrides(tiny, "oom", "grpo.save_every=2", "sft.enabled=false")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(GRPOTrainer, "_generate", oom_at_step_3)
         result = run(sets)
     assert result.exit_code == 3, result.output
-    assert "out of GPU memory during grpo" in result.output and "--set grpo.micro_batch_size=2" in result.output
     root = Path("oom/countdown-cpu")
     assert (root / "grpo/trainer/checkpoint-2/trainer_state.json").is_file()
-    assert read_json(root / "oom.json")["settings"] == {"grpo.micro_batch_size": 2}
+    fix = read_json(root / "oom.json")["settings"]
+    assert fix and fix.get("grpo.micro_batch_size", 4) < 4, fix  # a smaller micro-batch: the training step's peak
+    named = " ".join(f"--set {k}={v}" for k, v in fix.items())
+    assert "out of GPU memory during grpo" in result.output and "the last checkpoint is kept" in result.output
+    assert f"these fit with more room: {named} (or rerun with --auto-fit" in result.output
+    fitted = load_recipe("countdown", "cpu", [*sets, *(f"{k}={v}" for k, v in fix.items())])
+    assert plan.make_plan(fitted, smaller, verdicts=False).fits(headroom=plan.HEADROOM)  # what the plan promised
+
     args = ["run", "countdown", "-p", "cpu", "--auto-fit", *[x for s in sets for x in ("--set", s)]]
-    fitted = runner.invoke(app, args)
-    assert fitted.exit_code == 0, fitted.output
-    assert "grpo.micro_batch_size=2" in fitted.output and "continuing from checkpoint-2" in fitted.output
-    assert read_json(root / "stages.json")["grpo"]
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "--auto-fit after running out of memory: " + ", ".join(f"{k}={v}" for k, v in fix.items()) in again.output
+    assert "continuing from checkpoint-2" in again.output and read_json(root / "stages.json")["grpo"]
+    config = read_yaml(root / "config.yaml")  # the run records the settings it ran with
+    for key, value in fix.items():
+        section, name = key.split(".")
+        assert config[section][name] == value, key
+    assert config["grpo"]["micro_batch_size"] != recipe.grpo.micro_batch_size
 
 
 @pytest.mark.slow
@@ -297,3 +315,148 @@ def test_chaos_short():
     spec.loader.exec_module(chaos)
     report = chaos.main(["--kills", "3", "--seed", "2", "--json"])
     assert report["kills"] == 3 and report["identical"], report
+
+
+def trained_steps(monkeypatch) -> dict[str, list[int]]:
+    """The steps each stage trains from now on, by stage (every step end passes StopAtStepEnd)."""
+    seen: dict[str, list[int]] = {}
+    original = interrupts.StopAtStepEnd.on_step_end
+
+    def on_step_end(self, args, state, control, **kwargs):
+        seen.setdefault(Path(args.output_dir).parent.name, []).append(state.global_step)  # <run>/<stage>/trainer
+        return original(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(interrupts.StopAtStepEnd, "on_step_end", on_step_end)
+    return seen
+
+
+@pytest.mark.slow
+def test_the_time_budget_holds_across_a_stop_and_restart_starts_the_stage_over(tiny, monkeypatch):
+    """grpo.max_minutes=1 on a clock where every GRPO step takes 25 s: training stops after the step that crosses
+    60 s, counting the time spent before a stop (saved with each checkpoint); --restart trains from step 1 again."""
+    from types import SimpleNamespace
+
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(interrupts, "time", SimpleNamespace(monotonic=lambda: clock.now))
+    budget_check = interrupts.TimeBudget.on_step_end
+
+    def a_step_takes_25_s(self, args, state, control, **kwargs):
+        clock.now += 25
+        return budget_check(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(interrupts.TimeBudget, "on_step_end", a_step_takes_25_s)
+    steps = trained_steps(monkeypatch)
+    sets = overrides(tiny, "budget", "sft.enabled=false", "grpo.max_steps=8", "grpo.max_minutes=1")
+    root = Path("budget/countdown-cpu")
+
+    with pytest.MonkeyPatch.context() as patch:  # 1. stopped after step 1: 25 s spent
+        signal_at(patch, "grpo", 1)
+        assert run(sets).exit_code == 143
+    assert steps.pop("grpo") == [1]
+    assert read_json(root / "grpo/trainer/checkpoint-1" / interrupts.TimeBudget.FILE) == {"spent_s": 25.0}
+
+    with pytest.MonkeyPatch.context() as patch:  # 2. --restart: from step 1 again, not from checkpoint-1
+        signal_at(patch, "grpo", 2)
+        restarted = run(sets, "--restart")
+    assert restarted.exit_code == 143, restarted.output
+    assert "grpo: starting over (--restart)" in restarted.output and "continuing from" not in restarted.output
+    assert steps.pop("grpo") == [1, 2]
+    assert read_json(root / "grpo/trainer/checkpoint-2" / interrupts.TimeBudget.FILE) == {"spent_s": 50.0}
+
+    # 3. continued: 50 s were spent before, so step 3 (75 s) is the last; a fresh budget would train to step 5
+    args = ["run", "countdown", "-p", "cpu", *[x for s in sets for x in ("--set", s)]]
+    continued = runner.invoke(app, args)  # not --quiet: the budget's line is a log line
+    assert continued.exit_code == 0, continued.output
+    assert "grpo: continuing from checkpoint-2" in continued.output
+    assert "the 1-minute budget is spent; stopping after step 3" in continued.output
+    assert steps.pop("grpo") == [3]
+    assert [r["step"] for r in read_jsonl(root / "grpo/metrics.jsonl") if "loss" in r] == [1, 2, 3]
+    assert read_json(root / "stages.json")["grpo"] and (root / "eval/final.json").is_file()  # the run finished
+
+
+@pytest.mark.slow
+def test_more_sft_steps_extend_a_finished_warm_up_and_more_examples_start_it_over(tiny, monkeypatch):
+    """sft.max_steps 1 -> 2 continues from checkpoint-1 and ends as a 2-step warm-up does (a constant learning
+    rate, so the schedules agree); more sft.examples is another dataset and starts over."""
+    steps = trained_steps(monkeypatch)
+    constant = 'sft.trl={"lr_scheduler_type": "constant"}'
+
+    def sft(out: str, *extra: str):
+        sets = overrides(tiny, out, "sft.grad_accum=1", constant, *extra)
+        result = runner.invoke(
+            app, ["--quiet", "sft", "countdown", "-p", "cpu", *[x for s in sets for x in ("--set", s)]]
+        )
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    sft("two", "sft.max_steps=2")
+    assert steps.pop("sft") == [1, 2]
+    sft("one", "sft.max_steps=1")
+    assert steps.pop("sft") == [1]
+    extended = sft("one", "sft.max_steps=2")
+    assert "sft: continuing from checkpoint-1" in extended and steps.pop("sft") == [2]
+    one, two = Path("one/countdown-cpu"), Path("two/countdown-cpu")
+    ours, reference = adapter(one, "sft"), adapter(two, "sft")
+    assert ours.keys() == reference.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], reference[name], rtol=0, atol=0, msg=name)
+    assert metrics(one, "sft") == metrics(two, "sft")  # steps 1 and 2, each once
+    more = sft("one", "sft.max_steps=2", "sft.examples=24")
+    assert "sft: starting over (its settings changed)" in more and steps.pop("sft") == [1, 2]
+    assert [r["step"] for r in metrics(one, "sft") if "loss" in r] == [1, 2]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_real_run_at_a_step_with_exit_code_130_and_one_line(tiny):
+    """`r1lite run` in its own process, as a user runs it: Ctrl-C (SIGINT) during GRPO stops it at the end of the
+    step with a checkpoint, exit code 130 and one line on stderr saying how to continue."""
+    import re
+    import subprocess
+    import sys
+    import threading
+
+    from test_pipeline import tiny_overrides
+
+    sets = tiny_overrides(tiny, "output_dir=cc", "sft.enabled=false", "grpo.max_steps=30", "grpo.save_every=100")
+    command = [
+        sys.executable,
+        "-m",
+        "r1lite",
+        "run",
+        "countdown",
+        "-p",
+        "cpu",
+        *[x for s in sets for x in ("--set", s)],
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    watchdog = threading.Timer(300, process.kill)  # a run that never reaches GRPO fails the test, not the suite
+    watchdog.start()
+    try:
+        lines = []
+        for line in process.stdout:  # plain log lines (stdout is not a terminal)
+            lines.append(line)
+            if line.startswith("grpo step 1/30"):
+                process.send_signal(signal.SIGINT)
+                break
+        else:
+            pytest.fail("the run ended before GRPO logged a step:\n" + "".join(lines)[-3000:])
+        out, err = process.communicate(timeout=240)
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, (process.returncode, out[-2000:], err[-2000:])
+    said = [line for line in err.splitlines() if line.strip()]
+    assert len(said) == 1, err  # one line, no traceback
+    stopped = re.fullmatch(
+        r"stopped by SIGINT during grpo after step (\d+); everything finished so far is saved\. Run the same command "
+        r"again to continue from there \(--restart starts the stage over\)",
+        said[0],
+    )
+    assert stopped, said[0]
+    assert "SIGINT: grpo stops after the current step" in "".join(lines) + out
+    root = Path("cc/countdown-cpu")
+    step = int(stopped.group(1))
+    assert 1 <= step < 30 and (root / f"grpo/trainer/checkpoint-{step}/trainer_state.json").is_file()
+    assert "grpo" not in read_json(root / "stages.json")  # not recorded as done

@@ -86,19 +86,36 @@ def test_run_end_to_end_then_skip_then_partial_rerun(tiny_model, tmp_path):
     assert steps == [1, 2]
 
     # same recipe again: every stage is skipped and nothing is rewritten
-    mtime = (root / "grpo/adapter/adapter_model.safetensors").stat().st_mtime_ns
+    outputs = {stage: [root / a for a in pipeline.ARTIFACTS[stage]] for stage in pipeline.ARTIFACTS}
+    before, written = read_json(root / "stages.json"), _mtimes(outputs)
     again = runner.invoke(app, args, catch_exceptions=False)
+    assert again.exit_code == 0, again.output
     assert again.output.count("skipped") == 5
-    assert (root / "grpo/adapter/adapter_model.safetensors").stat().st_mtime_ns == mtime
+    after = read_json(root / "stages.json")
+    for stage in pipeline.ARTIFACTS:  # each stage's record (its time and wall seconds too) and outputs as they were
+        assert after[stage] == before[stage], stage
+        assert _mtimes({stage: outputs[stage]}) == {stage: written[stage]}, stage
+    assert after["data"]["fingerprint"] == before["data"]["fingerprint"]  # data checks its files on every run
 
     # a GRPO change reruns GRPO and the final eval only
-    before = read_json(root / "stages.json")
+    before, written = after, _mtimes(outputs)
     changed = runner.invoke(app, [*args, "--set", "grpo.learning_rate=1e-4"], catch_exceptions=False)
     after = read_json(root / "stages.json")
-    assert changed.exit_code == 0
-    assert after["sft"] == before["sft"] and after["eval_base"] == before["eval_base"]
-    assert after["grpo"]["fingerprint"] != before["grpo"]["fingerprint"]
-    assert after["eval_final"]["finished_at"] >= before["eval_final"]["finished_at"]
+    assert changed.exit_code == 0, changed.output
+    assert changed.output.count("skipped") == 3  # base eval, SFT, warm-up eval
+    for stage in ("eval_base", "sft", "eval_warmup"):
+        assert after[stage] == before[stage], stage
+        assert _mtimes({stage: outputs[stage]}) == {stage: written[stage]}, stage
+    for stage in ("grpo", "eval_final"):  # run again: a new fingerprint, a new record, new outputs
+        assert after[stage]["fingerprint"] != before[stage]["fingerprint"], stage
+        assert after[stage]["finished_at"] >= after["grpo"]["finished_at"] >= before["eval_final"]["finished_at"]
+        assert all(new != old for new, old in zip(_mtimes(outputs)[stage], written[stage], strict=True)), stage
+
+
+def _mtimes(outputs: dict[str, list[Path]]) -> dict[str, list[int]]:
+    """When each stage's outputs were last written (a folder: its newest file)."""
+    newest = lambda p: max(f.stat().st_mtime_ns for f in [p, *p.rglob("*")])  # noqa: E731
+    return {stage: [newest(p) for p in paths] for stage, paths in outputs.items()}
 
 
 class _Interrupt:
@@ -125,6 +142,7 @@ def test_resume_after_interrupted_grpo(tiny_model, tmp_path):
     assert "grpo" not in read_json(root / "stages.json")  # not recorded as done
     assert not (root / "grpo/adapter").exists()
     assert (root / "grpo/trainer/checkpoint-2/trainer_state.json").is_file()
+    assert _listed_progress(root) == "2/4"  # data and base eval of the four stages an RL-only run has
 
     result = cli("run", "countdown", "--profile", "cpu", *set_args(overrides))  # continuing is the default
     assert result.exit_code == 0, result.output
@@ -135,6 +153,15 @@ def test_resume_after_interrupted_grpo(tiny_model, tmp_path):
     # Ctrl-C came at the end of step 3, before it was logged: steps 1-2 ran before, 3-4 after resuming
     assert logged == [1, 2, 3, 4]
     assert (root / "grpo/adapter/adapter_config.json").is_file()
+    assert _listed_progress(root) == "4/4"  # finished: no SFT and no warm-up eval to wait for
+
+
+def _listed_progress(root: Path) -> str:
+    """The stages column `r1lite runs list` shows for the run in `root`."""
+    listed = runner.invoke(app, ["runs", "list", "--root", str(root.parent)], catch_exceptions=False)
+    assert listed.exit_code == 0, listed.output
+    row = next(line for line in listed.output.splitlines() if root.name in line)
+    return row.split("│")[2].strip()
 
 
 @pytest.mark.slow

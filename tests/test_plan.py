@@ -11,7 +11,18 @@ from typer.testing import CliRunner
 
 from r1lite.cli.main import app
 from r1lite.errors import R1liteError
-from r1lite.plan import GIB, HEADROOM, Card, auto_fit, card_by_name, card_for_profile, make_plan, shape_for
+from r1lite.plan import (
+    CARDS,
+    CUDA_CONTEXT_GIB,
+    GIB,
+    HEADROOM,
+    Card,
+    auto_fit,
+    card_by_name,
+    card_for_profile,
+    make_plan,
+    shape_for,
+)
 from r1lite.recipes import load_recipe, profiles_of
 
 runner = CliRunner()
@@ -133,7 +144,7 @@ def test_plan_json_answers_offline_with_every_field(monkeypatch):
         assert out["stages"][stage]["peak_gib"] > 0 and out["stages"][stage]["parts"]
     assert out["peak_gib"] == max(s["peak_gib"] for s in out["stages"].values())
     assert out["step_seconds"] > 0 and out["run_hours"] > 0
-    assert set(out["cards"]) == {c for c in out["cards"]} and out["cards"]["H200"] is True
+    assert set(out["cards"]) == {c.name for c in CARDS} and out["cards"]["H200"] is True  # a verdict for every card
 
 
 def test_plan_text_and_card_options():
@@ -210,46 +221,37 @@ def test_a_run_that_cannot_fit_is_refused_before_any_model_loads(monkeypatch, tm
     assert "needs ~" not in result.output
 
 
-def test_engine_reserve_is_the_plans_training_step(tmp_path):
-    """The rollout engine decides whether to merge from the same model of the training step as the plan."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
-    from r1lite.plan import Shape, train_step_bytes
-    from r1lite.rollout import RolloutEngine, RolloutSettings
+def test_engine_reserve_is_the_plans_training_step():
+    """The rollout engine keeps free, beside its buffers, what the plan's GRPO training step adds to a loaded policy:
+    that stage's activations and backward working set, adapter gradients and Adam moments (not the adapter)."""
+    from r1lite.plan import Shape, lora_bytes
+    from r1lite.rollout import RolloutEngine, settings_from_recipe
     from r1lite.tiny import build_tokenizer
 
-    s = shape_for("Qwen/Qwen2.5-1.5B")
-    config = Qwen2Config(
-        vocab_size=s.vocab,
-        hidden_size=s.hidden,
-        intermediate_size=s.intermediate,
-        num_hidden_layers=s.layers,
-        num_attention_heads=s.heads,
-        num_key_value_heads=s.kv_heads,
-        tie_word_embeddings=s.tied,
-    )
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-        model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, target_modules="all-linear"))
-    settings = RolloutSettings(train_micro_batch=4, train_seq_len=1184, train_grad_ckpt=True)
-    engine = RolloutEngine(model, build_tokenizer(), settings)
-    shape = Shape.from_config(config)
-    trainable = shape.lora_params(32, "all-linear")
+    recipe = load_recipe("countdown", "gpu-12gb")
+    model = _meta_policy(recipe)
+    engine = RolloutEngine(model, build_tokenizer(), settings_from_recipe(recipe))
+    parts = make_plan(recipe, card_for_profile("gpu-12gb"), verdicts=False).stages["grpo_train"].parts
+    trainable = shape_for(recipe.model.name).lora_params(recipe.lora.r, recipe.lora.target_modules)
     assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert engine.train_reserve() == train_step_bytes(shape, trainable, 4, 1184, True, 2)
-    assert Shape.from_config(config, source=s.source) == s  # the config round-trips into the plan's shape
+    step = parts["activations_kept"] + parts["backward_working_set"]
+    assert engine.train_reserve() == step + parts["lora_and_adam"] - lora_bytes(trainable, training=False)
+    config = model.get_base_model().config
+    assert Shape.from_config(config, source=_QWEN_SOURCE) == shape_for(recipe.model.name)  # the shape round-trips
+
+
+_QWEN_SOURCE = shape_for("Qwen/Qwen2.5-3B").source
 
 
 def _meta_policy(recipe):
-    """The recipe's model shape with its LoRA, on the meta device: the sizes the engine counts, no memory."""
+    """The recipe's model shape and architecture with its LoRA, on the meta device: the sizes the engine counts,
+    no memory."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, Qwen2Config
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen3Config
 
     s = shape_for(recipe.model.name)
-    config = Qwen2Config(
+    config = (Qwen3Config if "qwen3" in recipe.model.name.lower() else Qwen2Config)(
         vocab_size=s.vocab,
         hidden_size=s.hidden,
         intermediate_size=s.intermediate,
@@ -257,6 +259,7 @@ def _meta_policy(recipe):
         num_attention_heads=s.heads,
         num_key_value_heads=s.kv_heads,
         tie_word_embeddings=s.tied,
+        **({"head_dim": s.head_dim} if s.head_dim else {}),  # Qwen3's; Qwen2's follows from hidden / heads
     )
     lora = recipe.lora
     with torch.device("meta"):
@@ -315,9 +318,9 @@ def test_plan_reports_each_stages_decision_and_the_sample_budget():
     assert periodic.parts["eval_kv_cache"] == 0
 
 
-@pytest.mark.parametrize("profile", ["gpu-12gb", "gpu-16gb"])
+@pytest.mark.parametrize("profile", ["gpu-12gb", "gpu-16gb", "gpu-16gb-qwen3"])
 def test_the_consumer_card_plans_print_hours_and_dollars(profile):
-    """The cards the project is for have rental prices (cost.GPU_PRICES, each with its source and date)."""
+    """The cards the project is for have rental prices (hardware.CARDS, each with its source and date)."""
     out = json.loads(runner.invoke(app, ["plan", "countdown", "-p", profile, "--json"]).output)
     assert out["run_hours"] > 0 and out["usd"] is not None and out["usd"] > 0
     text = runner.invoke(app, ["plan", "countdown", "-p", profile]).output
@@ -329,3 +332,84 @@ def test_geforce_cards_are_planned_at_their_fp32_accumulate_rate():
     assert card_by_name("4090").tflops == pytest.approx(165.2) and card_by_name("4080").tflops == pytest.approx(97.5)
     assert card_by_name("16").name == "16 GB (RTX 4060 Ti)" and card_by_name("16").bandwidth_gbs == 288
     assert not card_by_name("T4").bf16
+
+
+def test_one_card_table_and_one_matcher_for_sizes_models_and_device_names(monkeypatch):
+    """`r1lite plan --gpu`, the cost report and the detected GPU find cards in one table through one matcher."""
+    from r1lite import hardware, plan
+    from r1lite.cost import price_for
+    from r1lite.hardware import find_card
+
+    for card in CARDS:
+        assert find_card(f"NVIDIA GeForce {card.model}") is card, card  # a device name holds the card's model
+        assert price_for(f"NVIDIA {card.model}") == (
+            (card.usd_per_hour, card.model) if card.usd_per_hour else (None, None)
+        )
+    assert find_card("NVIDIA A10G").model == "A10" and find_card("NVIDIA A100-SXM4-80GB").model == "A100"
+    assert find_card("NVIDIA GeForce RTX 4060 Ti").model == "RTX 4060 Ti" and find_card("NVIDIA L40") is None
+    assert card_by_name("16") is find_card("16gb") and card_by_name("4090") is find_card("NVIDIA GeForce RTX 4090")
+    real = hardware.Hardware(True, "NVIDIA GeForce RTX 4090", 23.5, 23.0)
+    monkeypatch.setattr(hardware, "probe", lambda: real)
+    detected = plan.detected_card()
+    assert (detected.tflops, detected.usd_per_hour, detected.gib) == (165.2, 0.35, 23.5)
+    from r1lite.cli.doctor import _card_line
+
+    assert "24 GB (RTX 4090)" in _card_line(real.gpu_name) and "$0.35/h" in _card_line(real.gpu_name)
+    assert "not in the card table" in _card_line("NVIDIA GeForce RTX 3080")
+
+
+def test_the_cuda_context_is_in_every_peak_the_merge_rule_and_the_printed_plan():
+    """The plan counts what a process holds outside PyTorch's allocator (CUDA context and kernel modules) at the
+    cited 1.0 GiB, not the 0.6 GiB of a context before cuBLASLt, Triton and bitsandbytes load."""
+    assert CUDA_CONTEXT_GIB >= 1.0
+    card = card_by_name("16")
+    p = make_plan(load_recipe("countdown", "gpu-16gb"), card, verdicts=False)
+    stage = p.stages["grpo_train"]
+    assert stage.peak_gib(True) == pytest.approx(stage.tensor_bytes * 1.05 / GIB + CUDA_CONTEXT_GIB)
+    resident = p.stages["grpo_train"].parts["weights"] + p.stages["eval"].parts["adapter"]
+    assert p.free_before["grpo_rollout"] == int(card.gib * GIB) - int(CUDA_CONTEXT_GIB * GIB) - int(resident * 1.05)
+    text = runner.invoke(app, ["plan", "countdown", "-p", "gpu-16gb"]).output
+    assert f"+ {CUDA_CONTEXT_GIB:g} GiB CUDA context" in text
+
+
+def test_qwen3_1_7b_base_is_the_consumer_anchor_profile():
+    """Qwen3-1.7B(-Base) in the planner's table as its published config.json gives it, and a profile for 16-24 GB
+    cards that plans (unmerged rollouts on 16 GB, merged on 24 GB)."""
+    s = shape_for("Qwen/Qwen3-1.7B-Base")
+    assert s == shape_for("Qwen/Qwen3-1.7B") and (s.d, s.kv_heads, s.tied, s.qkv_bias) == (128, 8, True, False)
+    assert s.params - s.vocab * s.hidden == pytest.approx(1.4e9, rel=0.02)  # "Non-Embedding: 1.4B" (model card)
+    result = runner.invoke(app, ["plan", "countdown", "-p", "gpu-16gb-qwen3", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["model"] == "Qwen/Qwen3-1.7B-Base" and out["card"] == "16 GB (RTX 4060 Ti)"
+    assert out["fits_with_headroom"] is True and out["merge"]["grpo_rollout"] is False
+    recipe = load_recipe("countdown", "gpu-16gb-qwen3")
+    assert make_plan(recipe, card_by_name("24"), verdicts=False).merge["grpo_rollout"] is True
+    text = runner.invoke(app, ["plan", "countdown", "-p", "gpu-16gb-qwen3"]).output
+    assert "Qwen/Qwen3-1.7B-Base" in text and "fits" in text
+
+
+def test_plan_times_the_run_at_a_cited_mean_completion_length_too():
+    """Every completion at its maximum is an upper bound; the plan also prints the run at a stated mean length."""
+    out = json.loads(runner.invoke(app, ["plan", "countdown", "-p", "gpu-16gb", "--json"]).output)
+    typical = out["typical"]
+    assert typical["completion_tokens"] == 400 and typical["measured"] is False and "minrl" in typical["source"]
+    assert typical["generated_tokens"] == out["episodes"] * 400 < out["generated_tokens_max"]
+    assert 0 < typical["step_seconds"] < out["step_seconds"] and 0 < typical["run_hours"] < out["run_hours"]
+    assert 0 < typical["usd"] < out["usd"]
+    text = runner.invoke(app, ["plan", "countdown", "-p", "gpu-16gb"]).output
+    assert "at its maximum" in text and "mean of 400 tokens" in text and "cited: minrl" in text
+
+
+def test_a_measured_run_gives_the_mean_completion_length():
+    """A GRPO run of the same recipe has logged its completions' mean length: the plan uses it, labelled measured."""
+    recipe = load_recipe("countdown", "gpu-16gb")
+    grpo = Path(recipe.output_dir) / recipe.run_name / "grpo"
+    grpo.mkdir(parents=True)
+    rows = [
+        {"stage": "grpo", "step": 1, "completion_length": 300.0},
+        {"stage": "grpo", "step": 2, "completion_length": 200.0},
+    ]
+    (grpo / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    typical = json.loads(runner.invoke(app, ["plan", "countdown", "-p", "gpu-16gb", "--json"]).output)["typical"]
+    assert typical["completion_tokens"] == 250 and typical["measured"] is True and "measured" in typical["source"]

@@ -76,8 +76,9 @@ def test_gradients_through_nf4_layers_survive_an_eval_pass(tiny, arch, avx512_bf
     assert all(g.abs().sum() > 0 for n, g in after.items() if "lora_A" in n)
 
 
-def test_bitsandbytes_still_repacks_after_an_eval_pass(tiny, avx512_bf16):
+def test_bitsandbytes_still_repacks_after_an_eval_pass(tiny, avx512_bf16, monkeypatch):
     """Pins the library behaviour `keep_trainable_layout` exists for; if this fails, revisit that function."""
+    import bitsandbytes
     from bitsandbytes.functional import has_avx512bf16
     from bitsandbytes.nn import Linear4bit
 
@@ -90,14 +91,14 @@ def test_bitsandbytes_still_repacks_after_an_eval_pass(tiny, avx512_bf16):
     with torch.no_grad():
         reference = model(input_ids=ids).logits
     model.eval()
-    for layer in layers:  # an eval-mode forward without grad repacks each layer first
-        try:
+    with monkeypatch.context() as patch:
+        if not has_avx512bf16():
+            # bitsandbytes registers the packed layout's matmul only on CPUs with AVX512-BF16: elsewhere a stand-in
+            # takes its place (zeros of the right shape), so the repacking before it runs and any other failure raises
+            patch.setattr(bitsandbytes, "matmul_4bit", lambda x, w, bias=None, quant_state=None: zeros(x, quant_state))
+        for layer in layers:  # an eval-mode forward without grad repacks each layer first
             with torch.no_grad():
-                layer(torch.zeros(1, layer.in_features))
-        except Exception:
-            if has_avx512bf16():  # the real CPU has the packed kernel, so this must not fail
-                raise
-            # bitsandbytes registers the packed-layout kernel only on CPUs with AVX512-BF16
+                assert layer(torch.zeros(1, layer.in_features)).shape == (1, layer.out_features)
     assert all(m.weight.quant_state.packing_format_for_cpu for m in layers)
     # a packed model can be restored to the trainable layout, with the same weights
     assert keep_trainable_layout(model) == len(layers)
@@ -105,6 +106,11 @@ def test_bitsandbytes_still_repacks_after_an_eval_pass(tiny, avx512_bf16):
     model.train()
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, reference, atol=2e-3, rtol=2e-3)
+
+
+def zeros(x: torch.Tensor, quant_state) -> torch.Tensor:
+    """What a 4-bit layer's matmul returns in shape: [..., out_features] (its quant state keeps the unpacked shape)."""
+    return x.new_zeros(*x.shape[:-1], quant_state.shape[0])
 
 
 def varied_reward(completion: str, nums=None, target=None) -> tuple[float, str]:
@@ -177,3 +183,33 @@ def test_trl_still_casts_adapters_to_bf16_on_a_quantized_base(tiny, tmp_path):
     assert {p.dtype for p in trainable} == {torch.bfloat16}
     assert keep_fp32_adapters(trainer.model) == len(trainable)
     assert {p.dtype for p in trainable} == {torch.float32}
+
+
+def test_grpo_starts_from_the_saved_adapter_bit_for_bit(tiny, tmp_path):
+    """TRL casts a loaded adapter to bf16 on a 4-bit base before r1lite makes it fp32 again, so GRPO started from a
+    rounded adapter, not the one saved by SFT and scored by the warm-up eval. It must start from the file's values."""
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from r1lite.recipes import load_recipe
+    from r1lite.stages import data
+    from r1lite.stages.grpo import build_trainer
+
+    torch.manual_seed(0)
+    sft = get_peft_model(
+        load_nf4(tiny["qwen2"]), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    )
+    sft.save_pretrained(tmp_path / "sft")
+    saved = load_file(tmp_path / "sft" / "adapter_model.safetensors")
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    assert all((t != t.bfloat16().float()).any() for t in saved.values())  # values bf16 cannot hold
+    sets = [f"model.name={tiny['qwen2']}", "quantization.mode=nf4", "data.dir=data/t", "data.train_size=8"]
+    recipe = load_recipe("countdown", "cpu", [*sets, "data.test_size=4", "grpo.rollout=trl"])
+    data.run(recipe.data)
+    trainer = build_trainer(recipe, tmp_path / "run", init_adapter=tmp_path / "sft")
+    assert getattr(trainer.model, "is_loaded_in_4bit", False)  # the base TRL casts adapters for
+    ours = get_peft_model_state_dict(trainer.model)
+    assert ours.keys() == saved.keys()
+    for name, value in saved.items():
+        assert torch.equal(ours[name], value), name
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)

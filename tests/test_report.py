@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 from r1lite.cli.main import app
 from r1lite.cost import cost_for_run, price_for, run_cost
 from r1lite.errors import R1liteError
-from r1lite.fileio import read_json, read_jsonl
+from r1lite.fileio import read_json, read_jsonl, write_json
 from r1lite.recipes import load_recipe, to_yaml
 from r1lite.report import GROUPS, allocate, before_after, build_report, group_of, series
 from r1lite.tracking import Tracker, format_line
@@ -106,9 +107,22 @@ def test_runs_list_and_compare(tiny_run, tmp_path):
     run_dir, _ = tiny_run
     result = runner.invoke(app, ["runs", "list", "--root", str(run_dir.parent)])
     assert result.exit_code == 0 and "countdown-cpu" in result.output and "6/6" in result.output
-    result = runner.invoke(app, ["runs", "compare", str(run_dir), str(run_dir), "--out", str(tmp_path / "c.png")])
+    # another run of the same problems whose final eval got the first two right and the rest wrong
+    other = tmp_path / "runs" / "other-cpu"
+    shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("wandb"))
+    rows = read_jsonl(other / "eval/final.jsonl")
+    for i, row in enumerate(rows):
+        row["correct"] = i < 2
+    (other / "eval/final.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_json(other / "eval/final.json", {**read_json(other / "eval/final.json"), "accuracy": 2 / len(rows)})
+    ours = [r["correct"] for r in read_jsonl(run_dir / "eval/final.jsonl")]
+    want = (2 - sum(ours)) / len(rows) * 100
+    result = runner.invoke(app, ["runs", "compare", str(run_dir), str(other), "--out", str(tmp_path / "c.png")])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    assert re.search(r"metric\s*┃\s*countdown-cpu\s*┃\s*other-cpu\s*┃", result.output), result.output
+    assert f"other-cpu - countdown-cpu: {want:+.1f} pt [" in result.output
+    assert f"other-cpu: accuracy {2 / len(rows):.1%}" in result.output
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"  # both runs' GRPO curves
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "not an r1lite run directory" in result.output
 
@@ -117,12 +131,12 @@ def test_runs_list_and_compare(tiny_run, tmp_path):
 OUTCOMES = {"fixed": (False, True), "broken": (True, False), "still right": (True, True), "still wrong": (False, False)}
 
 
-def eval_run(root: Path, mix: list[str]) -> tuple[Path, dict[str, str]]:
+def eval_run(root: Path, mix: list[str], name: str = "mix") -> tuple[Path, dict[str, str]]:
     """A run directory with a recipe and two evals whose problems fall in the groups of `mix`, in that order.
 
     Returns the run directory and each problem's label (as the report writes it) -> its group.
     """
-    run_dir = root / "runs" / "mix"
+    run_dir = root / "runs" / name
     (run_dir / "eval").mkdir(parents=True)
     (run_dir / "config.yaml").write_text(to_yaml(load_recipe("countdown", "cpu")))
     labels, files = {}, {"base": [], "final": []}
@@ -201,12 +215,26 @@ def test_mismatched_evals_are_refused(tmp_path):
         before_after(run_dir)
 
 
-def test_runs_compare_shows_the_counts(tmp_path):
-    run_dir, _ = eval_run(tmp_path, MIX)
-    r = runner.invoke(app, ["runs", "compare", str(run_dir), str(run_dir), "--out", str(tmp_path / "c.png")])
+def test_runs_compare_shows_each_runs_counts_and_the_paired_difference(tmp_path):
+    """Two runs on the same 14 problems: MIX ends 3 right of 14, the other 8 right (5 fixed, 3 still right), so
+    the second is +5/14 = +35.7 pt, each column is its own run's, and the difference is the second minus the first."""
+    first, _ = eval_run(tmp_path, MIX, "first")
+    other = ["fixed"] * 5 + ["still right"] * 3 + ["still wrong"] * 6
+    second, _ = eval_run(tmp_path, other, "second")
+    for run_dir, right in ((first, 3), (second, 8)):  # the metric table reads the eval's summary
+        (run_dir / "eval/final.json").write_text(json.dumps({"accuracy": right / 14, "examples": 14}))
+    r = runner.invoke(app, ["runs", "compare", str(first), str(second), "--out", str(tmp_path / "c.png")])
     assert r.exit_code == 0, r.output
-    for group, count in (("fixed", 3), ("broken", 1), ("still right", 0), ("still wrong", 10)):
-        assert re.search(rf"{group} vs base\s*│\s*{count}\s*│\s*{count}\s*│", r.output), r.output
+    assert re.search(r"metric\s*┃\s*first\s*┃\s*second\s*┃", r.output), r.output  # a column each, in order
+    assert re.search(r"accuracy\s*│\s*0\.214\s*│\s*0\.571\s*│", r.output), r.output
+    for group, a, b in (("fixed", 3, 5), ("broken", 1, 0), ("still right", 0, 3), ("still wrong", 10, 6)):
+        assert re.search(rf"{group} vs base\s*│\s*{a}\s*│\s*{b}\s*│", r.output), (group, r.output)
+    assert "first: accuracy 21.4% [95 % interval" in r.output and "second: accuracy 57.1% [95 % interval" in r.output
+    assert re.search(
+        r"second - first: \+35\.7 pt \[\+\d+\.\d, \+\d+\.\d\] \(paired over 14 problems: above zero\)", r.output
+    )
+    swapped = runner.invoke(app, ["runs", "compare", str(second), str(first), "--out", str(tmp_path / "d.png")])
+    assert "first - second: -35.7 pt [" in swapped.output and "below zero" in swapped.output
 
 
 def test_cost_arithmetic():

@@ -562,3 +562,112 @@ def test_batch_stop_is_checked_once_every_sync_every_tokens(tiny, monkeypatch):
     out = engine.generate(grouped(tok, 2), 2)
     assert all(c == [tok.eos_token_id] for c in out.completion_ids)
     assert len(calls) == 15  # stopped at the first check, after 16 tokens, not after the first token
+
+
+# ----------------------------------------------------------------------------------------------
+# What a GPU would show, modelled on CPU: overflowed logits, a tied head, the head's precision
+# ----------------------------------------------------------------------------------------------
+
+
+def test_nan_logits_are_sampled_without_an_assert():
+    """On CUDA `torch.multinomial` on a NaN/inf row is a device-side assert that kills the process (on CPU, an
+    exception): `sample` never hands it one, and the row's log-prob is not finite, for the engine to report."""
+    nan, inf = float("nan"), float("inf")
+    logits = torch.tensor([[nan, 1.0, 0.0], [1.0, 2.0, 0.5], [inf, 1.0, 0.0], [-inf, -inf, -inf]])
+    tokens, logps = sample(logits, RolloutSettings(top_p=0.9), torch.Generator().manual_seed(0))
+    assert tokens.shape == (4,) and not logps[[0, 2, 3]].isfinite().any() and logps[1].isfinite()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("greedy", [False, True])
+def test_nan_logits_stop_the_rollout_with_the_setting_to_change(tiny, device, greedy):
+    """fp16 activations that overflow (Qwen2.5 on a T4/V100) give NaN logits: one line naming model.dtype,
+    not a device-side assert (sampled) or a rollout of garbage tokens (greedy)."""
+    from r1lite.errors import PrecisionError
+
+    model, tok = load(tiny, device=device)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    engine = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=4, greedy=greedy))
+    with pytest.raises(PrecisionError, match=r"NaN or infinite in float32.*--set model\.dtype=float32"):
+        engine.generate(grouped(tok, 2), 2, torch.Generator(device).manual_seed(0))
+
+
+def test_the_nan_error_names_bf16_or_fp32_for_an_fp16_policy():
+    from r1lite.rollout import nonfinite_error
+
+    message = str(nonfinite_error(torch.float16))
+    assert "float16" in message and "model.dtype=bfloat16" in message and "model.dtype=float32" in message
+    assert "\n" not in message
+
+
+def storage_bytes(model) -> int:
+    """Bytes of the distinct storages a model's parameters and buffers hold (a tied head counted once)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_the_merged_copy_never_holds_a_second_head(tiny, device):
+    """`Module.to_empty` unties tied weights: the merged copy held a second LM head (0.58 GiB on Qwen2.5-3B) until
+    `tie_weights()`, which neither the engine's memory estimate nor the plan counts. It must allocate exactly
+    what a tied model holds, at every moment."""
+    from r1lite.memtrack import PeakTensorBytes
+    from r1lite.rollout import merged_copy, param_bytes
+
+    model, _ = load(tiny, device=device)  # fp32 like the copy: no conversion temporaries, so the peak is exact
+    assert model.config.tie_word_embeddings
+    head_bytes = model.lm_head.weight.nbytes
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        copy = merged_copy(model, torch.float32)
+        added = torch.cuda.max_memory_allocated() - before  # in 512-byte blocks
+    else:
+        with PeakTensorBytes(model) as tracker:
+            copy = merged_copy(model, torch.float32)
+        added = tracker.peak - storage_bytes(model)
+    assert copy.lm_head.weight.data_ptr() == copy.model.embed_tokens.weight.data_ptr()
+    held = storage_bytes(copy)
+    assert held - sum(b.nbytes for b in copy.buffers()) == param_bytes(model, torch.float32)  # what the engine plans
+    assert held <= added < held + head_bytes // 2, (added, held, head_bytes)
+
+
+@pytest.fixture(scope="module")
+def tiny_large(tmp_path_factory):
+    """Logits of several units, so their rounding to bf16 (a step of 2^-7 at 1-2, 2^-5 at 4-8) shows."""
+    from r1lite.tiny import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("large") / "m", hidden=64, layers=2, init_std=0.3))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("merge", ["unmerged", "merged"])
+def test_engine_logprobs_come_from_an_fp32_head(tiny_large, device, merge):
+    """TRL scores tokens with an fp32 fold of the head's products; log-probs of bf16 logits would add their rounding
+    to `rollout/logprob_gap` on a GPU. The engine's equal an fp32 head's on the hidden states it computed."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_large, dtype=torch.bfloat16).to(device).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_large)
+    hidden = []  # the final norm's output at each forward: [rows, positions, H]
+    model.model.norm.register_forward_hook(lambda _m, _i, out: hidden.append(out[:, -1, :]))
+    settings = RolloutSettings(max_new_tokens=6, merge=merge, dtype="bfloat16", stop_at_eos=False)
+    engine = RolloutEngine(model, tok, settings)
+    if merge == "merged":
+        engine.generate(grouped(tok, 1), 1)  # builds the merged copy; hook its norm instead
+        hidden.clear()
+        engine._merged.model.norm.register_forward_hook(lambda _m, _i, out: hidden.append(out[:, -1, :]))
+    out = engine.generate(grouped(tok, 1), 1, torch.Generator(device).manual_seed(0))
+    weight = model.lm_head.weight
+    tokens = torch.tensor(out.completion_ids, device=device)  # [rows, steps]
+    ours = torch.tensor(out.logprobs)
+    fp32, bf16 = [], []
+    for t, h in enumerate(hidden):  # the prefill, then one decode step per token
+        chosen = tokens[:, t : t + 1]
+        fp32.append(torch.log_softmax(h.float() @ weight.float().t(), -1).gather(-1, chosen).squeeze(-1).cpu())
+        bf16.append(torch.log_softmax((h @ weight.t()).float(), -1).gather(-1, chosen).squeeze(-1).cpu())
+    assert len(hidden) == tokens.shape[1]
+    torch.testing.assert_close(ours, torch.stack(fp32, 1), atol=1e-4 if device == "cuda" else 1e-6, rtol=0)
+    assert (ours - torch.stack(bf16, 1)).abs().max() > 1e-3  # what bf16 logits would have given

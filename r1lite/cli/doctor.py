@@ -40,7 +40,7 @@ def checks() -> list[tuple[str, bool, str, str]]:
                 "GPU",
                 True,
                 f"{info['gpu_name']}, {info['gpu_free_gib']:.1f} of {info['gpu_total_gib']:.1f} GiB "
-                f"free, CUDA {info['torch_cuda']}",
+                f"free, CUDA {info['torch_cuda']}; {_card_line(info['gpu_name'])}",
                 "",
             )
         )
@@ -75,6 +75,17 @@ def checks() -> list[tuple[str, bool, str, str]]:
             )
         )
     return rows
+
+
+def _card_line(gpu_name: str | None) -> str:
+    """How `r1lite plan` and the cost report see this GPU: its row of the card table, or that it has none."""
+    from r1lite.hardware import find_card
+
+    card = find_card(gpu_name)
+    if card is None:
+        return "not in the card table: step times need `r1lite plan --gpu`, costs cost.gpu_hourly_usd"
+    price = f", ${card.usd_per_hour:.2f}/h" if card.usd_per_hour is not None else ", no rental price"
+    return f"planned as {card.name} ({card.tflops:g} TFLOP/s{price})"
 
 
 def doctor() -> None:

@@ -39,7 +39,7 @@ def plan(
 def _print(p) -> None:
     from rich.table import Table
 
-    from r1lite.plan import HEADROOM
+    from r1lite.plan import ALLOCATOR_SLACK, CUDA_CONTEXT_GIB, HEADROOM
     from r1lite.ui import console
 
     d = p.as_dict()
@@ -55,11 +55,13 @@ def _print(p) -> None:
         table.add_row(name, f"{stage['peak_gib']:.2f}", decoding, ", ".join(f"{k} {v:.2f}" for k, v in parts[:4]))
     console.print(table)
     if p.episodes:
+        typical = f" (~{p.typical.generated_tokens / 1e6:.1f}M at the mean below)" if p.typical else ""
         console.print(
             f"sample budget: {p.episodes:,} episodes (prompts x generations x steps), "
-            f"at most {p.generated_tokens / 1e6:.1f}M generated tokens"
+            f"at most {p.generated_tokens / 1e6:.1f}M generated tokens{typical}"
         )
-    extra = "tensors x 1.05 for the allocator" + (" + 0.6 GiB CUDA context" if p.on_cuda else "")
+    extra = f"tensors x {1 + ALLOCATOR_SLACK:g} for the allocator"
+    extra += f" + {CUDA_CONTEXT_GIB:g} GiB CUDA context" if p.on_cuda else ""
     console.print(f"peak: [bold]{d['peak_gib']:.2f} GiB[/] in {d['peak_stage']} ({extra})")
     if p.card is not None:
         verdict = "fits" if d["fits_with_headroom"] else "fits, with < 10 % to spare" if d["fits"] else "does NOT fit"
@@ -71,8 +73,29 @@ def _print(p) -> None:
         console.print(f"fits with {HEADROOM:.0%} headroom: {cards}")
     if p.step_seconds is not None:
         usd = "n/a (set cost.gpu_hourly_usd)" if p.usd is None else f"${p.usd:.2f}"
-        console.print(f"time: ~{p.step_seconds:.0f} s per GRPO step, ~{p.run_hours:.1f} h for the run; cost {usd}")
+        console.print(
+            f"time: ~{p.step_seconds:.0f} s per GRPO step, ~{p.run_hours:.1f} h for the run; cost {usd} "
+            "(every completion at its maximum length)"
+        )
+        if p.typical:
+            _print_typical(p)
         for source in p.timing_sources:
             console.print(f"  [dim]{source}[/]")
     elif p.on_cuda:
         console.print("time: give --gpu NAME for a step-time and cost estimate")
+
+
+def _print_typical(p) -> None:
+    """The run's time at a measured or cited mean completion length, labelled with where the mean comes from."""
+    from r1lite.ui import console
+
+    t = p.typical
+    usd = "n/a" if t.timing.usd is None else f"${t.timing.usd:.2f}"
+    console.print(
+        f"      ~{t.timing.step_seconds:.0f} s per GRPO step, ~{t.timing.run_hours:.1f} h, {usd} at a mean of "
+        f"{t.completion_tokens} tokens per completion ({t.source})"
+    )
+    console.print(
+        "  [dim]every completion taken at the mean; a batch decodes until its longest completion ends, so a run "
+        "takes between the two figures[/]"
+    )

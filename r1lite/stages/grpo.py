@@ -130,7 +130,15 @@ def build_trainer(
 
     from r1lite.diagnostics import Diagnostics
     from r1lite.grpo_trainer import GRPOTrainer
-    from r1lite.models import keep_fp32_adapters, load_model, load_tokenizer, lora_config, pick_device, resolve_model
+    from r1lite.models import (
+        fp32_masters,
+        keep_fp32_adapters,
+        load_model,
+        load_tokenizer,
+        lora_config,
+        pick_device,
+        resolve_model,
+    )
     from r1lite.rewards import trl_reward_funcs
     from r1lite.tracking import RunMonitor, quiet_library_output
 
@@ -141,11 +149,13 @@ def build_trainer(
     backend = recipe.rollout_backend(on_cuda)
     model = load_model(path, recipe.model, recipe.quantization)
     peft_config = lora_config(recipe.lora)
+    masters: dict[str, Any] = {}
     if init_adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
         peft_config = None
+        masters = fp32_masters(model)  # the adapter as loaded (and as the warm-up eval scored it), before TRL's cast
     rollout_func = None
     if backend == "engine":
         from r1lite.plan import planned_merge
@@ -172,7 +182,7 @@ def build_trainer(
         dynamic_sampling_rounds=recipe.grpo.dynamic_sampling_rounds if recipe.grpo.dynamic_sampling else 0,
         reward_control=recipe.grpo.reward_control,
     )
-    keep_fp32_adapters(trainer.model)  # TRL stores adapters in bf16 on a quantized base
+    keep_fp32_adapters(trainer.model, masters)  # TRL stores adapters in bf16 on a quantized base
     quiet_library_output(trainer)
     trainer.add_callback(
         RunMonitor(

@@ -167,7 +167,7 @@ class Task:
             )
         if fmt == "chat":
             if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-                raise ValueError("prompt format 'chat' needs a tokenizer with a chat template; use 'base'")
+                raise TaskError("prompt format 'chat' needs a tokenizer with a chat template; use 'base' or 'compact'")
             messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": self.instruction(example)}]
             return (
                 tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + ASSISTANT_PREFIX
@@ -178,7 +178,7 @@ class Task:
                 return f"{question}\n<think>"
             messages = [{"role": "user", "content": question}]
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + "<think>"
-        raise ValueError(f"unknown prompt format {fmt!r}; choose one of {', '.join(PROMPT_FORMATS)}")
+        raise TaskError(f"unknown prompt format {fmt!r}; choose one of {', '.join(PROMPT_FORMATS)}")
 
     # -- answers and rewards ---------------------------------------------------------------------
     def answer(self, example: Example) -> str:

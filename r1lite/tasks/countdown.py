@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from r1lite.arith import ExpressionError, evaluate
+from r1lite.errors import DataError
 
 # re-exported: the shared protocol pieces (search cues, prompt constants) this module held before tasks had an interface
 from r1lite.rewards import search_behaviour, self_check, self_checks, shows_search, think_format  # noqa: F401
@@ -167,9 +168,9 @@ def generate(
     while len(out) < n:
         tries += 1
         if tries > limit:
-            raise ValueError(
-                f"found only {len(out)} of {n} distinct solvable problems in {limit} draws; "
-                "widen the number or target range, or ask for fewer examples"
+            raise DataError(
+                f"found only {len(out)} of {n} distinct solvable problems in {limit} draws; widen the number or "
+                "target range (data.countdown.num_min/num_max/target_min/target_max) or lower data.train_size/test_size"
             )
         nums = [rng.randint(*num_range) for _ in range(rng.choice(list(num_counts)))]
         reach = _reach(nums, skip_full=True)
