@@ -54,12 +54,13 @@ from r1lite.hardware import GIB  # noqa: E402
 
 PROFILES = ("gpu-16gb", "gpu-16gb-qwen3", "gpu-24gb")  # the project's target card, the consumer anchor, 24 GB
 PARTS = ("env", "tests", "rollout", "profiles")
-# Seconds a part took in the CPU dry run (2-core AMD EPYC, 2026-12-02; a profile: tiny shapes, 16 tokens, in a
-# process of its own). On a GPU they are scaled by GPU_SCALE: a profile runs the real shape at 1,024 tokens
-# (three decodes of 1,024 steps, three loads of a 3B model, a 64-row GRPO step), ~240 s if the engine decodes at
-# ~50 ms a step; an estimate until a GPU run's per-part seconds (in its JSON) replace it.
-DRY_RUN_S = {"env": 3.0, "profile": 30.0}
-GPU_SCALE = 8.0
+# Seconds a part took in the CPU dry run (2-core AMD EPYC, 2026-12-06, nothing else running: env 0.4 s, a profile
+# 11-12 s in a process of its own, tiny shapes at 16 tokens). On a GPU they are scaled by GPU_SCALE: a profile runs
+# the real shape at 1,024 tokens (three decodes of 1,024 steps, three loads of a 3B model, a 64-row GRPO step),
+# ~240 s if the engine decodes at ~50 ms a step; an estimate until a GPU run's per-part seconds (in its JSON)
+# replace it.
+DRY_RUN_S = {"env": 1.0, "profile": 12.0}
+GPU_SCALE = 20.0
 # One H100 call of <= 9 min: 480 s of parts, beside the wheels' install and start-up (bench/NOTES.md).
 GPU_DEFAULTS = dict(budget_s=480, tests_s=90, rollout_s=120, scale=GPU_SCALE)
 TINY = dict(vocab=512, hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2)

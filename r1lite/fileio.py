@@ -20,6 +20,7 @@ def check_writable(path: str | Path, what: str) -> None:
     from r1lite.errors import R1liteError
 
     parent = Path(path).absolute().parent
+    missing = [p for p in (parent, *parent.parents) if not p.exists()]  # deepest first
     try:
         parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=parent):
@@ -28,6 +29,10 @@ def check_writable(path: str | Path, what: str) -> None:
         raise R1liteError(
             f"{what} {path}: cannot write in {parent} ({err.strerror}); choose a folder you can write to"
         ) from None
+    finally:
+        for folder in missing:  # the check leaves nothing behind; the work makes the folders it writes
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 @contextlib.contextmanager

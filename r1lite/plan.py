@@ -422,7 +422,9 @@ def make_plan(
 
     `stock_trl` models TRL 1.16 as it comes (adapters cast to bf16 on a quantized base, HF generate),
     which is what the calibration measurements ran; `prompt_tokens` is the longest prompt of a batch
-    (default: estimated from the prompt format).
+    (default: estimated from the prompt format). `verdicts` (the plan a user reads) adds each card's fit and
+    the run timed at a typical completion length; the plans made inside (per card, per auto-fit candidate, for
+    the engine) skip both.
     """
     prompt_tokens = prompt_tokens or prompt_tokens_for(recipe)
     shape = shape_for(recipe.model.name)
@@ -538,7 +540,7 @@ def make_plan(
     if timing is not None:
         plan.step_seconds, plan.run_hours, plan.usd = timing.step_seconds, timing.run_hours, timing.usd
         plan.timing_sources = timing.sources
-        plan.typical = _typical(plan, recipe, rows, prompt_tokens)
+        plan.typical = _typical(plan, recipe, rows, prompt_tokens) if verdicts else None
     if on_cuda and verdicts:  # each card planned on its own: the engine's merge decision depends on the card
         plan.verdicts = {
             c.name: bool(make_plan(recipe, c, gpus, stock_trl, prompt_tokens, verdicts=False).fits(headroom=HEADROOM))

@@ -37,6 +37,7 @@ GPU_CHECK = Path(__file__).resolve().parent.parent / "bench" / "gpu_check.py"
 def _gpu_check():
     spec = importlib.util.spec_from_file_location("bench_gpu_check", GPU_CHECK)
     check = importlib.util.module_from_spec(spec)
+    sys.modules["bench_gpu_check"] = check  # its dataclasses look their module up
     spec.loader.exec_module(check)
     return check
 

@@ -74,7 +74,9 @@ def test_generator_respects_exclusions_and_ranges():
 
 
 def test_generator_reports_impossible_requests():
-    with pytest.raises(ValueError, match="widen"):
+    from r1lite.errors import DataError
+
+    with pytest.raises(DataError, match="widen the number or target range"):  # one line naming the settings
         cd.generate(5, seed=0, num_counts=(2,), num_range=(1, 1), target_range=(50, 60))
 
 
@@ -200,10 +202,12 @@ def test_the_prompts_every_stage_renders_end_in_think_and_ask_the_problem(fmt, c
 
 
 def test_prompt_formats_that_cannot_be_rendered_are_refused():
+    from r1lite.tasks import TaskError
+
     task, ex = cd.Countdown(), {"nums": [1, 2], "target": 3}
-    with pytest.raises(ValueError, match="chat template"):
+    with pytest.raises(TaskError, match="chat template"):
         task.render_prompt(ex, "chat", tokenizer=None)
-    with pytest.raises(ValueError, match="unknown prompt format"):
+    with pytest.raises(TaskError, match="unknown prompt format"):
         task.render_prompt(ex, "nope")
     assert task.render_prompt(ex, "compact") == (  # no chat template: the question, then the think block
         "Make 3 from [1, 2] with + - * /, each number once. Answer in <answer></answer>.\n<think>"

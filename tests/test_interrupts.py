@@ -455,7 +455,7 @@ def test_ctrl_c_stops_a_real_run_at_a_step_with_exit_code_130_and_one_line(tiny)
         said[0],
     )
     assert stopped, said[0]
-    assert "SIGINT: grpo stops after the current step" in "".join(lines) + out
+    assert "warning: SIGINT: the run stops after the current step" in "".join(lines) + out  # said when it came
     root = Path("cc/countdown-cpu")
     step = int(stopped.group(1))
     assert 1 <= step < 30 and (root / f"grpo/trainer/checkpoint-{step}/trainer_state.json").is_file()

@@ -397,7 +397,7 @@ def test_plan_times_the_run_at_a_cited_mean_completion_length_too():
     assert typical["generated_tokens"] == out["episodes"] * 400 < out["generated_tokens_max"]
     assert 0 < typical["step_seconds"] < out["step_seconds"] and 0 < typical["run_hours"] < out["run_hours"]
     assert 0 < typical["usd"] < out["usd"]
-    text = runner.invoke(app, ["plan", "countdown", "-p", "gpu-16gb"]).output
+    text = " ".join(runner.invoke(app, ["plan", "countdown", "-p", "gpu-16gb"]).output.split())  # unwrapped
     assert "at its maximum" in text and "mean of 400 tokens" in text and "cited: minrl" in text
 
 

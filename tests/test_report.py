@@ -127,6 +127,26 @@ def test_runs_list_and_compare(tiny_run, tmp_path):
     assert result.exit_code == 2 and "not an r1lite run directory" in result.output
 
 
+def test_runs_list_counts_the_stages_each_runs_recipe_runs(tmp_path):
+    """A finished RL-only run (sft.enabled=false) is complete at 4 of its 4 stages, not 4 of the 6 a warm-up adds;
+    a config.yaml that no longer validates is still read for its switches."""
+    from r1lite.report import list_runs
+
+    done = {s: {"fingerprint": "x", "seconds": 6.0} for s in ("data", "eval_base", "grpo", "eval_final")}
+    for name, config in (
+        ("rl-only", to_yaml(load_recipe("countdown", "cpu", ["sft.enabled=false"]))),
+        ("old", "name: old\nsft:\n  enabled: false\n  no_such_key: 1\n"),
+        ("both", to_yaml(load_recipe("countdown", "cpu"))),
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(config)
+        (tmp_path / name / "stages.json").write_text(json.dumps(done))
+    progress = {r["name"]: (r["stages_done"], r["stages_total"]) for r in list_runs(tmp_path)}
+    assert progress == {"rl-only": (4, 4), "old": (4, 4), "both": (4, 6)}
+    listed = runner.invoke(app, ["runs", "list", "--root", str(tmp_path)])
+    assert listed.exit_code == 0 and listed.output.count("4/4") == 2 and "4/6" in listed.output
+
+
 # (base correct, trained correct) of each group
 OUTCOMES = {"fixed": (False, True), "broken": (True, False), "still right": (True, True), "still wrong": (False, False)}
 

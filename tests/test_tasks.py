@@ -157,7 +157,7 @@ def test_default_prompts_follow_the_protocol_in_every_format():
     for fmt in ("base", "qwen-instruct", "chat", "compact"):
         text = task.render_prompt(ex, fmt, tok)
         assert "Is 7 even or odd?" in text and text.endswith("<think>") and "<answer>" in text, fmt
-    with pytest.raises(ValueError, match="needs a tokenizer with a chat template"):
+    with pytest.raises(TaskError, match="needs a tokenizer with a chat template"):
         task.render_prompt(ex, "chat")
     reward = task.rewards()["answer"]
     assert reward("...</think>\n<answer> odd </answer>", ex) == (1.0, "correct")

@@ -81,10 +81,15 @@ def _read_rows(source: str) -> list[dict[str, Any]]:
 
 
 def _read_hub(name: str) -> list[dict[str, Any]]:
-    """Load a hub dataset's train split (needs network, or a warm HF cache)."""
+    """Load a hub dataset's train split (needs network, or a warm HF cache), or a local folder written by
+    `datasets`' save_to_disk."""
     try:
         import datasets
 
+        saved = Path(name)
+        if (saved / "dataset_dict.json").is_file() or (saved / "state.json").is_file():  # datasets' save_to_disk
+            loaded = datasets.load_from_disk(str(saved))
+            return list(loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded)
         return list(datasets.load_dataset(name, split="train"))
     except Exception as e:  # network, auth, missing dataset: all one message to the user
         raise DataError(
