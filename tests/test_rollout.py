@@ -669,5 +669,23 @@ def test_engine_logprobs_come_from_an_fp32_head(tiny_large, device, merge):
         fp32.append(torch.log_softmax(h.float() @ weight.float().t(), -1).gather(-1, chosen).squeeze(-1).cpu())
         bf16.append(torch.log_softmax((h @ weight.t()).float(), -1).gather(-1, chosen).squeeze(-1).cpu())
     assert len(hidden) == tokens.shape[1]
-    torch.testing.assert_close(ours, torch.stack(fp32, 1), atol=1e-4 if device == "cuda" else 1e-6, rtol=0)
+    if device == "cpu":  # the CPU trainer's head takes the model's bf16 logits too: the engine matches it
+        torch.testing.assert_close(ours, torch.stack(bf16, 1), atol=1e-6, rtol=0)
+        return
+    torch.testing.assert_close(ours, torch.stack(fp32, 1), atol=1e-4, rtol=0)
     assert (ours - torch.stack(bf16, 1)).abs().max() > 1e-3  # what bf16 logits would have given
+
+
+def test_the_fp32_head_folds_half_precision_products_in_fp32(tiny_large):
+    """`last_logits` with a head (what the engine uses on CUDA) gives an fp32 head's logits; on CPU it upcasts."""
+    from transformers import AutoModelForCausalLM
+
+    from r1lite.rollout import last_logits
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_large, dtype=torch.bfloat16).eval()
+    ids = torch.tensor([[1, 5, 9, 2]])
+    with torch.no_grad():
+        hidden = model.model(input_ids=ids).last_hidden_state[:, -1, :]
+        ours = last_logits(model, model.lm_head, input_ids=ids)
+    torch.testing.assert_close(ours, hidden.float() @ model.lm_head.weight.float().t(), atol=1e-5, rtol=0)
+    assert ours.dtype == torch.float32
