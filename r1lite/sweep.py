@@ -451,17 +451,21 @@ def collect(root: Path) -> tuple[dict[str, Any], list[ConfigResult]]:
     return manifest, results
 
 
+def all_sampled(results: list[ConfigResult]) -> bool:
+    """Every finished run's final eval sampled (so avg@k can be compared across the sweep)."""
+    return any(r.correct for r in results) and all(r.sampled for r in results if r.correct)
+
+
 def declared_metric(results: list[ConfigResult]) -> str:
     """The metric the sweep's recipe declared (eval.metric): greedy, or sampled when every run sampled."""
     names = {s.get("metric", "accuracy") for r in results for s in r.summaries}
-    sampled = any(n.startswith("avg@") for n in names) and all(r.sampled for r in results if r.correct)
-    return "sampled" if sampled else "greedy"
+    return "sampled" if any(n.startswith("avg@") for n in names) and all_sampled(results) else "greedy"
 
 
 def metric_label(results: list[ConfigResult], metric: str) -> str:
-    if metric != "sampled":
-        return "accuracy"
-    return next((k for r in results for f in r.finals for k in f if k.startswith("avg@")), "avg@k")
+    from r1lite.stages.eval import sampled_name
+
+    return sampled_name(*(f for r in results for f in r.finals)) if metric == "sampled" else "accuracy"
 
 
 def statistics_table(results: list[ConfigResult], baseline: str | None = None, metric: str = "greedy") -> list[str]:
@@ -550,10 +554,9 @@ def control_table(manifest: dict[str, Any], results: list[ConfigResult], metric:
     return lines
 
 
-def headline(root: Path) -> list[str]:
-    """What the terminal shows after `r1lite sweep report`: with a control arm, real - control per config in the
-    declared metric; otherwise the declared metric's table."""
-    manifest, results = collect(Path(root))
+def headline(manifest: dict[str, Any], results: list[ConfigResult]) -> list[str]:
+    """What the terminal shows after `r1lite sweep report` (`collect`'s manifest and results): with a control arm,
+    real - control per config in the declared metric; otherwise the declared metric's table."""
     metric = declared_metric(results)
     label = metric_label(results, metric)
     if control_pairs(manifest, results):
@@ -613,15 +616,18 @@ def plot_bands(results: list[ConfigResult], out: Path) -> Path | None:
     return out
 
 
-def build_sweep_report(root: Path, baseline: str | None = None) -> Path:
-    """report.md and report.html in the sweep folder; returns the HTML path."""
+def build_sweep_report(
+    root: Path, baseline: str | None = None, collected: tuple[dict[str, Any], list[ConfigResult]] | None = None
+) -> Path:
+    """report.md and report.html in the sweep folder (from `collected`, `collect(root)` when not given); returns
+    the HTML path."""
     from r1lite.fileio import write_text
     from r1lite.report import _html
 
-    manifest, results = collect(Path(root))
+    manifest, results = collected or collect(Path(root))
     declared = declared_metric(results)
-    sampled = any(r.correct for r in results) and all(r.sampled for r in results if r.correct)
-    metrics = [declared, *(m for m in ("greedy", "sampled") if m != declared and (m == "greedy" or sampled))]
+    others = ("greedy", *(["sampled"] if all_sampled(results) else []))
+    metrics = [declared, *(m for m in others if m != declared)]
     plot = plot_bands(results, Path(root) / "plots" / "sweep_curves.png")
     finished_runs = sum(len(r.runs) for r in results)
     seconds = sum(r.seconds for r in results)

@@ -143,7 +143,7 @@ def test_the_report_pairs_each_real_arm_with_its_control_in_the_declared_metric(
     assert "| real arm avg@4 | control arm avg@4 |" in sampled[0]
     assert "+10.0 pt" in sampled[2] and sampled[2].rstrip(" |").endswith("*")
     assert "+0.0 pt" in greedy[2] and not greedy[2].rstrip(" |").endswith("*")
-    assert headline(tmp_path / "s")[0].startswith("avg@4 (declared metric), real arm vs control arm")
+    assert headline(manifest, results)[0].startswith("avg@4 (declared metric), real arm vs control arm")
     md = build_sweep_report(tmp_path / "s").with_suffix(".md").read_text()
     assert md.index("### avg@4 (declared metric)") < md.index("### accuracy")
     assert "## Real arm vs control arm" in md and "+5.0 pt [+1.0, +9.0] *" in md  # each run's own effect

@@ -37,15 +37,16 @@ def sweep(
     baseline: Annotated[str | None, typer.Option(help="with `report`: the config others are compared with")] = None,
 ) -> None:
     """Run a sweep (finished runs are skipped, interrupted ones continue), or `r1lite sweep report S`."""
-    from r1lite.sweep import Sweep, build_sweep_report, headline, launch, plan_rows
+    from r1lite.sweep import Sweep, build_sweep_report, collect, headline, launch, plan_rows
     from r1lite.ui import console
 
     if target == "report":
         if not sweep_name:
             raise R1liteError("`r1lite sweep report` needs the sweep: r1lite sweep report NAME (or runs/NAME)")
         folder = Path(sweep_name) if Path(sweep_name).is_dir() else Path("runs") / sweep_name
-        path = build_sweep_report(folder, baseline)
-        for line in headline(folder):
+        collected = collect(folder)
+        path = build_sweep_report(folder, baseline, collected)
+        for line in headline(*collected):
             console.print(line, soft_wrap=True)
         console.print(f"wrote {path} and {path.with_suffix('.md')}")
         return

@@ -303,10 +303,15 @@ def change_lines(changes: dict[str, dict[str, float]], metric: str = "accuracy")
     return lines
 
 
+def sampled_name(*evals: dict[str, Any]) -> str:
+    """How an eval summary names its sampled metric (avg@k with its k), or avg@k when none sampled."""
+    return next((k for e in evals for k in e if k.startswith("avg@")), "avg@k")
+
+
 def summary_change_lines(summary: dict[str, Any]) -> list[str]:
     """A run's paired changes, greedy and (when its evals sampled) avg@k, the declared metric first and marked."""
     declared = summary.get("metric", "accuracy")
-    sampled = next((k for k in summary.get("final", {}) if k.startswith("avg@")), "avg@k")
+    sampled = sampled_name(summary.get("final", {}))
     blocks = [("accuracy", summary.get("changes", {})), (sampled, summary.get("changes_sampled", {}))]
     blocks.sort(key=lambda block: block[0] != declared)
     lines = []
