@@ -30,7 +30,10 @@ from typing import Any
 from r1lite import ui
 from r1lite.config import ModelConfig, Recipe
 from r1lite.errors import R1liteError
-from r1lite.fileio import read_json, read_json_or_empty, read_jsonl, write_text
+from r1lite.fileio import atomic_dir, read_json, read_json_or_empty, write_text
+from r1lite.models import check_adapter
+from r1lite.runs.rundir import Run
+from r1lite.stages.eval import METRICS
 from r1lite.tasks import Example, Task
 
 EXPORT_INFO = "r1lite_export.json"  # what an export holds and where it came from; marks a folder export may replace
@@ -58,32 +61,22 @@ class TrainedRun:
     def task(self) -> Task:
         return self.recipe.data.make_task()
 
+    @property
+    def run_dir(self) -> Run:
+        return Run(self.root)
+
 
 def open_run(root: Path, adapter: str | Path | None = None) -> TrainedRun:
     """A run directory with its recipe and adapter: `adapter`, else grpo/adapter, else sft/adapter."""
-    from r1lite.recipes import read_yaml, resolve
-    from r1lite.report import check_run_dir
-
-    root = Path(root)
-    if not root.is_dir():
-        raise R1liteError(f"run directory {root} does not exist; `r1lite runs list` shows the runs")
-    check_run_dir(root)
-    recipe = resolve(read_yaml(root / "config.yaml"), None, [], f"{root}/config.yaml")
-    return TrainedRun(root, recipe, _adapter(root, adapter))
-
-
-def _adapter(root: Path, adapter: str | Path | None) -> Path:
-    if adapter is not None:
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise R1liteError(f"--adapter {adapter} is not a LoRA adapter folder (no adapter_config.json)")
-        return Path(adapter)
-    for stage in ("grpo", "sft"):  # the last stage that finished is the model the run trained
-        if (root / stage / "adapter" / "adapter_config.json").is_file():
-            return root / stage / "adapter"
-    raise R1liteError(
-        f"{root} has no trained adapter yet (no grpo/adapter or sft/adapter); finish the run with `r1lite run`, "
-        "or pass --adapter"
-    )
+    run = Run.open(root)
+    recipe = run.recipe()
+    found = check_adapter(adapter) if adapter is not None else run.trained_adapter(recipe)
+    if found is None:
+        raise R1liteError(
+            f"{root} has no trained adapter yet (no grpo/adapter or sft/adapter); finish the run with `r1lite run`, "
+            "or pass --adapter"
+        )
+    return TrainedRun(run.root, recipe, found)
 
 
 def _runnable(cfg: ModelConfig) -> ModelConfig:
@@ -294,7 +287,7 @@ def weights_dtype(run: TrainedRun) -> str:
     r = run.recipe
     if r.model.dtype != "auto":
         return r.model.dtype
-    on_gpu = read_json_or_empty(run.root / "hardware.json").get("cuda", r.model.device == "cuda")
+    on_gpu = read_json_or_empty(run.run_dir.hardware_file).get("cuda", r.model.device == "cuda")
     return "bfloat16" if on_gpu else "float32"
 
 
@@ -319,7 +312,6 @@ def export(
     """
     from r1lite import __version__
     from r1lite.fileio import ordinary_permissions, write_json
-    from r1lite.models import atomic_dir
 
     if dtype is not None and dtype not in DTYPES:
         raise R1liteError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
@@ -453,7 +445,7 @@ def check(run: TrainedRun, out: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"label": label, "export": summary, "reference": None, "changes": {}}
     reference = _reference_eval(run)
     if reference is not None:
-        result.update(_compared(run.root, reference, label, info["kind"]))
+        result.update(_compared(run.run_dir, reference, label, info["kind"]))
     return result
 
 
@@ -476,7 +468,7 @@ def _check_recipe(recipe: Recipe, out: Path, info: dict[str, Any]) -> Recipe:
 def _reference_eval(run: TrainedRun) -> str | None:
     """The run's eval of the exported adapter: `final` for its last adapter, `warmup` for the SFT one."""
     for label in ("final", "warmup"):
-        evaluated = read_json_or_empty(run.root / "eval" / f"{label}.json").get("adapter")
+        evaluated = run.run_dir.eval(label).get("adapter")
         if evaluated and _same_folder(Path(evaluated), run.adapter):
             return label
     return None
@@ -487,15 +479,12 @@ def _same_folder(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve() or a.parts[-3:] == b.resolve().parts[-3:]
 
 
-def _compared(root: Path, reference: str, label: str, kind: str) -> dict[str, Any]:
-    from r1lite.pipeline import paired_changes
-    from r1lite.report import paired_eval_rows
-
-    pairs = paired_eval_rows(root, reference, label)
-    changes = paired_changes(root, [(label, reference)])
+def _compared(run: Run, reference: str, label: str, kind: str) -> dict[str, Any]:
+    pairs = run.paired_rows(reference, label)
+    changes = run.changes([(label, reference)])
     return {
         "reference": reference,
-        "run_eval": read_json(root / "eval" / f"{reference}.json"),
+        "run_eval": read_json(run.eval_file(reference)),
         "identical": sum(before["completion"] == after["completion"] for before, after in pairs),
         "paired": len(pairs),
         "changes": {f"{kind} export vs the run's {reference} eval": v for v in changes.values()},
@@ -522,7 +511,6 @@ def check_lines(result: dict[str, Any]) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 
 EVALS = (("base", "base"), ("warmup", "warm-up (SFT)"), ("final", "trained"))
-CARD_METRICS = ("accuracy", "format_rate", "mean_reward", "mean_length", "search_rate", "examples")
 
 
 def write_card(run: TrainedRun, out: Path, info: dict[str, Any], checked: dict[str, Any] | None = None) -> None:
@@ -623,7 +611,7 @@ def _eval_section(run: TrainedRun, checked: dict[str, Any] | None) -> list[str]:
     from r1lite.report import format_metric
     from r1lite.stages.eval import change_lines
 
-    columns = [(name, read_json_or_empty(run.root / "eval" / f"{label}.json")) for label, name in EVALS]
+    columns = [(name, run.run_dir.eval(label)) for label, name in EVALS]
     columns = [(name, ev) for name, ev in columns if ev]
     if checked:
         columns.append(("this export", checked["export"]))
@@ -631,7 +619,7 @@ def _eval_section(run: TrainedRun, checked: dict[str, Any] | None) -> list[str]:
         return ["## Held-out eval", "", "The run has no eval yet.", ""]
     out = ["## Held-out eval", "", "| metric | " + " | ".join(n for n, _ in columns) + " |"]
     out.append("|---" * (len(columns) + 1) + "|")
-    for key in CARD_METRICS:
+    for key in (*METRICS, "examples"):
         out.append(f"| {key} | " + " | ".join(format_metric(key, ev.get(key, "-")) for _, ev in columns) + " |")
     r = run.recipe
     out += [
@@ -640,19 +628,8 @@ def _eval_section(run: TrainedRun, checked: dict[str, Any] | None) -> list[str]:
         f"trained on), greedy decoding, at most {r.eval.max_new_tokens} new tokens; accuracy is `{r.eval.reward}`.",
         "",
     ]
-    lines = change_lines(_run_changes(run.root)) + (change_lines(checked["changes"]) if checked else [])
+    lines = change_lines(run.run_dir.run_changes()) + (change_lines(checked["changes"]) if checked else [])
     return out + ([*[f"- {line}" for line in lines], ""] if lines else [])
-
-
-def _run_changes(root: Path) -> dict[str, dict[str, float]]:
-    """The paired accuracy changes of summary.json, or computed from the evals' rows for a run that predates them."""
-    from r1lite.pipeline import CHANGES, paired_changes
-
-    summary = read_json_or_empty(root / "summary.json")
-    if "changes" in summary:
-        return summary["changes"]
-    have = [pair for pair in CHANGES if all((root / "eval" / f"{label}.jsonl").is_file() for label in pair)]
-    return paired_changes(root, have)
 
 
 def _example_row(run: TrainedRun) -> Example:
@@ -660,11 +637,9 @@ def _example_row(run: TrainedRun) -> Example:
     import random
 
     for label in ("final", "base"):
-        path = run.root / "eval" / f"{label}.jsonl"
-        if path.is_file():
-            rows = read_jsonl(path)
-            if rows:
-                return {k: v for k, v in rows[0].items() if k not in ("completion", "samples")}
+        rows = run.run_dir.eval_rows(label)
+        if rows:
+            return {k: v for k, v in rows[0].items() if k not in ("completion", "samples")}
     return run.task.sample(random.Random(run.recipe.seed))
 
 
@@ -762,7 +737,7 @@ def _fidelity_section(run: TrainedRun, info: dict[str, Any], checked: dict[str, 
 def _cost_section(run: TrainedRun) -> list[str]:
     from r1lite.cost import cost_line
 
-    cost = read_json_or_empty(run.root / "summary.json").get("cost")
+    cost = run.run_dir.summary().get("cost")
     if not cost:
         return ["## Cost", "", "Not recorded (the run has no summary.json yet).", ""]
     stages = ", ".join(f"{k} {v['seconds'] / 60:.1f} min" for k, v in cost["stages"].items())
@@ -772,7 +747,7 @@ def _cost_section(run: TrainedRun) -> list[str]:
 def _versions_section(run: TrainedRun) -> list[str]:
     from r1lite.environment import versions
 
-    hw = read_json_or_empty(run.root / "hardware.json")
+    hw = read_json_or_empty(run.run_dir.hardware_file)
     trained = ", ".join(f"{k} {v}" for k, v in (hw.get("versions") or {}).items() if v)
     machine = hw.get("gpu_name") or (f"CPU ({hw['cpus']} cores)" if hw.get("cpus") else "not recorded")
     exported = ", ".join(f"{k} {v}" for k, v in versions().items() if v and k in ("torch", "transformers", "peft"))
@@ -787,7 +762,7 @@ def _versions_section(run: TrainedRun) -> list[str]:
 
 
 def _recipe_section(run: TrainedRun) -> list[str]:
-    text = (run.root / "config.yaml").read_text(encoding="utf-8").rstrip()
+    text = run.run_dir.config_file.read_text(encoding="utf-8").rstrip()
     return [
         "## Recipe",
         "",

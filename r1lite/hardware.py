@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from r1lite.distributed import pin_device
 from r1lite.errors import R1liteError
 
-GIB = 2**30  # the one definition r1lite's planner, cost and benchmarks use (r1lite/rollout.py keeps its own copy)
+GIB = 2**30  # the one definition r1lite's planner, cost, rollout and benchmarks use
 PRICES_DATE = "2026-11"  # when the table's rental prices were last checked
 
 
@@ -125,11 +126,12 @@ class Hardware:
 
 
 def probe() -> Hardware:
-    """This process's GPU (the current device, which `distributed.pin_device` sets per rank), or none."""
+    """This process's GPU (under several processes each its own: the first CUDA call pins it), or none."""
     import torch
 
     if not torch.cuda.is_available():
         return Hardware(False, None, 0.0, 0.0)
+    pin_device()
     index = torch.cuda.current_device()
     free, total = torch.cuda.mem_get_info(index)
     capability = torch.cuda.get_device_capability(index)

@@ -28,8 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+
 from r1lite import ui
 from r1lite.errors import R1liteError
+from r1lite.runs.rundir import Run
 
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 DUPLICATE_S = 2.0  # a second signal sooner than this is the first one delivered twice, not a request to hurry
@@ -137,13 +140,7 @@ def synced(flag: bool) -> bool:
     return bool(value.item())
 
 
-def _trainer_callback() -> type:
-    from transformers import TrainerCallback
-
-    return TrainerCallback
-
-
-class StopAtStepEnd(_trainer_callback()):  # type: ignore[misc]
+class StopAtStepEnd(TrainerCallback):
     """Ends training at the end of the step during which a signal came, with a checkpoint of that step."""
 
     def __init__(self, stop: Stop) -> None:
@@ -157,7 +154,7 @@ class StopAtStepEnd(_trainer_callback()):  # type: ignore[misc]
             control.should_training_stop = True
 
 
-class SaveAtEnd(_trainer_callback()):  # type: ignore[misc]
+class SaveAtEnd(TrainerCallback):
     """A checkpoint at the last step too, so a finished stage can be extended (more steps) from where it ended."""
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -165,7 +162,7 @@ class SaveAtEnd(_trainer_callback()):  # type: ignore[misc]
             control.should_save = True
 
 
-class TimeBudget(_trainer_callback()):  # type: ignore[misc]
+class TimeBudget(TrainerCallback):
     """Ends training at the first step end after `minutes` of it, with a checkpoint (the CPU demos' fixed budget).
 
     The time spent is saved with each checkpoint, so a run that was stopped and continued gets the same
@@ -202,7 +199,7 @@ class TimeBudget(_trainer_callback()):  # type: ignore[misc]
             write_json(folder / self.FILE, {"spent_s": round(self.spent(), 1)})
 
 
-class SkipNonFinite(_trainer_callback()):  # type: ignore[misc]
+class SkipNonFinite(TrainerCallback):
     """An update with NaN or infinite gradients is skipped (its gradients dropped before the optimizer step).
 
     AdamW leaves parameters without a gradient untouched, moments included. After `limit` such updates in a
@@ -309,8 +306,6 @@ def checkpoint_step(path: Path) -> int:
 # Out of memory, full disk
 # ----------------------------------------------------------------------------------------------
 
-OOM_FILE = "oom.json"
-
 
 @contextlib.contextmanager
 def guard(recipe: Any, stage: str, run_dir: Path | None = None) -> Iterator[None]:
@@ -349,7 +344,7 @@ def out_of_memory(recipe: Any, stage: str, run_dir: Path | None) -> OutOfMemory:
             smaller = plan.Card(card.name, card.gib * 0.85)
             _, fix = plan.auto_fit(recipe, smaller, gpus=world_size())
     if run_dir is not None and fix:
-        write_json(run_dir / OOM_FILE, {"stage": stage, "settings": fix})
+        write_json(Run(run_dir).oom_file, {"stage": stage, "settings": fix})
     measured = f"measured peak {peak:.1f} GiB" if peak is not None else "peak not measured"
     versus = f" vs the plan's {planned:.1f} GiB" if planned is not None else ""
     settings = " ".join(f"--set {k}={v}" for k, v in fix.items())

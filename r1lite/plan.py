@@ -531,22 +531,39 @@ def make_plan(
                     "logits": decode_logits_bytes(shape, eval_rows),
                 }
             )
-    plan = Plan(recipe.model.name, recipe.profile, shape, on_cuda, card, stages, merged, backend, None, None, None)
-    plan.gpus = gpus
-    plan.merge, plan.compiled, plan.free_before = decisions, compiled, free_before
-    plan.episodes = g.prompts_per_step * g.num_generations * g.max_steps if g.enabled else 0
-    plan.generated_tokens = plan.episodes * g.max_completion_length
+    episodes = g.prompts_per_step * g.num_generations * g.max_steps if g.enabled else 0
     timing = run_timing(recipe, shape, card, on_cuda, rows, prompt_tokens, gpus)
-    if timing is not None:
-        plan.step_seconds, plan.run_hours, plan.usd = timing.step_seconds, timing.run_hours, timing.usd
-        plan.timing_sources = timing.sources
-        plan.typical = _typical(plan, recipe, rows, prompt_tokens) if verdicts else None
+    typical = (
+        _typical(recipe, episodes, shape, card, on_cuda, rows, prompt_tokens, gpus) if timing and verdicts else None
+    )
+    fits = {}
     if on_cuda and verdicts:  # each card planned on its own: the engine's merge decision depends on the card
-        plan.verdicts = {
+        fits = {
             c.name: bool(make_plan(recipe, c, gpus, stock_trl, prompt_tokens, verdicts=False).fits(headroom=HEADROOM))
             for c in CARDS
         }
-    return plan
+    return Plan(
+        model=recipe.model.name,
+        profile=recipe.profile,
+        shape=shape,
+        on_cuda=on_cuda,
+        card=card,
+        stages=stages,
+        merged=merged,
+        rollout=backend,
+        step_seconds=None if timing is None else timing.step_seconds,
+        run_hours=None if timing is None else timing.run_hours,
+        usd=None if timing is None else timing.usd,
+        timing_sources=[] if timing is None else timing.sources,
+        gpus=gpus,
+        verdicts=fits,
+        merge=decisions,
+        compiled=compiled,
+        free_before=free_before,
+        episodes=episodes,
+        generated_tokens=episodes * g.max_completion_length,
+        typical=typical,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -694,15 +711,16 @@ def at_completion_length(recipe: Any, tokens: int) -> Any:
     )
 
 
-def _typical(plan: Plan, recipe: Any, rows: int, prompt: int) -> TypicalLength | None:
-    """The plan's run timed at the typical completion length, when one is known and below the maximum."""
+def _typical(
+    recipe: Any, episodes: int, shape: Shape, card: Card | None, on_cuda: bool, rows: int, prompt: int, gpus: int
+) -> TypicalLength | None:
+    """The run timed at the typical completion length, when one is known and below the maximum."""
     typical = typical_completion(recipe)
-    if typical is None or not plan.episodes or typical[0] >= recipe.grpo.max_completion_length:
+    if typical is None or not episodes or typical[0] >= recipe.grpo.max_completion_length:
         return None
     tokens, source, measured = typical
-    shorter = at_completion_length(recipe, tokens)
-    timing = run_timing(shorter, plan.shape, plan.card, plan.on_cuda, rows, prompt, plan.gpus)
-    return None if timing is None else TypicalLength(tokens, source, measured, plan.episodes * tokens, timing)
+    timing = run_timing(at_completion_length(recipe, tokens), shape, card, on_cuda, rows, prompt, gpus)
+    return None if timing is None else TypicalLength(tokens, source, measured, episodes * tokens, timing)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@
     >>> build_report(Path("runs/countdown-cpu"))      # -> runs/countdown-cpu/report.html
     >>> series(run_dir, "grpo", "reward")              # ([1, 2, ...], [0.1, 0.2, ...]) straight from metrics.jsonl
 
-Everything is read from the files the pipeline writes (metrics.jsonl, eval/*.json, stages.json,
-hardware.json, config.yaml), so a report can be rebuilt at any time, also for an unfinished run.
+Everything is read from what the run directory holds (`r1lite.runs.rundir.Run`), so a report can be rebuilt
+at any time, also for an unfinished run.
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from r1lite.errors import R1liteError
+from r1lite.cost import cost_for_run
 from r1lite.fileio import read_json_or_empty, read_jsonl, write_text
+from r1lite.runs.rundir import CHANGES, Run, of_row
+from r1lite.stages.eval import METRICS, summary_change_lines
+from r1lite.tasks import Task
 
 CURVES = [
     ("reward", "mean reward"),
@@ -30,15 +33,8 @@ CURVES = [
 ]
 
 
-def check_run_dir(run_dir: Path) -> Path:
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise R1liteError(f"{run_dir} is not an r1lite run directory (no config.yaml); see `r1lite runs list`")
-    return run_dir
-
-
 def metrics(run_dir: Path, stage: str) -> list[dict[str, Any]]:
-    path = run_dir / stage / "metrics.jsonl"
+    path = Run(run_dir).metrics_file(stage)
     return read_jsonl(path) if path.is_file() else []
 
 
@@ -48,13 +44,21 @@ def series(run_dir: Path, stage: str, key: str) -> tuple[list[int], list[float]]
     return [r["step"] for r in rows], [float(r[key]) for r in rows]
 
 
-def plot_curves(run_dirs: list[Path], out: Path, stage: str = "grpo") -> Path | None:
-    """One panel per metric in CURVES that any run logged; runs overlaid. None when nothing to plot."""
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (files only, no display), imported when a plot is first drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(run_dirs: list[Path], out: Path, stage: str = "grpo") -> Path | None:
+    """One panel per metric in CURVES that any run logged; runs overlaid. None when nothing to plot."""
     from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
 
     keys = [(k, label) for k, label in CURVES if any(series(d, stage, k)[0] for d in run_dirs)]
     if not keys:
@@ -93,11 +97,9 @@ BEHAVIOUR = [
 
 def plot_behaviour(run_dir: Path, out: Path) -> Path | None:
     """The "aha" curves: how long the model reasons, and how often it searches and checks, step by step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
 
     keys = [(k, label) for k, label in BEHAVIOUR if series(run_dir, "grpo", k)[0]]
     if not keys:
@@ -185,39 +187,13 @@ def allocate(sizes: dict[str, int], n: int) -> dict[str, int]:
     return seats
 
 
-def _problem_key(row: dict[str, Any]) -> tuple[Any, ...]:
-    return row.get("nums"), row.get("target"), row.get("question")
-
-
-def paired_eval_rows(
-    run_dir: Path, before: str = "base", after: str = "final"
-) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(before, after) rows of the same held-out problems; evals score the test split's first problems in order.
-
-    A shorter file pairs with the other's first rows; rows that name different problems mean one eval was rerun
-    on other data, and no comparison is better than a wrong one.
-    """
-    base_path, final_path = run_dir / f"eval/{before}.jsonl", run_dir / f"eval/{after}.jsonl"
-    if not (base_path.is_file() and final_path.is_file()):
-        return []
-    pairs = list(zip(read_jsonl(base_path), read_jsonl(final_path), strict=False))
-    for i, (first, second) in enumerate(pairs):
-        if _problem_key(first) != _problem_key(second):
-            raise R1liteError(
-                f"{run_dir}/eval: {before}.jsonl and {after}.jsonl name different problems at row {i + 1}; rerun "
-                f"both with the run's recipe: `r1lite eval --label base`, `r1lite eval --adapter "
-                f"{run_dir}/grpo/adapter --label final`"
-            )
-    return pairs
-
-
-def before_after(run_dir: Path, n: int = 6, seed: int = 0) -> BeforeAfter | None:
+def before_after(run: Run, n: int = 6, seed: int = 0) -> BeforeAfter | None:
     """Counts over every paired problem and a seeded, proportional sample of `n` (None without both evals).
 
     This is the one place that decides which examples a reader sees: report.md, report.html and
     `runs compare` all call it, so they cannot disagree, and none of them can show only the good rows.
     """
-    pairs = paired_eval_rows(run_dir)
+    pairs = run.paired_rows()
     if not pairs:
         return None
     groups: dict[str, list[int]] = {g: [] for g in GROUPS}
@@ -229,14 +205,16 @@ def before_after(run_dir: Path, n: int = 6, seed: int = 0) -> BeforeAfter | None
     return BeforeAfter(counts, rows)
 
 
-def problem_label(row: dict[str, Any]) -> str:
-    if "nums" in row:  # Countdown's rows
-        return f"{row['nums']} → {row['target']}"
+def problem_label(row: dict[str, Any], task: Task) -> str:
+    """An eval row's problem in a markdown cell: the task's own label or, for a task with the default one (the question
+    cut at 100 characters, for live views), the question to 160, which gets a reasoning-gym puzzle past its preamble."""
+    if type(task).label is not Task.label:
+        return of_row(task, "label", row).replace("|", "¦")
     text = " ".join(str(row.get("question", "")).split()).replace("|", "¦")
     return text if len(text) <= 160 else text[:159] + "…"
 
 
-def side_by_side(result: BeforeAfter, width: int = 400) -> list[str]:
+def side_by_side(result: BeforeAfter, task: Task, width: int = 400) -> list[str]:
     """Markdown: the counts, then the sampled problems, base vs trained completion, each with its group and reason."""
 
     def cell(row: dict[str, Any]) -> str:
@@ -246,16 +224,14 @@ def side_by_side(result: BeforeAfter, width: int = 400) -> list[str]:
         return f"{mark} {row['reason']}: `{text}`"
 
     out = [result.summary(), "", "| group | problem | base | trained |", "|---|---|---|---|"]
-    out += [f"| {g} | {problem_label(b)} | {cell(b)} | {cell(a)} |" for g, b, a in result.rows]
+    out += [f"| {g} | {problem_label(b, task)} | {cell(b)} | {cell(a)} |" for g, b, a in result.rows]
     return out
 
 
 def plot_sft(run_dir: Path, out: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
 
     steps, loss = series(run_dir, "sft", "loss")
     if not steps:
@@ -273,12 +249,9 @@ def plot_sft(run_dir: Path, out: Path) -> Path | None:
 
 
 def plot_eval(before: dict[str, Any], after: dict[str, Any], out: Path) -> Path | None:
-    import matplotlib
+    plt = pyplot()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = [k for k in ("accuracy", "format_rate", "search_rate") if k in before and k in after]
+    keys = [k for k in METRICS if not k.startswith("mean_") and k in before and k in after]  # the rates
     if not keys:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
@@ -311,14 +284,11 @@ def format_metric(key: str, value: Any) -> str:
 
 def build_report(run_dir: Path) -> Path:
     """Write plots/, report.md and report.html into the run directory; returns the HTML path."""
-    from r1lite.cost import cost_for_run
-    from r1lite.recipes import read_yaml, resolve
-
-    run_dir = check_run_dir(run_dir)
-    recipe_text = (run_dir / "config.yaml").read_text()
-    recipe = resolve(read_yaml(run_dir / "config.yaml"), None, [], "config.yaml")
-    stages, hardware = read_json_or_empty(run_dir / "stages.json"), read_json_or_empty(run_dir / "hardware.json")
-    before, after = read_json_or_empty(run_dir / "eval/base.json"), read_json_or_empty(run_dir / "eval/final.json")
+    run = Run.open(run_dir)
+    run_dir, recipe = run.root, run.recipe()
+    recipe_text = run.config_file.read_text()
+    stages, hardware = run.state(), read_json_or_empty(run.hardware_file)
+    before, after = run.eval("base"), run.eval("final")
     cost = cost_for_run(recipe, {k: v["seconds"] for k, v in stages.items()}, hardware)
     plots_dir = run_dir / "plots"
     plots = [
@@ -340,30 +310,28 @@ def build_report(run_dir: Path) -> Path:
         "",
     ]
     if before and after:
-        warmup = read_json_or_empty(run_dir / "eval/warmup.json") if "eval_warmup" in stages else {}
+        warmup = run.eval("warmup") if "eval_warmup" in stages else {}
         heads = ["base", *(["warm-up (SFT)"] if warmup else []), "trained"]
         md += ["## Held-out eval", "", f"| metric | {' | '.join(heads)} |", "|---" * (len(heads) + 1) + "|"]
         sampled = [k for k in after if k.startswith(("avg@", "pass@"))]
-        for key in ("accuracy", *sampled, "format_rate", "mean_reward", "mean_length", "search_rate", "examples"):
+        for key in (METRICS[0], *sampled, *METRICS[1:], "examples"):  # avg@k and pass@k beside accuracy
             if key in before and key in after:
                 cells = [before, *([warmup] if warmup else []), after]
                 md.append(f"| {key} | " + " | ".join(format_metric(key, c.get(key, "-")) for c in cells) + " |")
-        from r1lite.pipeline import CHANGES, paired_changes
-        from r1lite.stages.eval import summary_change_lines
-
         pairs = [c for c in CHANGES if "warmup" not in c or warmup]
         changes = {
             "metric": recipe.eval.metric_name(),
             "final": after,
-            "changes": paired_changes(run_dir, pairs),
-            "changes_sampled": paired_changes(run_dir, pairs, "sampled"),
+            "changes": run.changes(pairs),
+            "changes_sampled": run.changes(pairs, "sampled"),
         }
         md += ["", *summary_change_lines(changes), ""]
         if recipe.grpo.enabled and recipe.grpo.reward_control == "shuffle":
             md += ["**Control arm**: GRPO trained on each step's rewards shuffled across its completions.", ""]
-    paired = before_after(run_dir, seed=recipe.seed)
+    task = recipe.data.make_task()
+    paired = before_after(run, seed=recipe.seed)
     if paired:
-        md += ["## Before and after, same problems", "", *side_by_side(paired), ""]
+        md += ["## Before and after, same problems", "", *side_by_side(paired, task), ""]
     raised = diagnostics_raised(run_dir)
     md += ["## Diagnostics", ""]
     if raised:
@@ -450,50 +418,3 @@ def _html(title: str, markdown: str, plots: list[Path]) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>r1lite: {html.escape(title)}</title>"
         f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n"
     )
-
-
-def _enabled_stages(run_dir: Path) -> list[str]:
-    """The stages the run's own recipe runs (an RL-only run has no SFT and no warm-up eval), as `r1lite run` does.
-
-    A config.yaml that no longer validates (a task file moved, a key renamed since) is read for the two switches
-    that decide it, so an old run still lists with its progress.
-    """
-    from types import SimpleNamespace
-
-    from r1lite.pipeline import enabled_stages
-    from r1lite.recipes import read_yaml, resolve
-
-    path = run_dir / "config.yaml"
-    try:
-        raw = read_yaml(path)
-    except R1liteError:
-        raw = {}
-    try:
-        return enabled_stages(resolve(raw, None, [], str(path)))
-    except R1liteError:
-        switch = lambda k: bool(raw[k].get("enabled", True)) if isinstance(raw.get(k), dict) else True  # noqa: E731
-        return enabled_stages(
-            SimpleNamespace(sft=SimpleNamespace(enabled=switch("sft")), grpo=SimpleNamespace(enabled=switch("grpo")))
-        )
-
-
-def list_runs(root: Path) -> list[dict[str, Any]]:
-    """Every run directory under `root`, with how far it got (of the stages its recipe runs) and its final numbers."""
-    runs = []
-    for d in sorted(p for p in Path(root).glob("*") if (p / "config.yaml").is_file()):
-        stages = read_json_or_empty(d / "stages.json")
-        final, base = read_json_or_empty(d / "eval/final.json"), read_json_or_empty(d / "eval/base.json")
-        enabled = _enabled_stages(d)
-        runs.append(
-            {
-                "name": d.name,
-                "path": str(d),
-                "stages_done": sum(s in stages for s in enabled),
-                "stages_total": len(enabled),
-                "base_accuracy": base.get("accuracy"),
-                "final_accuracy": final.get("accuracy"),
-                "final_format_rate": final.get("format_rate"),
-                "wall_seconds": sum(v["seconds"] for v in stages.values()),
-            }
-        )
-    return runs

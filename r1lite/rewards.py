@@ -16,14 +16,11 @@ import difflib
 import json
 import re
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from r1lite.errors import R1liteError
+from r1lite.tasks import RewardFn, Task, load_task
 
-if TYPE_CHECKING:
-    from r1lite.tasks import Task
-
-RewardFn = Callable[[str, dict[str, Any]], tuple[float, str]]
 _REGISTRY: dict[str, RewardFn] = {}
 
 
@@ -96,8 +93,6 @@ def self_check(completion: str, example: Any = None) -> tuple[float, str]:
 
 def _task(task: Task | str) -> Task:
     if isinstance(task, str):
-        from r1lite.tasks import load_task
-
         return load_task(task)
     return task
 

@@ -42,8 +42,7 @@ import torch
 
 from r1lite import ui
 from r1lite.errors import PrecisionError, R1liteError
-
-GIB = 2**30
+from r1lite.hardware import GIB
 
 
 @dataclass
@@ -860,7 +859,7 @@ def make_rollout_func(settings: RolloutSettings) -> Any:
         engine = engine_for(model, trainer.processing_class, settings)
         engine.pinned = True
         if not isinstance(prompts[0], str):
-            raise ValueError("the rollout engine takes rendered text prompts; use data.prompt_format base/chat")
+            raise R1liteError("the rollout engine takes rendered text prompts; use data.prompt_format base/chat")
         prompt_ids = trainer.processing_class(text=prompts)["input_ids"]
         mode = "train" if model.training else "eval"
         G = trainer.num_generations if mode == "train" else trainer.num_generations_eval

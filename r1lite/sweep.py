@@ -31,9 +31,10 @@ from typing import Any
 
 from r1lite import ui
 from r1lite.errors import RecipeError
-from r1lite.fileio import read_json_or_empty, read_jsonl, write_json
+from r1lite.fileio import read_json_or_empty, write_json
+from r1lite.runs.rundir import SWEEP_MANIFEST as MANIFEST
+from r1lite.runs.rundir import Run, fingerprints, problem_score
 
-MANIFEST = "sweep.json"
 CONTROL_KEY = "grpo.reward_control"
 ARMS = ("none", "shuffle")  # the real arm, the control arm
 
@@ -226,14 +227,8 @@ def _default_name(recipe: str, grid: dict[str, list[str]]) -> str:
 
 def finished(sweep: Sweep, run: SweepRun) -> bool:
     """The run's summary exists and every stage it runs is recorded with its current fingerprint."""
-    from r1lite.pipeline import enabled_stages, fingerprints, load_state, run_dir
-
     recipe = sweep.recipe_of(run)
-    root = run_dir(recipe)
-    if not (root / "summary.json").is_file():
-        return False
-    state, fps = load_state(root), fingerprints(recipe)
-    return all(state.get(s, {}).get("fingerprint") == fps[s] for s in enabled_stages(recipe) if s != "data")
+    return Run.of(recipe).finished(recipe)
 
 
 def plan_rows(sweep: Sweep) -> list[dict[str, Any]]:
@@ -269,8 +264,6 @@ def command(sweep: Sweep, run: SweepRun) -> list[str]:
 def order(sweep: Sweep) -> list[list[SweepRun]]:
     """Waves, so that runs running side by side never compute the same stage: one run per distinct base eval,
     then one per distinct warm-up (SFT config and seed) not yet covered, then the rest, which copy both."""
-    from r1lite.pipeline import fingerprints
-
     waves: list[list[SweepRun]] = []
     placed: set[SweepRun] = set()
     for stage in ("eval_base", "sft"):
@@ -288,9 +281,7 @@ def order(sweep: Sweep) -> list[list[SweepRun]]:
 
 def run_local(sweep: Sweep, run: SweepRun, env: dict[str, str] | None = None) -> int:
     """One run in its own process, its output in <run>/sweep.log; returns the exit code."""
-    from r1lite.pipeline import run_dir
-
-    root = run_dir(sweep.recipe_of(run))
+    root = Run.of(sweep.recipe_of(run)).root
     root.mkdir(parents=True, exist_ok=True)
     with (root / "sweep.log").open("a", encoding="utf-8") as log:
         return subprocess.run(command(sweep, run), stdout=log, stderr=subprocess.STDOUT, env=env).returncode
@@ -423,23 +414,21 @@ class ConfigResult:
 
 def collect(root: Path) -> tuple[dict[str, Any], list[ConfigResult]]:
     """The sweep's manifest and, per config, what its finished runs wrote."""
-    from r1lite.stages.eval import problem_score
-
     manifest = read_json_or_empty(root / MANIFEST)
     if not manifest:
         raise RecipeError(f"{root} is not a sweep folder (no {MANIFEST}); `r1lite sweep RECIPE ...` makes one")
     results = []
     for config in manifest["configs"]:
         names = [n for n, r in manifest["runs"].items() if r["config"] == config]
-        done = [root / n for n in names if (root / n / "summary.json").is_file()]
-        summaries = [read_json_or_empty(d / "summary.json") for d in done]
-        rows = [read_jsonl(d / "eval/final.jsonl") for d in done]
+        done = [Run(root / n) for n in names if Run(root / n).summary_file.is_file()]
+        summaries = [d.summary() for d in done]
+        rows = [d.eval_rows("final") for d in done]
         sampled = all(r.get("samples") for run in rows for r in run) and bool(rows)
         usd = [s["cost"]["total"]["usd"] for s in summaries]
         results.append(
             ConfigResult(
                 config,
-                done,
+                [d.root for d in done],
                 [[problem_score(r) for r in run] for run in rows],
                 [s["final"] for s in summaries],
                 sum(s["cost"]["total"]["seconds"] for s in summaries),
@@ -583,12 +572,9 @@ def own_effects(results: list[ConfigResult], metric: str) -> dict[str, str]:
 
 def plot_bands(results: list[ConfigResult], out: Path) -> Path | None:
     """Curves per config: the mean over seeds with a band from the lowest to the highest seed."""
-    import matplotlib
+    from r1lite.report import pyplot, series
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from r1lite.report import series
+    plt = pyplot()
 
     keys = [(k, t) for k, t in CURVES if any(series(d, "grpo", k)[0] for r in results for d in r.runs)]
     if not keys:

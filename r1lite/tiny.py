@@ -26,8 +26,9 @@ def build_tokenizer(vocab_size: int = 400):
 
     rng = random.Random(0)
     corpus = []
+    task = countdown.Countdown()
     for ex in countdown.generate(64, seed=0):
-        corpus.append(countdown.base_prompt(ex["nums"], ex["target"]))
+        corpus.append(task.render_prompt(ex, "base"))
         corpus.append(countdown.make_trace(ex["nums"], ex["target"], rng, max_dead_ends=2))
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -12,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from r1lite.arith import evaluate
+from r1lite.rewards import shows_search, think_format
+from r1lite.tasks import ExampleError
 from r1lite.tasks import countdown as cd
 
 
@@ -95,8 +97,8 @@ def test_traces_are_consistent(seed, dead_ends):
         assert ops[op](Fraction(a), Fraction(b)) == Fraction(v)
     assert trace.count("Back up.") <= dead_ends
     assert cd.tinyzero_reward(trace, ex["nums"], ex["target"]) == (1.0, "correct")
-    assert cd.think_format_reward(trace)[0] == 1.0
-    assert cd.shows_search(trace) or len(steps) <= 2
+    assert think_format(trace)[0] == 1.0
+    assert shows_search(trace) or len(steps) <= 2
 
 
 def test_trace_dead_ends_are_real():
@@ -119,7 +121,7 @@ def test_base_prompt_is_tinyzero_verbatim():
         "final answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3 </answer>.\nAssistant: Let me solve "
         "this step by step.\n<think>"
     )
-    assert cd.base_prompt([1, 2, 3], 6) == expected
+    assert cd.Countdown().render_prompt({"nums": [1, 2, 3], "target": 6}, "base") == expected
 
 
 def _prompts_the_stages_render(fmt: str, tokenizer) -> tuple[list, dict[str, list[str]]]:
@@ -183,7 +185,11 @@ def test_the_prompts_every_stage_renders_end_in_think_and_ask_the_problem(fmt, c
     )
     prompt = seen["grpo"][0]
     if fmt == "base":
-        assert prompt == cd.base_prompt(ex["nums"], ex["target"])  # TinyZero's text (test_base_prompt_is_...)
+        assert prompt == (  # TinyZero's text (test_base_prompt_is_tinyzero_verbatim)
+            "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The "
+            "assistant first thinks about the reasoning process in the mind and then provides the user with the "
+            f"answer.\nUser: {user}\nAssistant: Let me solve this step by step.\n<think>"
+        )
     elif fmt == "qwen-instruct":  # TinyZero's ChatML written out by hand
         assert prompt == (
             f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n {user}<|im_end|>\n"
@@ -215,8 +221,8 @@ def test_prompt_formats_that_cannot_be_rendered_are_refused():
 
 
 def test_shows_search():
-    assert cd.shows_search("Try 1 + 2 = 3. Not 5. Try 2 * 3 = 6. Check: yes</think>")
-    assert not cd.shows_search("The answer is 6.</think>")
+    assert shows_search("Try 1 + 2 = 3. Not 5. Try 2 * 3 = 6. Check: yes</think>")
+    assert not shows_search("The answer is 6.</think>")
 
 
 @pytest.mark.parametrize(
@@ -244,5 +250,5 @@ def test_parse_reads_typed_problems(text, example):
     ],
 )
 def test_parse_rejects_malformed_problems(text, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ExampleError, match=re.escape(message)):  # a ValueError too, as the Task interface says
         cd.Countdown().parse(text)

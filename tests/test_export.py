@@ -77,15 +77,15 @@ def _random_adapter(model: Path, recipe, out: Path, seed: int = 1) -> Path:
 
 
 def _write_run(model: Path, recipe, evaluate: bool = True) -> Path:
-    from r1lite import pipeline
     from r1lite.environment import describe
-    from r1lite.pipeline import run_dir, write_summary
-    from r1lite.recipes import to_yaml
+    from r1lite.pipeline import write_summary
+    from r1lite.runs.rundir import STAGES, Run
     from r1lite.stages import data, eval
 
-    root = run_dir(recipe)
-    write_text(root / "config.yaml", to_yaml(recipe))
-    write_json(root / "hardware.json", describe())
+    run = Run.of(recipe)
+    root = run.root
+    run.write_config(recipe)
+    write_json(run.hardware_file, describe())
     warmup = _random_adapter(model, recipe, root / "sft" / "adapter", seed=2)
     adapter = _random_adapter(model, recipe, root / "grpo" / "adapter")
     if evaluate:
@@ -93,9 +93,8 @@ def _write_run(model: Path, recipe, evaluate: bool = True) -> Path:
         eval.run(recipe, root, label="base")
         eval.run(recipe, root, adapter=str(warmup), label="warmup")
         eval.run(recipe, root, adapter=str(adapter), label="final")
-        stages = {s: {"fingerprint": "x", "seconds": 60.0} for s in pipeline.STAGES}
-        write_json(root / "stages.json", stages)
-        write_summary(recipe, root)
+        run.record({s: {"fingerprint": "x", "seconds": 60.0} for s in STAGES})
+        write_summary(recipe, run)
     return root
 
 

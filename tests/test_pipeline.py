@@ -12,6 +12,7 @@ from r1lite import pipeline
 from r1lite.cli.main import app
 from r1lite.fileio import read_json, read_jsonl
 from r1lite.recipes import load_recipe
+from r1lite.runs.rundir import STAGES, Run
 from r1lite.stages.eval import pass_at_k
 
 runner = CliRunner()
@@ -76,8 +77,8 @@ def test_run_end_to_end_then_skip_then_partial_rerun(tiny_model, tmp_path):
     assert "GRPO's own effect (final vs warm-up)" in first.output and "paired bootstrap over 4 problems" in first.output
     final = read_json(root / "eval/final.json")
     stages = read_json(root / "stages.json")
-    assert set(pipeline.STAGES) == set(stages)
-    peaks = [stages[s]["peak_rss_gib"] for s in pipeline.STAGES]  # a process high-water mark: never falls
+    assert set(STAGES) == set(stages)
+    peaks = [stages[s]["peak_rss_gib"] for s in STAGES]  # a process high-water mark: never falls
     assert peaks[0] > 0 and peaks == sorted(peaks)
     assert final["examples"] == 4 and 0 <= final["accuracy"] <= 1
     rows = read_jsonl(root / "eval/final.jsonl")
@@ -86,13 +87,13 @@ def test_run_end_to_end_then_skip_then_partial_rerun(tiny_model, tmp_path):
     assert steps == [1, 2]
 
     # same recipe again: every stage is skipped and nothing is rewritten
-    outputs = {stage: [root / a for a in pipeline.ARTIFACTS[stage]] for stage in pipeline.ARTIFACTS}
+    outputs = {stage: Run(root).artifacts(stage) for stage in STAGES if stage != "data"}
     before, written = read_json(root / "stages.json"), _mtimes(outputs)
     again = runner.invoke(app, args, catch_exceptions=False)
     assert again.exit_code == 0, again.output
     assert again.output.count("skipped") == 5
     after = read_json(root / "stages.json")
-    for stage in pipeline.ARTIFACTS:  # each stage's record (its time and wall seconds too) and outputs as they were
+    for stage in outputs:  # each stage's record (its time and wall seconds too) and outputs as they were
         assert after[stage] == before[stage], stage
         assert _mtimes({stage: outputs[stage]}) == {stage: written[stage]}, stage
     assert after["data"]["fingerprint"] == before["data"]["fingerprint"]  # data checks its files on every run

@@ -17,6 +17,7 @@ from r1lite.errors import R1liteError
 from r1lite.fileio import read_json, read_jsonl, write_json
 from r1lite.recipes import load_recipe, to_yaml
 from r1lite.report import GROUPS, allocate, before_after, build_report, group_of, series
+from r1lite.runs.rundir import Run
 from r1lite.tracking import Tracker, format_line
 
 runner = CliRunner()
@@ -130,7 +131,7 @@ def test_runs_list_and_compare(tiny_run, tmp_path):
 def test_runs_list_counts_the_stages_each_runs_recipe_runs(tmp_path):
     """A finished RL-only run (sft.enabled=false) is complete at 4 of its 4 stages, not 4 of the 6 a warm-up adds;
     a config.yaml that no longer validates is still read for its switches."""
-    from r1lite.report import list_runs
+    from r1lite.runs.rundir import list_runs
 
     done = {s: {"fingerprint": "x", "seconds": 6.0} for s in ("data", "eval_base", "grpo", "eval_final")}
     for name, config in (
@@ -141,7 +142,9 @@ def test_runs_list_counts_the_stages_each_runs_recipe_runs(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.yaml").write_text(config)
         (tmp_path / name / "stages.json").write_text(json.dumps(done))
-    progress = {r["name"]: (r["stages_done"], r["stages_total"]) for r in list_runs(tmp_path)}
+    progress = {
+        r["name"]: (r["stages_done"], r["stages_total"]) for r in (run.progress() for run in list_runs(tmp_path))
+    }
     assert progress == {"rl-only": (4, 4), "old": (4, 4), "both": (4, 6)}
     listed = runner.invoke(app, ["runs", "list", "--root", str(tmp_path)])
     assert listed.exit_code == 0 and listed.output.count("4/4") == 2 and "4/6" in listed.output
@@ -198,12 +201,12 @@ def test_report_counts_every_problem_and_samples_in_proportion(tmp_path):
 
 def test_before_after_is_seeded_and_labelled(tmp_path):
     run_dir, labels = eval_run(tmp_path, ["still right"] * 20 + ["still wrong"] * 30 + ["fixed"] * 9 + ["broken"])
-    first = before_after(run_dir, n=10, seed=3)
-    assert first == before_after(run_dir, n=10, seed=3)  # the same rows every time the report is rebuilt
+    first = before_after(Run(run_dir), n=10, seed=3)
+    assert first == before_after(Run(run_dir), n=10, seed=3)  # the same rows every time the report is rebuilt
     assert first.counts == {"fixed": 9, "broken": 1, "still right": 20, "still wrong": 30}
     assert [g for g, _, _ in first.rows] == ["fixed", "broken"] + ["still right"] * 3 + ["still wrong"] * 5
     assert all(group_of(b, a) == g == labels[f"{b['nums']} → {b['target']}"] for g, b, a in first.rows)
-    assert len(before_after(run_dir, n=100).rows) == 60  # a sample larger than the evals shows them all
+    assert len(before_after(Run(run_dir), n=100).rows) == 60  # a sample larger than the evals shows them all
 
 
 @pytest.mark.parametrize(
@@ -232,7 +235,7 @@ def test_mismatched_evals_are_refused(tmp_path):
         R1liteError,
         match=r"name different problems at row 2; rerun both with the run's recipe: `r1lite eval --label base`",
     ):
-        before_after(run_dir)
+        before_after(Run(run_dir))
 
 
 def test_runs_compare_shows_each_runs_counts_and_the_paired_difference(tmp_path):

@@ -7,8 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from r1lite.errors import R1liteError
-from r1lite.rewards import get_reward, reward_names, trl_reward_funcs
-from r1lite.tasks.countdown import equation_reward, last_answer, think_format_reward, tinyzero_reward
+from r1lite.rewards import get_reward, reward_names, think_format, trl_reward_funcs
+from r1lite.tasks import last_answer
+from r1lite.tasks.countdown import equation_reward, tinyzero_reward
 
 NUMS, TARGET = [44, 19, 35], 98  # 44 + 19 + 35 = 98
 
@@ -72,7 +73,7 @@ def test_tinyzero_fractional_intermediate_is_exact_enough():
     ],
 )
 def test_think_format(completion, reward):
-    assert think_format_reward(completion)[0] == reward
+    assert think_format(completion)[0] == reward
 
 
 @pytest.mark.parametrize(

@@ -27,13 +27,13 @@ def list_(root: Annotated[Path, typer.Option(help="folder holding run directorie
     """One line per run: stages done, base and final accuracy, wall time."""
     from rich.table import Column
 
-    from r1lite.report import list_runs
+    from r1lite.runs.rundir import list_runs
 
     table = Table(
         Column("run", no_wrap=True), "stages", "base acc", "final acc", "final format", "wall", title=f"runs in {root}"
     )
     pct = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
-    for r in list_runs(root):
+    for r in (run.progress() for run in list_runs(root)):
         table.add_row(
             r["name"],
             f"{r['stages_done']}/{r['stages_total']}",
@@ -57,16 +57,17 @@ def compare(
     Each side may be several runs (a glob such as 'runs/sw/learning_rate-1e-05-s*'): then each side's accuracy
     is a mean over its seeds with a 95 % interval, and the difference is paired on the held-out problems.
     """
-    from r1lite.fileio import read_json_or_empty, read_jsonl
-    from r1lite.report import GROUPS, before_after, check_run_dir, plot_curves
+    from r1lite.report import GROUPS, before_after, plot_curves
+    from r1lite.runs.rundir import Run
+    from r1lite.stages.eval import METRICS
     from r1lite.stats import nested_interval, paired_runs_difference
 
-    sides = [[check_run_dir(r) for r in _runs(pattern)] for pattern in (a, b)]
+    sides = [[Run.open(r) for r in _runs(pattern)] for pattern in (a, b)]
     names = [s[0].name if len(s) == 1 else f"{s[0].name} +{len(s) - 1}" for s in sides]
-    finals = [[read_json_or_empty(r / "eval/final.json") for r in s] for s in sides]
+    finals = [[r.eval("final") for r in s] for s in sides]
     several = any(len(s) > 1 for s in sides)
     table = Table("metric", *names, title="final eval" + (" (mean over runs)" if several else ""))
-    for key in ("accuracy", "format_rate", "mean_reward", "mean_length", "search_rate", "examples"):
+    for key in (*METRICS, "examples"):
         values = [[f[key] for f in side if key in f] for side in finals]
         cells = ["-" if not v else _cell(sum(v) / len(v)) for v in values]
         table.add_row(key, *cells)
@@ -75,7 +76,7 @@ def compare(
         for group in GROUPS:
             table.add_row(f"{group} vs base", *["-" if p is None else str(p.counts[group]) for p in paired])
     console.print(table)
-    correct = [[[float(r["correct"]) for r in read_jsonl(d / "eval/final.jsonl")] for d in s] for s in sides]
+    correct = [[[float(r["correct"]) for r in d.eval_rows("final")] for d in s] for s in sides]
     n = min((len(c) for side in correct for c in side), default=0)
     if n:
         for name, side in zip(names, correct, strict=True):
@@ -85,8 +86,8 @@ def compare(
         diff = paired_runs_difference([c[:n] for c in correct[1]], [c[:n] for c in correct[0]])
         verdict = "above zero" if diff.low > 0 else "below zero" if diff.high < 0 else "not distinguishable from zero"
         console.print(f"{names[1]} - {names[0]}: {diff.points()} (paired over {n} problems: {verdict})", soft_wrap=True)
-    target = out or sides[0][0].parent / f"compare-{sides[0][0].name}-vs-{sides[1][0].name}.png"
-    if plot_curves([d for s in sides for d in s], target):
+    target = out or sides[0][0].root.parent / f"compare-{sides[0][0].name}-vs-{sides[1][0].name}.png"
+    if plot_curves([d.root for s in sides for d in s], target):
         console.print(f"curves: {target}")
     else:
         console.print("no GRPO curves in either run")

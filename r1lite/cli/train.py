@@ -16,8 +16,6 @@ RestartOpt = Annotated[
     bool,
     typer.Option("--restart", help="start the training stages over instead of continuing from their last checkpoints"),
 ]
-# continuing is the default now; --resume stays accepted (and hidden) so scripts that pass it keep working
-ResumeOpt = Annotated[bool, typer.Option("--resume", hidden=True, help="(the default: runs continue)")]
 WandbOpt = Annotated[str | None, typer.Option("--wandb", help="online | offline | disabled (overrides the recipe)")]
 GpusOpt = Annotated[
     int | None,
@@ -35,84 +33,11 @@ AutoFitOpt = Annotated[
 
 
 def _recipe(name: str, profile: str | None, set_: list[str] | None, wandb: str | None = None, auto_fit: bool = False):
-    """The resolved recipe, after checking memory, precision, device and TRL pass-through keys (before any real work).
+    """The recipe the flags name, prepared for this machine (`pipeline.prepare`) before any real work."""
+    from r1lite import pipeline
 
-    Under several processes each is put on its own GPU first (the profile probe is the first CUDA call),
-    and the process group opens with the recipe's timeout.
-    """
-    from r1lite import distributed
-    from r1lite.config import check_backends, check_trl_sections
-    from r1lite.hardware import probe
-    from r1lite.models import fit_precision, pick_device
-
-    distributed.pin_device()
     sets = [*(set_ or []), *([f"tracking.wandb={wandb}"] if wandb else [])]
-    recipe = resolve_recipe(name, profile, sets)
-    if auto_fit:  # after running out of memory: the settings the plan then said fit (r1lite.interrupts)
-        recipe = resolve_recipe(name, recipe.profile, [*sets, *_oom_settings(recipe)])
-    recipe = _fit(recipe, auto_fit)
-    pick_device(recipe.model)
-    recipe = fit_precision(recipe, probe())
-    check_trl_sections(recipe)
-    check_backends(recipe)
-    distributed.start(recipe.distributed.timeout_minutes)
-    return recipe
-
-
-def _oom_settings(recipe: Any) -> list[str]:
-    """`key=value` settings an out-of-memory stop of this run left for --auto-fit (none otherwise)."""
-    from r1lite.fileio import read_json_or_empty
-    from r1lite.interrupts import OOM_FILE
-    from r1lite.pipeline import run_dir
-    from r1lite.ui import console
-
-    saved = read_json_or_empty(run_dir(recipe) / OOM_FILE).get("settings", {})
-    if saved:
-        console.print("--auto-fit after running out of memory: " + ", ".join(f"{k}={v}" for k, v in saved.items()))
-    return [f"{k}={v}" for k, v in saved.items()]
-
-
-def _fit(recipe: Any, auto_fit: bool) -> Any:
-    """Refuse a GPU run `r1lite plan` says cannot fit this machine's card, or (--auto-fit) adjust it to fit."""
-    from r1lite import plan, ui
-
-    card = plan.detected_card()
-    if card is None or recipe.model.device == "cpu":
-        return recipe  # host memory is not planned
-    try:
-        plan.shape_for(recipe.model.name)
-    except R1liteError:
-        ui.log(f"plan: the shape of {recipe.model.name} is unknown, so its memory was not checked")
-        return recipe
-    from r1lite.distributed import world_size
-
-    if not auto_fit:  # each process's share of the batch under --gpus N
-        plan.check_fits(recipe, card, world_size())
-        return recipe
-    recipe, changes = plan.auto_fit(recipe, card, gpus=world_size())
-    if changes:  # shown even with --quiet: the run differs from the recipe (config.yaml records it)
-        ui.console.print("--auto-fit for " + card.name + ": " + ", ".join(f"{k}={v}" for k, v in changes.items()))
-    return recipe
-
-
-def _stage_dir(r):
-    """The data and the run directory for a single-stage command, with the resolved recipe written into it.
-
-    With several processes the main one prepares both while the others wait.
-    """
-    from r1lite.distributed import is_main, wait_for_everyone
-    from r1lite.fileio import write_text
-    from r1lite.pipeline import run_dir
-    from r1lite.recipes import to_yaml
-    from r1lite.stages import data
-
-    root = run_dir(r)
-    if is_main():
-        data.run(r.data)
-        root.mkdir(parents=True, exist_ok=True)
-        write_text(root / "config.yaml", to_yaml(r))
-    wait_for_everyone()
-    return root
+    return pipeline.prepare(resolve_recipe(name, profile, sets), auto_fit)
 
 
 def _launch(argv: list[str], recipe: Any, gpus: int, dry_run: bool) -> None:
@@ -166,21 +91,15 @@ def _interrupted(stage: str) -> None:
 
 
 @contextlib.contextmanager
-def _tracked(recipe: Any, root: Path, stage: str) -> Iterator[Any]:
-    """One training stage on its own: its W&B tracker, signals stopping it at a step's end (r1lite.interrupts),
-    running out of memory or disk as one line, a second Ctrl-C as exit code 130."""
-    from r1lite.distributed import is_main
-    from r1lite.interrupts import graceful, guard
-    from r1lite.tracking import Tracker, open_tracker
+def _stage(recipe: Any, name: str) -> Iterator[tuple[Any, Any]]:
+    """`pipeline.stage`, with a second Ctrl-C as exit code 130."""
+    from r1lite import pipeline
 
-    tracker = open_tracker(recipe, root) if is_main() else Tracker()  # one W&B run, from the main process
     try:
-        with graceful(stage), guard(recipe, stage, root):
-            yield tracker
+        with pipeline.stage(recipe, name) as (run_dir, tracker):
+            yield run_dir, tracker
     except KeyboardInterrupt:
-        _interrupted(stage)
-    finally:
-        tracker.finish()
+        _interrupted(name)
 
 
 def run(
@@ -188,7 +107,6 @@ def run(
     profile: ProfileOpt = None,
     set_: SetOpt = None,
     restart: RestartOpt = False,
-    resume: ResumeOpt = False,
     wandb: WandbOpt = None,
     auto_fit: AutoFitOpt = False,
     gpus: GpusOpt = None,
@@ -210,10 +128,10 @@ def run(
         return
     if dry_run:
         raise R1liteError("--dry-run goes with --gpus N")
-    r = _recipe(recipe, profile, set_, wandb, auto_fit)
-    console.print(f"run [bold]{r.run_name}[/] -> {pipeline.run_dir(r)}")
+    r = resolve_recipe(recipe, profile, [*(set_ or []), *([f"tracking.wandb={wandb}"] if wandb else [])])
+    console.print(f"run [bold]{r.run_name}[/] -> {Path(r.output_dir) / r.run_name}")
     try:
-        result = pipeline.run(r, restart=restart)
+        result = pipeline.run(r, restart=restart, auto_fit=auto_fit)
     except KeyboardInterrupt:
         _interrupted("the run")
     if not is_main():
@@ -237,9 +155,8 @@ def sft(
     from r1lite.stages import sft as stage
 
     r = _recipe(recipe, profile, set_, wandb, auto_fit)
-    root = _stage_dir(r)
-    with _tracked(r, root, "sft") as tracker:
-        _say(stage.run(r, root, tracker, restart=restart))
+    with _stage(r, "sft") as (run_dir, tracker):
+        _say(stage.run(r, run_dir.root, tracker, restart=restart))
 
 
 def grpo(
@@ -247,7 +164,6 @@ def grpo(
     profile: ProfileOpt = None,
     set_: SetOpt = None,
     restart: RestartOpt = False,
-    resume: ResumeOpt = False,
     adapter: Annotated[
         str | None, typer.Option(help="start from this LoRA adapter (default: the run's SFT one)")
     ] = None,
@@ -255,17 +171,15 @@ def grpo(
     auto_fit: AutoFitOpt = False,
 ) -> None:
     """GRPO with the recipe's (4-bit) policy + LoRA; writes runs/<run>/grpo/adapter."""
+    from r1lite.models import check_adapter, is_adapter
     from r1lite.stages import grpo as stage
 
+    start = check_adapter(adapter) if adapter else None
     r = _recipe(recipe, profile, set_, wandb, auto_fit)
-    start = Path(adapter) if adapter else None
-    if start is not None and not (start / "adapter_config.json").is_file():
-        raise R1liteError(f"--adapter {adapter} is not a LoRA adapter folder (no adapter_config.json)")
-    root = _stage_dir(r)
-    if start is None and r.sft.enabled and (root / "sft" / "adapter").is_dir():
-        start = root / "sft" / "adapter"
-    with _tracked(r, root, "grpo") as tracker:
-        _say(stage.run(r, root, start, restart=restart, tracker=tracker))
+    with _stage(r, "grpo") as (run_dir, tracker):
+        if start is None and r.sft.enabled and is_adapter(run_dir.adapter("sft")):
+            start = run_dir.adapter("sft")
+        _say(stage.run(r, run_dir.root, start, restart=restart, tracker=tracker))
 
 
 def eval_(
@@ -279,25 +193,26 @@ def eval_(
     auto_fit: AutoFitOpt = False,
 ) -> None:
     """Evaluate a model (+ adapter) on the test split: accuracy, pass@k, format, length, search."""
+    from r1lite import pipeline
     from r1lite.distributed import is_main
     from r1lite.stages import eval as stage
-    from r1lite.stages.eval import comparison_table
+    from r1lite.stages.eval import change_lines, comparison_table
     from r1lite.ui import console
 
     r = _recipe(recipe, profile, [*(set_ or []), *([f"model.name={model}"] if model else [])], auto_fit=auto_fit)
-    root = _stage_dir(r)
+    run_dir = pipeline.stage_dir(r)
     # every process evaluates its share of the problems; the main one writes and prints
-    result = stage.run(r, root, adapter=adapter, label=label or ("adapter" if adapter else "base"))
+    result = stage.run(r, run_dir.root, adapter=adapter, label=label or ("adapter" if adapter else "base"))
     if compare:
         other = stage.run(
-            r, root, adapter=None if compare == "base" else compare, label="base" if compare == "base" else "compare"
+            r,
+            run_dir.root,
+            adapter=None if compare == "base" else compare,
+            label="base" if compare == "base" else "compare",
         )
         if is_main():
-            from r1lite.pipeline import paired_changes
-            from r1lite.stages.eval import change_lines
-
             console.print(comparison_table(other, result, r.data.make_task().name))
-            for line in change_lines(paired_changes(root, [(result["label"], other["label"])])):
+            for line in change_lines(run_dir.changes([(result["label"], other["label"])])):
                 console.print(line, soft_wrap=True)
 
 

@@ -23,6 +23,7 @@ from r1lite import ui
 from r1lite.config import Recipe
 from r1lite.fileio import write_json, write_jsonl
 from r1lite.rewards import get_reward, shows_search
+from r1lite.runs.rundir import Run
 
 METRICS = ("accuracy", "format_rate", "mean_reward", "mean_length", "search_rate")
 
@@ -144,13 +145,6 @@ def score(
     return rows
 
 
-def problem_score(row: dict[str, Any], metric: str = "greedy") -> float:
-    """One problem's score under a metric: its greedy answer's correctness, or its samples' mean (avg@k)."""
-    if metric == "sampled":
-        return statistics.fmean(float(s["correct"]) for s in row["samples"])
-    return float(row["correct"])
-
-
 def summarize(rows: list[dict[str, Any]], extra: list[str] | tuple[str, ...] = ()) -> dict[str, float]:
     """Means over the rows: accuracy, format, reward, length, search, and the task's own metrics."""
     mean = lambda key: statistics.fmean(float(r[key]) for r in rows)  # noqa: E731
@@ -259,8 +253,8 @@ def run(
     }
     if not is_main():
         return summary
-    write_jsonl(run_dir / "eval" / f"{label}.jsonl", rows)
-    write_json(run_dir / "eval" / f"{label}.json", summary)
+    write_jsonl(Run(run_dir).eval_file(label, rows=True), rows)
+    write_json(Run(run_dir).eval_file(label), summary)
     if tracker is not None:
         numbers = {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         tracker.log(f"eval/{label}", numbers, 0)

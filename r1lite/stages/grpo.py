@@ -20,9 +20,8 @@ from transformers import TrainerCallback
 
 from r1lite import ui
 from r1lite.config import Recipe, build_trl_config
-from r1lite.fileio import append_jsonl
-
-ADAPTER = "adapter"
+from r1lite.fileio import append_jsonl, atomic_dir
+from r1lite.runs.rundir import Run
 
 
 def build_dataset(recipe: Recipe, tokenizer: Any) -> list[dict[str, Any]]:
@@ -196,7 +195,9 @@ def build_trainer(
             correct_reward=recipe.eval.reward,
         )
     )
-    trainer.add_callback(PeriodicEval(recipe, tokenizer, out / "metrics.jsonl", recipe.grpo.eval_every, tracker))
+    trainer.add_callback(
+        PeriodicEval(recipe, tokenizer, Run(run_dir).metrics_file("grpo"), recipe.grpo.eval_every, tracker)
+    )
     for callback in callbacks or []:
         trainer.add_callback(callback)
     return trainer
@@ -231,7 +232,6 @@ def run(
     from r1lite import interrupts
     from r1lite.distributed import is_main, wait_for_everyone
     from r1lite.hub import STOP_WAIT_S
-    from r1lite.models import atomic_dir
 
     out = run_dir / "grpo"
     pusher = checkpoint_pusher(recipe)  # before any work: a push that cannot work fails first
@@ -250,12 +250,12 @@ def run(
             pusher.finish(timeout=STOP_WAIT_S)
         raise
     if is_main():  # one writer for the run directory
-        with atomic_dir(out / ADAPTER) as tmp:
+        with atomic_dir(Run(run_dir).adapter("grpo")) as tmp:
             trainer.model.save_pretrained(tmp)
             trainer.processing_class.save_pretrained(tmp)
     if pusher:  # also when a rerun found the stage trained and only wrote its adapter
         done = interrupts.checkpoint_step(checkpoint) if checkpoint else 0  # a rerun that only loaded it
-        pusher.push_main(out / ADAPTER, max(trainer.state.global_step, done))
+        pusher.push_main(Run(run_dir).adapter("grpo"), max(trainer.state.global_step, done))
         pusher.finish()
     wait_for_everyone()
-    return out / ADAPTER
+    return Run(run_dir).adapter("grpo")

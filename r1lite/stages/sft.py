@@ -17,9 +17,8 @@ from typing import Any
 
 from r1lite import ui
 from r1lite.config import Recipe, build_trl_config
-from r1lite.fileio import write_text
-
-ADAPTER = "adapter"
+from r1lite.fileio import atomic_dir, write_text
+from r1lite.runs.rundir import Run
 
 
 def build_dataset(recipe: Recipe, tokenizer: Any) -> list[dict[str, str]]:
@@ -98,7 +97,6 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None, restart: bool = Fals
     from r1lite import interrupts
     from r1lite.distributed import is_main, split_batch, wait_for_everyone, world_size
     from r1lite.models import (
-        atomic_dir,
         keep_fp32_adapters,
         load_model,
         load_tokenizer,
@@ -151,9 +149,9 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None, restart: bool = Fals
     trainer.add_callback(carry_token_count(trainer))
     interrupts.train(trainer, "sft", checkpoint, cfg.max_nonfinite, steps)
     if is_main():  # one writer for the run directory
-        with atomic_dir(out / ADAPTER) as tmp:
+        with atomic_dir(Run(run_dir).adapter("sft")) as tmp:
             trainer.model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
         write_text(out / "sample.txt", rows[0]["prompt"] + rows[0]["completion"] + "\n")
     wait_for_everyone()
-    return out / ADAPTER
+    return Run(run_dir).adapter("sft")

@@ -54,6 +54,11 @@ class TaskError(R1liteError):
     """A task name, file or module cannot be resolved, or a task does not implement the interface."""
 
 
+class ExampleError(DataError, ValueError):
+    """A row or a typed problem a task cannot read. A ValueError too: the interface lets a task file raise a plain
+    ValueError from `from_row` and `parse`, so r1lite catches ValueError there and both kinds read the same."""
+
+
 class NoSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -138,9 +143,9 @@ class Task:
         return {"test": rows[:test_size], "train": rows[test_size:]}
 
     def from_row(self, row: dict[str, Any]) -> Example | None:
-        """An imported row as an example; None drops it (counted as `rejected_as`); ValueError: bad layout."""
+        """An imported row as an example; None drops it (counted as `rejected_as`); ExampleError: bad layout."""
         if "question" not in row or "answer" not in row:
-            raise ValueError(f"needs 'question' and 'answer' columns; got {sorted(row)}")
+            raise ExampleError(f"needs 'question' and 'answer' columns; got {sorted(row)}")
         return dict(row)
 
     # -- prompt ----------------------------------------------------------------------------------
@@ -207,7 +212,7 @@ class Task:
 
         Only a task whose rewards need nothing but what a person can type (Countdown: numbers and a
         target) can score a typed problem; the default reads none, so `try` answers the text unscored.
-        Raise ValueError for text that is meant as a problem but is malformed; its message is shown as is.
+        Raise ExampleError for text that is meant as a problem but is malformed; its message is shown as is.
         """
         return None
 

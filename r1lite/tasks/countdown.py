@@ -2,7 +2,7 @@
 
     >>> ex = generate(1, seed=0)[0]            # {"nums": [...], "target": ..., "solution": "..."}
     >>> solve([25, 3, 4, 7], 100)              # '25 * 4' style expression, or None
-    >>> base_prompt([1, 2, 3], 6)              # TinyZero's base-model prompt, ending in "<think>"
+    >>> Countdown().render_prompt(ex, "base")  # TinyZero's base-model prompt, ending in "<think>"
     >>> tinyzero_reward("...</think>\\n<answer>1 + 2 + 3</answer>", [1, 2, 3], 6)   # (1.0, "correct")
 
 Everything the task needs lives here: the solver (exact fractions, exhaustive), the seeded
@@ -22,10 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from r1lite.arith import ExpressionError, evaluate
 from r1lite.errors import DataError
-
-# re-exported: the shared protocol pieces (search cues, prompt constants) this module held before tasks had an interface
-from r1lite.rewards import search_behaviour, self_check, self_checks, shows_search, think_format  # noqa: F401
-from r1lite.tasks import ASSISTANT_PREFIX, PROMPT_FORMATS, Example, RewardFn, Task, last_answer  # noqa: F401
+from r1lite.tasks import Example, ExampleError, RewardFn, Task, last_answer
 
 Value = int | Fraction
 Tree = Any  # a leaf Value, or (op, left Tree, right Tree)
@@ -251,7 +248,7 @@ def make_trace(
     nums = [int(n) for n in nums]
     tree = _solve_tree(nums, target)
     if tree is None:
-        raise ValueError(f"{nums} cannot make {target}")
+        raise DataError(f"{nums} cannot make {target}")
     if style == "short":
         steps = [f"Try {a} {op} {b} = {v}." for a, op, b, v in _steps(tree)]
         expr = show(tree)
@@ -285,35 +282,6 @@ _INSTRUCTION = (
 )
 # not TinyZero's: a one-line question for runs where prompt tokens are the cost (the 2-core CPU demo)
 _COMPACT = "Make {target} from {nums} with + - * /, each number once. Answer in <answer></answer>."
-
-
-def _example(nums: Sequence[int], target: int) -> Example:
-    return {"nums": list(nums), "target": target}
-
-
-def base_prompt(nums: Sequence[int], target: int) -> str:
-    """TinyZero's template for base models."""
-    return Countdown().render_prompt(_example(nums, target), "base")
-
-
-def qwen_instruct_prompt(nums: Sequence[int], target: int) -> str:
-    """TinyZero's template for Qwen instruct models (ChatML written out by hand)."""
-    return Countdown().render_prompt(_example(nums, target), "qwen-instruct")
-
-
-def chat_messages(nums: Sequence[int], target: int) -> list[dict[str, str]]:
-    """The same question as chat messages, for models that bring their own chat template."""
-    from r1lite.tasks import SYSTEM
-
-    return [
-        {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": _INSTRUCTION.format(nums=list(nums), target=target)},
-    ]
-
-
-def render_prompt(nums: Sequence[int], target: int, fmt: str, tokenizer: Any = None) -> str:
-    """Prompt text in format `fmt`; every format ends in `<think>` so completions are comparable."""
-    return Countdown().render_prompt(_example(nums, target), fmt, tokenizer)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -356,11 +324,6 @@ def tinyzero_reward(completion: str, nums: Sequence[int], target: int) -> tuple[
     return (1.0 if ok else 0.1), reason
 
 
-def think_format_reward(completion: str, nums: Sequence[int] = (), target: int = 0) -> tuple[float, str]:
-    """The protocol's format reward (`r1lite.rewards.think_format`), in this module's call form."""
-    return think_format(completion)
-
-
 def equation_reward(completion: str, nums: Sequence[int], target: int) -> tuple[float, str]:
     """1.0 when the last `<answer>` anywhere in the text is a correct equation, else 0.0."""
     answer = last_answer(completion)
@@ -383,17 +346,17 @@ _WORDED = re.compile(r"numbers\s*\[(?P<nums>[^\]]*)\].*?\b(?:make|equals?)\s+(?P
 def problem(nums: Sequence[int], target: int) -> Example:
     """A Countdown example from numbers and a target, checked the way the solver needs them."""
     if not 2 <= len(nums) <= 6:
-        raise ValueError(f"Countdown takes 2 to 6 numbers (the solver is exhaustive); got {len(nums)}")
+        raise ExampleError(f"Countdown takes 2 to 6 numbers (the solver is exhaustive); got {len(nums)}")
     if any(n < 0 for n in nums):
-        raise ValueError(f"Countdown numbers are whole numbers from 0 up; got {list(nums)}")
+        raise ExampleError(f"Countdown numbers are whole numbers from 0 up; got {list(nums)}")
     return {"nums": [int(n) for n in nums], "target": int(target)}
 
 
 def whole_numbers(text: str) -> list[int]:
-    """`3,5,7`, `3 5 7` or `[3, 5, 7]` as [3, 5, 7]; ValueError when a part is not a whole number."""
+    """`3,5,7`, `3 5 7` or `[3, 5, 7]` as [3, 5, 7]; ExampleError when a part is not a whole number."""
     parts = [p for p in re.split(r"[\s,]+", text.strip().strip("[]()")) if p]
     if not parts or not all(p.isdigit() for p in parts):
-        raise ValueError(f"{text.strip()!r} is not a list of whole numbers such as 3,5,7")
+        raise ExampleError(f"{text.strip()!r} is not a list of whole numbers such as 3,5,7")
     return [int(p) for p in parts]
 
 
@@ -401,17 +364,17 @@ def parse_problem(text: str) -> Example | None:
     """Numbers and a target from typed text: `3 5 7 -> 22`, `[3, 5, 7] = 22` or the task's own wording.
 
     None when the text does not look like a Countdown problem at all (no arrow, no "numbers [...]");
-    ValueError when it does but something in it is wrong.
+    ExampleError when it does but something in it is wrong.
     """
     match = _WORDED.search(text) or _ARROW.match(text)
     if match is None:
         if any(arrow in text for arrow in ("->", "=>", "→", "=")):
-            raise ValueError(f"{text.strip()!r} is not a Countdown problem; {_TYPED}")
+            raise ExampleError(f"{text.strip()!r} is not a Countdown problem; {_TYPED}")
         return None
     try:
         nums, target = whole_numbers(match["nums"]), int(match["target"])
-    except ValueError:
-        raise ValueError(f"{text.strip()!r} is not a Countdown problem; {_TYPED}") from None
+    except ValueError:  # whole_numbers' ExampleError or int()'s
+        raise ExampleError(f"{text.strip()!r} is not a Countdown problem; {_TYPED}") from None
     return problem(nums, target)
 
 
@@ -495,7 +458,7 @@ class Countdown(Task):
                 nums = json.loads(nums)
             nums, target = [int(n) for n in nums], int(row["target"])
         except (KeyError, TypeError, ValueError):
-            raise ValueError(
+            raise ExampleError(
                 f"needs 'nums' (a list of integers) and 'target' (an integer); got columns {sorted(row)}"
             ) from None
         solution = solve(nums, target)

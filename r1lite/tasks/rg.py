@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, create_model, model_validator
 
-from r1lite.tasks import Example, Task, TaskError
+from r1lite.tasks import Example, ExampleError, Task, TaskError
 
 OWNED = ("seed", "size")  # r1lite sets these: data.seed and the split sizes
 
@@ -242,7 +242,7 @@ class ReasoningGymTask(Task):
     def from_row(self, row: dict[str, Any]) -> Example | None:
         """An entry from a file or the hub; tables often store `metadata` as a JSON string."""
         if any(k not in row for k in self.fields):
-            raise ValueError(
+            raise ExampleError(
                 f"needs {', '.join(repr(k) for k in self.fields)} (a reasoning-gym entry); got {sorted(row)}"
             )
         metadata = row["metadata"]
@@ -250,7 +250,7 @@ class ReasoningGymTask(Task):
             try:
                 metadata = json.loads(metadata)
             except json.JSONDecodeError:
-                raise ValueError("'metadata' is a string but not JSON") from None
+                raise ExampleError("'metadata' is a string but not JSON") from None
         return {"question": row["question"], "answer": row["answer"], "metadata": metadata}
 
     def check(self, answer: str, example: Example) -> tuple[float, str]:
