@@ -679,10 +679,10 @@ def run_timing(
 
 def _measured_completion_tokens(recipe: Any) -> tuple[int, str] | None:
     """The mean completion length this recipe's own GRPO run logged (TRL's completions/mean_length), if any."""
-    from r1lite.pipeline import run_dir
     from r1lite.report import series
+    from r1lite.runs.rundir import Run
 
-    folder = run_dir(recipe)
+    folder = Run.of(recipe).root
     _, lengths = series(folder, "grpo", "completion_length")
     if not lengths:
         return None
