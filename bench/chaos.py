@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--json", action="store_true")
     p.add_argument("--keep", type=Path, help="work in this folder and keep it (to look at the runs)")
     args = p.parse_args(argv)
-    from r1lite.tiny import build_tiny_model
+    from r1lite.train.tiny import build_tiny_model
 
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="r1lite-chaos-") as tmp:

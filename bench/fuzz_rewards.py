@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object only")
     args = p.parse_args(argv)
-    from r1lite.rewards import get_reward, reward_names
+    from r1lite.tasks.rewards import get_reward, reward_names
 
     rows = completions(args.n, args.seed)
     report: dict[str, Any] = {"completions": args.n, "limit_ms": LIMIT_MS, "rewards": {}}

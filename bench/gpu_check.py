@@ -13,7 +13,7 @@ Parts, in this order. Each starts only while the time it needs remains of --budg
    learning tests raise the reward. Stopped at the limit with the outcomes so far.
 3. rollout, within --rollout-s: `bench/rollout.py` on the Qwen2.5-3B shape, our engine captured and eager on the
    unmerged path (the 16 GB one), then merged beside stock TRL generation; the ratios say which compiled paths
-   are proven (`r1lite.plan.COMPILE_PROVEN`).
+   are proven (`r1lite.analyze.plan.COMPILE_PROVEN`).
 4. one part per profile (PROFILES), each in a process of its own capped at its card's memory
    (`torch.cuda.set_per_process_memory_fraction`, the card less the plan's CUDA context): random weights in the
    profile's real shape at its real completion length (EOS never sampled in practice, so completions run full
@@ -49,8 +49,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from r1lite.analyze.hardware import GIB  # noqa: E402
 from r1lite.fileio import write_json  # noqa: E402
-from r1lite.hardware import GIB  # noqa: E402
 
 PROFILES = ("gpu-16gb", "gpu-16gb-qwen3", "gpu-24gb")  # the project's target card, the consumer anchor, 24 GB
 PARTS = ("env", "tests", "rollout", "profiles")
@@ -231,7 +231,7 @@ def run_profile_part(profile: str, args: argparse.Namespace, work: Path, limit_s
 def judge_fit(peak_allocated: int, context: int, card_gib: float) -> bool:
     """A run fits its card when its peak allocated bytes, with the planner's allocator slack, and the CUDA context
     its process holds fit the card's memory (the rule `r1lite plan` applies to its own figures)."""
-    from r1lite.plan import ALLOCATOR_SLACK
+    from r1lite.analyze.plan import ALLOCATOR_SLACK
 
     return peak_allocated * (1 + ALLOCATOR_SLACK) + context <= card_gib * GIB
 
@@ -266,7 +266,7 @@ def capped(card: Any) -> Any:
     """The process limited to what the plan gives it on `card`: the card less the plan's CUDA context."""
     import torch
 
-    from r1lite.plan import CUDA_CONTEXT_GIB
+    from r1lite.analyze.plan import CUDA_CONTEXT_GIB
 
     if not torch.cuda.is_available():
         yield None
@@ -282,7 +282,7 @@ def capped(card: Any) -> Any:
 
 
 def _free() -> None:
-    from r1lite.pipeline import free_memory
+    from r1lite.runs.pipeline import free_memory
 
     free_memory()
 
@@ -295,7 +295,7 @@ def build_model(name: str, shape: Any, folder: Path, dry_run: bool) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config, Qwen3Config
 
-    from r1lite.tiny import build_tokenizer
+    from r1lite.train.tiny import build_tokenizer
 
     if (folder / "config.json").is_file():
         return folder
@@ -327,7 +327,7 @@ def build_model(name: str, shape: Any, folder: Path, dry_run: bool) -> Path:
 
 def profile_recipe(profile: str, model_dir: Path, work: Path, args: argparse.Namespace) -> Any:
     """The profile as a user runs it, at its completion length (or --tokens), cut to one batch of each stage."""
-    from r1lite.recipes import load_recipe
+    from r1lite.recipe.load import load_recipe
 
     base = load_recipe("countdown", profile)
     tokens = args.tokens or base.grpo.max_completion_length
@@ -372,11 +372,11 @@ class GRPOProbe:
     def installed(self) -> Any:
         from transformers import TrainerCallback
 
-        from r1lite import grpo_trainer
-        from r1lite.stages import eval as eval_stage
+        from r1lite.stages import evaluate as evaluate_stage
+        from r1lite.train import grpo_trainer
 
         probe = self
-        generate, evaluate = grpo_trainer.GRPOTrainer._generate, eval_stage.evaluate
+        generate, evaluate = grpo_trainer.GRPOTrainer._generate, evaluate_stage.evaluate
 
         def timed_generate(trainer: Any, prompts: Any) -> Any:
             probe._note("grpo_train")  # what ran before this rollout belongs to the previous step
@@ -401,23 +401,23 @@ class GRPOProbe:
                 probe.step_s.append(time.perf_counter() - probe._start - probe._eval_s)
 
         grpo_trainer.GRPOTrainer._generate = timed_generate
-        eval_stage.evaluate = timed_evaluate
+        evaluate_stage.evaluate = timed_evaluate
         try:
             yield Steps()
         finally:
-            grpo_trainer.GRPOTrainer._generate, eval_stage.evaluate = generate, evaluate
+            grpo_trainer.GRPOTrainer._generate, evaluate_stage.evaluate = generate, evaluate
 
 
 def measure_stages(recipe: Any, meter: Meter) -> tuple[dict[str, int | None], GRPOProbe, Path]:
     """Base eval, SFT and GRPO as `r1lite run` does them; the peak of each stage and GRPO phase."""
     from r1lite.stages import data, grpo, sft
-    from r1lite.stages import eval as eval_stage
+    from r1lite.stages import evaluate as evaluate_stage
 
     data.run(recipe.data)
     root = Path(recipe.output_dir) / recipe.run_name
     measured: dict[str, int | None] = {}
     meter.reset()
-    eval_stage.run(recipe, root, label="base")
+    evaluate_stage.run(recipe, root, label="base")
     measured["eval"] = meter.peak()
     _free()
     meter.reset()
@@ -434,8 +434,8 @@ def measure_stages(recipe: Any, meter: Meter) -> tuple[dict[str, int | None], GR
 
 def run_profile(profile: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """One profile through base eval, SFT and GRPO under its card's memory, measured beside the plan."""
-    from r1lite.plan import CUDA_CONTEXT_GIB, Shape, card_for_profile, make_plan, shape_for
-    from r1lite.recipes import load_recipe
+    from r1lite.analyze.plan import CUDA_CONTEXT_GIB, Shape, card_for_profile, make_plan, shape_for
+    from r1lite.recipe.load import load_recipe
 
     card = card_for_profile(profile)
     name = load_recipe("countdown", profile).model.name
@@ -491,8 +491,8 @@ def _decisions(root: Path, plan: Any) -> dict[str, Any]:
 
 
 def _longest_prompt(recipe: Any, model_dir: Path) -> int:
-    from r1lite.models import load_tokenizer
     from r1lite.stages import data
+    from r1lite.train.models import load_tokenizer
 
     task = recipe.data.make_task()
     prompts = [task.render_prompt(e, recipe.data.prompt_format) for e in data.load_split(recipe.data, "train")[:64]]
@@ -503,7 +503,7 @@ def _this_gpu_card() -> Any:
     """This GPU from the card table (for step-time plans), or None on CPU."""
     import torch
 
-    from r1lite.plan import detected_card
+    from r1lite.analyze.plan import detected_card
 
     return detected_card() if torch.cuda.is_available() else None
 

@@ -1,6 +1,6 @@
 """An eval of r1lite's Countdown adapters that shares no code with r1lite.
 
-Why it exists: a claim that GRPO helped rests on r1lite's own eval (r1lite/stages/eval.py), which scores
+Why it exists: a claim that GRPO helped rests on r1lite's own eval (r1lite/stages/evaluate.py), which scores
 r1lite's own held-out split with r1lite's own reward. A bug in the generator, the split, the parser or the
 reward would then flatter the trained model and the evidence for it alike. This script checks the claim
 from outside: it imports nothing from r1lite (only torch, transformers, peft, numpy and the standard
@@ -276,7 +276,7 @@ def bootstrap(x: np.ndarray, resamples: int = 10_000) -> list[float]:
 
 # -- modes ------------------------------------------------------------------------------------------------------
 R1LITE_RENDER = (  # run only by --check-prompt, in a subprocess: r1lite's own rendering of the same example
-    "import json, sys; from r1lite.tasks import load_task; from r1lite.models import load_tokenizer; "
+    "import json, sys; from r1lite.tasks import load_task; from r1lite.train.models import load_tokenizer; "
     "print(load_task('countdown').render_prompt(json.loads(sys.argv[1]), sys.argv[3], load_tokenizer(sys.argv[2])),"
     " end='')"
 )

@@ -5,7 +5,7 @@
 
 Builds r1lite's own GRPO trainer for the recipe (TRL generation, EOS disabled so completions have
 full length), runs one step so the optimizer state exists, then measures the next step with
-`r1lite.memtrack.PeakTensorBytes` and prints the plan's prediction beside it as one JSON object.
+`r1lite.train.memtrack.PeakTensorBytes` and prints the plan's prediction beside it as one JSON object.
 On a GPU, use `torch.cuda.max_memory_allocated` instead (bench/NOTES.md).
 """
 
@@ -26,12 +26,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--set", dest="sets", action="append", default=[])
     args = p.parse_args(argv)
 
-    from r1lite.memtrack import PeakTensorBytes
-    from r1lite.plan import GIB, make_plan
-    from r1lite.recipes import load_recipe
-    from r1lite.rollout import engine_tensors
+    from r1lite.analyze.plan import GIB, make_plan
+    from r1lite.recipe.load import load_recipe
     from r1lite.stages import data
     from r1lite.stages.grpo import build_trainer
+    from r1lite.train.memtrack import PeakTensorBytes
+    from r1lite.train.rollout import engine_tensors
 
     no_eos = 'grpo.trl={"generation_kwargs": {"eos_token_id": null, "suppress_tokens": null}}'
     recipe = load_recipe(args.recipe, args.profile, [*args.sets, no_eos, "tracking.wandb=disabled"])

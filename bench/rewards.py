@@ -9,7 +9,7 @@ import json
 import statistics
 import time
 
-from r1lite.rewards import get_reward
+from r1lite.tasks.rewards import get_reward
 
 N = 10_000
 EXAMPLE = {"nums": [44, 19, 35, 2], "target": 98}

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r1lite.arith import MAX_DEPTH, ExpressionError, evaluate
+from r1lite.tasks.arith import MAX_DEPTH, ExpressionError, evaluate
 
 
 def _expr() -> st.SearchStrategy[str]:

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from r1lite.cli.main import app
 from r1lite.errors import RecipeError
 from r1lite.fileio import read_jsonl, write_json, write_jsonl
-from r1lite.grpo_trainer import shuffle_rewards
-from r1lite.recipes import load_recipe
-from r1lite.sweep import Sweep, build_sweep_report, collect, control_table, headline
+from r1lite.recipe.load import load_recipe
+from r1lite.runs.sweep import Sweep, build_sweep_report, collect, control_table, headline
+from r1lite.train.grpo_trainer import shuffle_rewards
 
 runner = CliRunner()
 
@@ -32,7 +32,7 @@ def test_the_control_permutes_whole_rows_and_keeps_the_multiset():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from r1lite.tiny import build_tiny_model
+    from r1lite.train.tiny import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("control") / "m", hidden=64, layers=2))
 
@@ -44,7 +44,7 @@ def score_rewards(tiny: str, tmp_path: Path, control: str) -> tuple[torch.Tensor
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig
 
-    from r1lite.grpo_trainer import GRPOTrainer
+    from r1lite.train.grpo_trainer import GRPOTrainer
 
     own = lambda completions, **_: [float(len(c)) for c in completions]  # noqa: E731
     args = GRPOConfig(
@@ -164,7 +164,7 @@ def test_a_sweep_run_in_parts_reports_every_seed(tmp_path):
 def test_a_run_samples_the_evals_its_claims_compare_and_pairs_both_metrics(tmp_path, monkeypatch, tiny):
     """With a warm-up before GRPO the base eval stays greedy (GRPO is judged against the warm-up); the warm-up and
     final evals sample, and the summary holds both metrics' paired changes, the declared one named."""
-    from r1lite import pipeline
+    from r1lite.runs import pipeline
 
     monkeypatch.chdir(tmp_path)
     sets = [

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r1lite.arith import evaluate
-from r1lite.rewards import shows_search, think_format
 from r1lite.tasks import ExampleError
 from r1lite.tasks import countdown as cd
+from r1lite.tasks.arith import evaluate
+from r1lite.tasks.rewards import shows_search, think_format
 
 
 def _brute(vals: list[Fraction]) -> set[Fraction]:
@@ -128,9 +128,9 @@ def _prompts_the_stages_render(fmt: str, tokenizer) -> tuple[list, dict[str, lis
     """(train and test problems, the prompts GRPO, SFT and eval build from them) for `data.prompt_format=fmt`."""
     from types import SimpleNamespace
 
-    from r1lite.recipes import load_recipe
+    from r1lite.recipe.load import load_recipe
     from r1lite.stages import data, grpo, sft
-    from r1lite.stages import eval as eval_stage
+    from r1lite.stages import evaluate as evaluate_stage
 
     sets = [f"data.prompt_format={fmt}", "data.dir=data/prompts", "data.train_size=3", "data.test_size=3"]
     recipe = load_recipe("countdown", "cpu", [*sets, "sft.examples=3", "eval.examples=3"])
@@ -143,9 +143,9 @@ def _prompts_the_stages_render(fmt: str, tokenizer) -> tuple[list, dict[str, lis
 
     examples = data.load_split(recipe.data, "train"), data.load_split(recipe.data, "test")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(eval_stage, "generate", generate)
+        patch.setattr(evaluate_stage, "generate", generate)
         model = SimpleNamespace(parameters=lambda: iter([SimpleNamespace(device=SimpleNamespace(type="cpu"))]))
-        eval_stage.evaluate(model, tokenizer, examples[1], recipe)
+        evaluate_stage.evaluate(model, tokenizer, examples[1], recipe)
     seen["grpo"] = [row["prompt"] for row in grpo.build_dataset(recipe, tokenizer)]
     seen["sft"] = [row["prompt"] for row in sft.build_dataset(recipe, tokenizer)]
     return examples, seen
@@ -153,7 +153,7 @@ def _prompts_the_stages_render(fmt: str, tokenizer) -> tuple[list, dict[str, lis
 
 @pytest.fixture(scope="module")
 def chat_tokenizer():
-    from r1lite.tiny import build_tokenizer
+    from r1lite.train.tiny import build_tokenizer
 
     return build_tokenizer()  # a ChatML template, as the offline model's
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from r1lite.diagnostics import CHECKS, Diagnostics
-from r1lite.recipes import load_recipe
+from r1lite.recipe.load import load_recipe
+from r1lite.train.diagnostics import CHECKS, Diagnostics
 
 HEALTHY = {
     "reward": 0.3,
@@ -82,7 +82,7 @@ def test_no_signal_sees_equal_rewards_whose_std_is_float_noise():
     6e-8 and frac_reward_zero_std 0.0, because torch.isclose(std, 0) has an absolute tolerance of 1e-8."""
     import torch
 
-    from r1lite.diagnostics import groups_without_signal
+    from r1lite.train.diagnostics import groups_without_signal
 
     # 0.6 as a weighted sum in float32 (0.1 x 1.0 + 1.0 x 0.5), one ulp apart in some rows
     base = torch.tensor(0.1) * 1.0 + torch.tensor(1.0) * 0.5

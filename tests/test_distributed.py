@@ -13,11 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from r1lite.cli.main import app
-from r1lite.config import check_backends
-from r1lite.distributed import CONFIGS, split_batch
 from r1lite.errors import RecipeError
 from r1lite.fileio import read_jsonl
-from r1lite.recipes import load_recipe
+from r1lite.recipe.config import check_backends
+from r1lite.recipe.load import load_recipe
+from r1lite.runs.distributed import CONFIGS, split_batch
 
 runner = CliRunner()
 
@@ -101,7 +101,7 @@ def _run(tmp: Path, model: Path, processes: int) -> Path:
 def test_two_processes_run_one_run(tmp_path):
     """torchrun with 2 processes (gloo on CPU): one copy of each file, one metrics line per step, the same
     global batch as one process, and an adapter that loads."""
-    from r1lite.tiny import build_tiny_model
+    from r1lite.train.tiny import build_tiny_model
 
     model = build_tiny_model(tmp_path / "model")
     one, two = _run(tmp_path / "one", model, 1), _run(tmp_path / "two", model, 2)
@@ -131,8 +131,8 @@ def test_trainers_skip_ddp_unused_parameter_search(tmp_path):
     turns it off in the arguments every stage builds."""
     from trl import SFTConfig
 
-    from r1lite.models import trainer_defaults
     from r1lite.stages.grpo import trainer_args
+    from r1lite.train.models import trainer_defaults
 
     recipe = load_recipe("countdown", "gpu-24gb")
     grpo = trainer_args(recipe, tmp_path, on_cuda=False, backend="engine")
@@ -144,8 +144,8 @@ DDP_SCRIPT = """
 import sys
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
-from r1lite.models import load_model, load_tokenizer, lora_config, trainer_defaults
-from r1lite.recipes import load_recipe
+from r1lite.train.models import load_model, load_tokenizer, lora_config, trainer_defaults
+from r1lite.recipe.load import load_recipe
 
 path = sys.argv[1]
 recipe = load_recipe("countdown", "cpu", [f"model.name={path}"])
@@ -166,7 +166,7 @@ print(f"{type(wrapped).__name__} find_unused_parameters={wrapped.find_unused_par
 @pytest.mark.slow
 def test_the_ddp_wrapper_does_not_search_for_unused_parameters(tmp_path):
     """Two processes (gloo on CPU) train one LoRA step: DDP wraps the model without the unused-parameter search."""
-    from r1lite.tiny import build_tiny_model
+    from r1lite.train.tiny import build_tiny_model
 
     model = build_tiny_model(tmp_path / "model")
     (tmp_path / "ddp.py").write_text(DDP_SCRIPT)

@@ -13,7 +13,7 @@ FLAT, VARIED = "Try 4 * 5 = 20", "Using the numbers [3, 5, 2], create"
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from r1lite.tiny import build_tiny_model
+    from r1lite.train.tiny import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("ds") / "m", hidden=64, layers=2))
 
@@ -28,7 +28,7 @@ def trainer(tiny: str, tmp_path, rounds: int, prompts: list[tuple[str, str]]):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig
 
-    from r1lite.grpo_trainer import GRPOTrainer
+    from r1lite.train.grpo_trainer import GRPOTrainer
 
     model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(tiny)

@@ -18,10 +18,10 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
-from r1lite import export as ex
-from r1lite import hub as hub_module
 from r1lite.cli.main import app
 from r1lite.fileio import read_json, write_json, write_text
+from r1lite.share import export as ex
+from r1lite.share import hub as hub_module
 
 runner = CliRunner()
 MAX_NEW = 12  # tokens per answer in `try` tests
@@ -38,7 +38,7 @@ def cli(*args: str, input: str | None = None):
 
 
 def _recipe(model: Path, root: Path, *extra: str):
-    from r1lite.recipes import load_recipe
+    from r1lite.recipe.load import load_recipe
 
     return load_recipe(
         "countdown",
@@ -64,7 +64,7 @@ def _random_adapter(model: Path, recipe, out: Path, seed: int = 1) -> Path:
     import torch
     from peft import get_peft_model
 
-    from r1lite.models import load_model, lora_config
+    from r1lite.train.models import load_model, lora_config
 
     base = load_model(str(model), recipe.model, recipe.quantization, for_training=False)
     peft = get_peft_model(base, lora_config(recipe.lora))
@@ -77,10 +77,10 @@ def _random_adapter(model: Path, recipe, out: Path, seed: int = 1) -> Path:
 
 
 def _write_run(model: Path, recipe, evaluate: bool = True) -> Path:
-    from r1lite.environment import describe
-    from r1lite.pipeline import write_summary
+    from r1lite.analyze.environment import describe
+    from r1lite.runs.pipeline import write_summary
     from r1lite.runs.rundir import STAGES, Run
-    from r1lite.stages import data, eval
+    from r1lite.stages import data, evaluate
 
     run = Run.of(recipe)
     root = run.root
@@ -90,9 +90,9 @@ def _write_run(model: Path, recipe, evaluate: bool = True) -> Path:
     adapter = _random_adapter(model, recipe, root / "grpo" / "adapter")
     if evaluate:
         data.run(recipe.data)
-        eval.run(recipe, root, label="base")
-        eval.run(recipe, root, adapter=str(warmup), label="warmup")
-        eval.run(recipe, root, adapter=str(adapter), label="final")
+        evaluate.run(recipe, root, label="base")
+        evaluate.run(recipe, root, adapter=str(warmup), label="warmup")
+        evaluate.run(recipe, root, adapter=str(adapter), label="final")
         run.record({s: {"fingerprint": "x", "seconds": 60.0} for s in STAGES})
         write_summary(recipe, run)
     return root
@@ -101,7 +101,7 @@ def _write_run(model: Path, recipe, evaluate: bool = True) -> Path:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(tiny model folder, a finished run of it)."""
-    from r1lite.tiny import build_tiny_model
+    from r1lite.train.tiny import build_tiny_model
 
     where = tmp_path_factory.mktemp("export")
     model = build_tiny_model(where / "model")
@@ -119,7 +119,7 @@ def _greedy(model, tokenizer, prompt: str, max_new: int) -> str:
     """Greedy text straight from transformers, independent of r1lite's own generation code."""
     import torch
 
-    from r1lite.stages.eval import decode_completion
+    from r1lite.stages.evaluate import decode_completion
 
     enc = tokenizer(prompt, return_tensors="pt")
     with torch.no_grad():
@@ -304,7 +304,7 @@ def test_adapter_export_is_a_peft_folder_with_tokenizer_and_card(tiny, tmp_path)
 
 
 def test_model_card_says_what_how_well_how_to_use_and_what_it_cost(tiny, tmp_path):
-    from r1lite.report import format_metric
+    from r1lite.analyze.report import format_metric
 
     model, run = tiny
     out = tmp_path / "card"
@@ -382,8 +382,8 @@ def test_a_4bit_run_merges_into_the_dequantized_weights_it_trained_against(tmp_p
     did; merged into the original weights it carries the quantization error too."""
     import torch
 
-    from r1lite.models import load_for_inference
-    from r1lite.tiny import build_tiny_model
+    from r1lite.train.models import load_for_inference
+    from r1lite.train.tiny import build_tiny_model
 
     model = build_tiny_model(tmp_path / "model")
     recipe = _recipe(model, tmp_path, "quantization.mode=nf4", "quantization.compute_dtype=float32")
@@ -491,7 +491,7 @@ def test_grpo_pushes_each_checkpoint_to_a_branch_and_the_last_to_main(tmp_path, 
     from test_interrupts import signal_at
     from test_pipeline import set_args, tiny_overrides
 
-    from r1lite.tiny import build_tiny_model
+    from r1lite.train.tiny import build_tiny_model
 
     model = build_tiny_model(tmp_path / "m")
     sets = tiny_overrides(str(model), "output_dir=out", "sft.enabled=false", "tracking.push_to_hub=me/ckpt")

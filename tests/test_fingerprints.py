@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from r1lite.config import EFFECTS, GRPOConfig, SFTConfig
-from r1lite.interrupts import resume_key
-from r1lite.recipes import load_recipe
+from r1lite.recipe.config import EFFECTS, GRPOConfig, SFTConfig
+from r1lite.recipe.load import load_recipe
+from r1lite.runs.resume import resume_key
 
 
 @pytest.mark.parametrize(("stage", "section"), [("sft", SFTConfig), ("grpo", GRPOConfig)])

@@ -11,10 +11,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from r1lite.analyze.hardware import Hardware
 from r1lite.cli.main import app
 from r1lite.errors import R1liteError, RecipeError
-from r1lite.hardware import Hardware
-from r1lite.recipes import load_recipe
+from r1lite.recipe.load import load_recipe
 
 runner = CliRunner()
 T4 = Hardware(True, "Tesla T4", 14.7, 14.5, bf16=False, capability=(7, 5))
@@ -41,8 +41,8 @@ def test_each_process_loads_its_4bit_model_onto_its_own_gpu(monkeypatch):
     """accelerate refuses to train a 4-bit model placed on another device: rank 1 must load onto cuda:1."""
     from transformers import AutoModelForCausalLM
 
-    from r1lite import models
-    from r1lite.config import ModelConfig, QuantizationConfig
+    from r1lite.recipe.config import ModelConfig, QuantizationConfig
+    from r1lite.train import models
 
     seen = {}
 
@@ -61,8 +61,9 @@ def test_each_process_loads_its_4bit_model_onto_its_own_gpu(monkeypatch):
 def test_the_gpu_is_pinned_before_the_first_cuda_call_and_the_group_opens_with_the_timeout(monkeypatch):
     """Rank 1 of 2: set_device(1) comes before the hardware probe (the first CUDA call), and r1lite opens the
     process group itself, with the recipe's timeout, before any stage runs."""
-    from r1lite import distributed, hardware, plan
-    from r1lite.stages import eval as eval_stage
+    from r1lite.analyze import hardware, plan
+    from r1lite.runs import distributed
+    from r1lite.stages import evaluate as evaluate_stage
 
     events: list[str] = []
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -79,7 +80,7 @@ def test_the_gpu_is_pinned_before_the_first_cuda_call_and_the_group_opens_with_t
     monkeypatch.setattr(plan, "detected_card", lambda vram_gib=None: (probe(), plan.card_by_name("16"))[1])
     monkeypatch.setattr(distributed, "start", lambda minutes: events.append(f"start {minutes:g}"))
     monkeypatch.setattr(distributed, "wait_for_everyone", lambda: None)
-    monkeypatch.setattr(eval_stage, "run", lambda *a, **k: events.append("eval") or {})
+    monkeypatch.setattr(evaluate_stage, "run", lambda *a, **k: events.append("eval") or {})
     sets = ["data.train_size=8", "data.test_size=4", "data.dir=data/t", "distributed.timeout_minutes=90"]
     result = runner.invoke(
         app, ["--quiet", "eval", "countdown", "-p", "gpu-16gb", *[x for s in sets for x in ("--set", s)]]
@@ -95,7 +96,7 @@ def test_the_process_group_gets_the_timeout(monkeypatch):
 
     from accelerate import PartialState
 
-    from r1lite import distributed
+    from r1lite.runs import distributed
 
     seen = {}
 
@@ -117,7 +118,7 @@ def test_the_process_group_gets_the_timeout(monkeypatch):
 
 
 def test_evals_are_split_over_the_processes_in_order(monkeypatch):
-    from r1lite import distributed
+    from r1lite.runs import distributed
 
     items = list(range(10))
     monkeypatch.setenv("WORLD_SIZE", "3")
@@ -137,7 +138,7 @@ def test_evals_are_split_over_the_processes_in_order(monkeypatch):
 
 
 def test_no_bf16_card_trains_in_fp16(monkeypatch):
-    from r1lite.models import fit_precision, trainer_defaults
+    from r1lite.train.models import fit_precision, trainer_defaults
 
     recipe = load_recipe("countdown", "gpu-16gb")
     fitted = fit_precision(recipe, T4)
@@ -153,7 +154,8 @@ def test_no_bf16_card_trains_in_fp16(monkeypatch):
 
 def test_a_t4_run_is_set_to_fp16_before_the_base_eval(monkeypatch):
     """`r1lite run` on a T4 reaches the pipeline with an fp16 recipe (TrainingArguments would refuse bf16 later)."""
-    from r1lite import hardware, pipeline, plan
+    from r1lite.analyze import hardware, plan
+    from r1lite.runs import pipeline
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(hardware, "probe", lambda: T4)
@@ -177,7 +179,7 @@ def test_a_t4_run_is_set_to_fp16_before_the_base_eval(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from r1lite.tiny import build_tiny_model
+    from r1lite.train.tiny import build_tiny_model
 
     # large weights: the next token depends on the whole context, so a cache missing a token changes the output
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "m", hidden=64, layers=2, init_std=0.5))
@@ -186,7 +188,7 @@ def tiny(tmp_path_factory):
 def _engine(tiny: str, backend, merge: str = "unmerged"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from r1lite.rollout import RolloutEngine, RolloutSettings
+    from r1lite.train.rollout import RolloutEngine, RolloutSettings
 
     model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(tiny)
@@ -245,7 +247,7 @@ def test_a_capture_that_agrees_is_trusted(tiny):
 
 
 def test_auto_compiles_only_the_paths_a_gpu_has_proven(monkeypatch):
-    from r1lite import plan
+    from r1lite.analyze import plan
 
     for merged in (True, False):
         assert plan.compiles("auto", merged, on_cuda=True) is False  # nothing measured on a GPU yet
@@ -259,7 +261,7 @@ def test_auto_compiles_only_the_paths_a_gpu_has_proven(monkeypatch):
 
 
 def test_a_cuda_error_left_by_a_capture_stops_with_the_setting(monkeypatch):
-    from r1lite.rollout import _synchronize
+    from r1lite.train.rollout import _synchronize
 
     def broken(device=None):
         raise RuntimeError("CUDA error: operation failed due to a previous error during capture")

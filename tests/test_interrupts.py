@@ -1,4 +1,4 @@
-"""Runs that survive (r1lite.interrupts): a signal stops a stage at a step's end with a checkpoint, a rerun continues
+"""Runs that survive (r1lite.runs.signals): a signal stops a stage at a step's end with a checkpoint, a rerun continues
 it to the same weights and metrics as an uninterrupted run, a finished run can be extended, out-of-memory and NaN
 stop with what to do, a damaged checkpoint is passed over, a full disk replaces no good file."""
 
@@ -14,9 +14,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from r1lite import interrupts
 from r1lite.cli.main import app
 from r1lite.fileio import read_json, read_jsonl
+from r1lite.runs import resume, signals
 
 runner = CliRunner()
 TIMING = {"elapsed_s", "step_time", "tokens_per_s", "rollout_tokens_per_s", "train_runtime", "train_samples_per_second",
@@ -25,7 +25,7 @@ TIMING = {"elapsed_s", "step_time", "tokens_per_s", "rollout_tokens_per_s", "tra
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from r1lite.tiny import build_tiny_model
+    from r1lite.train.tiny import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("int") / "m"))
 
@@ -34,7 +34,7 @@ def tiny(tmp_path_factory):
 def length_reward(monkeypatch):
     """A reward that differs between completions of a random tiny model, so every GRPO step moves the adapter
     (Countdown's rewards are 0 for all of them, and a test of exact resume must compare weights that moved)."""
-    from r1lite import rewards
+    from r1lite.tasks import rewards
 
     monkeypatch.setitem(rewards._REGISTRY, "test_length", lambda text, ex: (len(text) / 100, "length"))
 
@@ -61,7 +61,7 @@ def run(sets: list[str], *flags: str):
 
 def signal_at(monkeypatch, stage: str, step: int, signum: int = signal.SIGTERM) -> None:
     """Send this process `signum` at the end of `stage`'s step `step` (once), as a spot instance's notice would."""
-    original, fired = interrupts.StopAtStepEnd.on_step_end, []
+    original, fired = signals.StopAtStepEnd.on_step_end, []
 
     def on_step_end(self, args, state, control, **kwargs):
         if f"/{stage}/" in args.output_dir and state.global_step == step and not fired:
@@ -69,7 +69,7 @@ def signal_at(monkeypatch, stage: str, step: int, signum: int = signal.SIGTERM) 
             os.kill(os.getpid(), signum)
         return original(self, args, state, control, **kwargs)
 
-    monkeypatch.setattr(interrupts.StopAtStepEnd, "on_step_end", on_step_end)
+    monkeypatch.setattr(signals.StopAtStepEnd, "on_step_end", on_step_end)
 
 
 def adapter(root: Path, stage: str) -> dict[str, torch.Tensor]:
@@ -119,7 +119,7 @@ class Killed(BaseException):
 def test_steps_logged_after_the_last_checkpoint_are_logged_once_when_a_killed_run_continues(tiny, monkeypatch):
     """Killed after step 3 was logged but with only checkpoint-2 on disk: the rerun trains step 3 again and logs
     it once, so metrics.jsonl is the uninterrupted run's."""
-    from r1lite.tracking import RunMonitor
+    from r1lite.runs.tracking import RunMonitor
 
     sets = ("sft.enabled=false", "grpo.save_every=2")
     assert run(overrides(tiny, "whole", *sets)).exit_code == 0
@@ -135,7 +135,7 @@ def test_steps_logged_after_the_last_checkpoint_are_logged_once_when_a_killed_ru
         run(overrides(tiny, "cut", *sets))
     root = Path("cut/countdown-cpu")
     assert 3 in {r["step"] for r in read_jsonl(root / "grpo/metrics.jsonl")}  # logged, but not checkpointed
-    assert interrupts.last_good_checkpoint(root / "grpo/trainer").name == "checkpoint-2"
+    assert resume.last_good_checkpoint(root / "grpo/trainer").name == "checkpoint-2"
     again = run(overrides(tiny, "cut", *sets))
     assert again.exit_code == 0 and "continuing from checkpoint-2" in again.output, again.output
     assert metrics(root, "grpo") == metrics(Path("whole/countdown-cpu"), "grpo")  # step 3 once, none missing
@@ -165,15 +165,15 @@ def test_raising_max_steps_extends_a_finished_run_from_its_last_step(tiny):
 
 
 def test_the_second_signal_stops_at_once(monkeypatch):
-    with interrupts.graceful("grpo") as stop:
+    with signals.graceful("grpo") as stop:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested and stop.signum == signal.SIGTERM
         os.kill(os.getpid(), signal.SIGINT)  # within DUPLICATE_S: the same stop forwarded (torch elastic), not a second
         assert stop.count == 1
-        monkeypatch.setattr(interrupts, "DUPLICATE_S", 0.0)
+        monkeypatch.setattr(signals, "DUPLICATE_S", 0.0)
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
-    with pytest.raises(interrupts.Interrupted) as stopped:
+    with pytest.raises(signals.Interrupted) as stopped:
         stop.check("grpo", 7)
     assert stopped.value.exit_code == 143 and "after step 7" in str(stopped.value)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers put back
@@ -183,9 +183,9 @@ def test_the_second_signal_stops_at_once(monkeypatch):
 def test_running_out_of_memory_keeps_the_checkpoint_and_auto_fit_continues(tiny, monkeypatch):
     """The settings named and saved are the real planner's (nothing stubbed but the card): they fit a card with 15 %
     less memory where the run's own do not, and --auto-fit writes them into config.yaml and continues."""
-    from r1lite import plan
-    from r1lite.grpo_trainer import GRPOTrainer
-    from r1lite.recipes import load_recipe, read_yaml
+    from r1lite.analyze import plan
+    from r1lite.recipe.load import load_recipe, read_yaml
+    from r1lite.train.grpo_trainer import GRPOTrainer
 
     sets = overrides(tiny, "oom", "grpo.save_every=2", "sft.enabled=false")
     recipe = load_recipe("countdown", "cpu", sets)
@@ -230,7 +230,7 @@ def test_running_out_of_memory_keeps_the_checkpoint_and_auto_fit_continues(tiny,
 
 @pytest.mark.slow
 def test_nonfinite_updates_are_skipped_and_too_many_stop_the_stage(tiny, monkeypatch):
-    from r1lite.grpo_trainer import GRPOTrainer
+    from r1lite.train.grpo_trainer import GRPOTrainer
 
     compute, bad_steps = GRPOTrainer._compute_loss, {2}
 
@@ -240,14 +240,14 @@ def test_nonfinite_updates_are_skipped_and_too_many_stop_the_stage(tiny, monkeyp
 
     monkeypatch.setattr(GRPOTrainer, "_compute_loss", poisoned)
     snapshots = {}
-    original = interrupts.SaveAtEnd.on_step_end
+    original = resume.SaveAtEnd.on_step_end
 
     def snapshot(self, args, state, control, model=None, **kwargs):
         if "/grpo/" in args.output_dir:
             snapshots[state.global_step] = {n: p.detach().clone() for n, p in model.named_parameters() if "lora" in n}
         return original(self, args, state, control, model=model, **kwargs)
 
-    monkeypatch.setattr(interrupts.SaveAtEnd, "on_step_end", snapshot)
+    monkeypatch.setattr(resume.SaveAtEnd, "on_step_end", snapshot)
     one_bad = run(overrides(tiny, "nan1", "sft.enabled=false"))
     assert one_bad.exit_code == 0, one_bad.output
     assert "grpo step 2: NaN or infinite gradients; this update is skipped" in one_bad.output
@@ -276,11 +276,11 @@ def test_a_damaged_checkpoint_is_reported_and_the_one_before_it_used(tmp_path, c
     weights = {"lora_A": torch.randn(64, 64)}
     for step in (2, 4, 6):
         fake_checkpoint(tmp_path / f"checkpoint-{step}", weights)
-    assert interrupts.last_good_checkpoint(tmp_path).name == "checkpoint-6"
+    assert resume.last_good_checkpoint(tmp_path).name == "checkpoint-6"
     tensors = tmp_path / "checkpoint-6" / "adapter_model.safetensors"
     tensors.write_bytes(tensors.read_bytes()[:-100])  # truncated
     (tmp_path / "checkpoint-4" / "optimizer.pt").unlink()  # an interrupted save
-    assert interrupts.last_good_checkpoint(tmp_path).name == "checkpoint-2"
+    assert resume.last_good_checkpoint(tmp_path).name == "checkpoint-2"
     said = capsys.readouterr()
     assert "checkpoint-6 is damaged (a file does not load" in said.out + said.err
     assert "checkpoint-4 is damaged (optimizer.pt is missing)" in said.out + said.err
@@ -297,7 +297,7 @@ def test_a_full_disk_stops_with_the_path_and_replaces_no_good_file(tmp_path, mon
 
     monkeypatch.setattr(os, "replace", full)
     why = r"could not write .*summary\.json: the disk is full \(\d+ MiB free"
-    with pytest.raises(interrupts.R1liteError, match=why), interrupts.guard(None, "eval"):
+    with pytest.raises(resume.R1liteError, match=why), signals.guard(None, "eval"):
         write_json(target, {"good": False})
     assert read_json(target) == {"good": True}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
@@ -320,13 +320,13 @@ def test_chaos_short():
 def trained_steps(monkeypatch) -> dict[str, list[int]]:
     """The steps each stage trains from now on, by stage (every step end passes StopAtStepEnd)."""
     seen: dict[str, list[int]] = {}
-    original = interrupts.StopAtStepEnd.on_step_end
+    original = signals.StopAtStepEnd.on_step_end
 
     def on_step_end(self, args, state, control, **kwargs):
         seen.setdefault(Path(args.output_dir).parent.name, []).append(state.global_step)  # <run>/<stage>/trainer
         return original(self, args, state, control, **kwargs)
 
-    monkeypatch.setattr(interrupts.StopAtStepEnd, "on_step_end", on_step_end)
+    monkeypatch.setattr(signals.StopAtStepEnd, "on_step_end", on_step_end)
     return seen
 
 
@@ -337,14 +337,14 @@ def test_the_time_budget_holds_across_a_stop_and_restart_starts_the_stage_over(t
     from types import SimpleNamespace
 
     clock = SimpleNamespace(now=1000.0)
-    monkeypatch.setattr(interrupts, "time", SimpleNamespace(monotonic=lambda: clock.now))
-    budget_check = interrupts.TimeBudget.on_step_end
+    monkeypatch.setattr(resume, "time", SimpleNamespace(monotonic=lambda: clock.now))
+    budget_check = resume.TimeBudget.on_step_end
 
     def a_step_takes_25_s(self, args, state, control, **kwargs):
         clock.now += 25
         return budget_check(self, args, state, control, **kwargs)
 
-    monkeypatch.setattr(interrupts.TimeBudget, "on_step_end", a_step_takes_25_s)
+    monkeypatch.setattr(resume.TimeBudget, "on_step_end", a_step_takes_25_s)
     steps = trained_steps(monkeypatch)
     sets = overrides(tiny, "budget", "sft.enabled=false", "grpo.max_steps=8", "grpo.max_minutes=1")
     root = Path("budget/countdown-cpu")
@@ -353,7 +353,7 @@ def test_the_time_budget_holds_across_a_stop_and_restart_starts_the_stage_over(t
         signal_at(patch, "grpo", 1)
         assert run(sets).exit_code == 143
     assert steps.pop("grpo") == [1]
-    assert read_json(root / "grpo/trainer/checkpoint-1" / interrupts.TimeBudget.FILE) == {"spent_s": 25.0}
+    assert read_json(root / "grpo/trainer/checkpoint-1" / resume.TimeBudget.FILE) == {"spent_s": 25.0}
 
     with pytest.MonkeyPatch.context() as patch:  # 2. --restart: from step 1 again, not from checkpoint-1
         signal_at(patch, "grpo", 2)
@@ -361,7 +361,7 @@ def test_the_time_budget_holds_across_a_stop_and_restart_starts_the_stage_over(t
     assert restarted.exit_code == 143, restarted.output
     assert "grpo: starting over (--restart)" in restarted.output and "continuing from" not in restarted.output
     assert steps.pop("grpo") == [1, 2]
-    assert read_json(root / "grpo/trainer/checkpoint-2" / interrupts.TimeBudget.FILE) == {"spent_s": 50.0}
+    assert read_json(root / "grpo/trainer/checkpoint-2" / resume.TimeBudget.FILE) == {"spent_s": 50.0}
 
     # 3. continued: 50 s were spent before, so step 3 (75 s) is the last; a fresh budget would train to step 5
     args = ["run", "countdown", "-p", "cpu", *[x for s in sets for x in ("--set", s)]]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from r1lite.fileio import read_jsonl
-from r1lite.recipes import load_recipe
+from r1lite.recipe.load import load_recipe
 
 
 def digit_share(completion: str, nums=None, target=None) -> tuple[float, str]:
@@ -24,15 +24,15 @@ def digit_share(completion: str, nums=None, target=None) -> tuple[float, str]:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from r1lite.tiny import build_tiny_model
+    from r1lite.train.tiny import build_tiny_model
 
     # weights large enough that a token can become likely (see build_tiny_model's init_std)
     return build_tiny_model(tmp_path_factory.mktemp("learn") / "m", hidden=64, layers=2, init_std=0.2)
 
 
 def train(tiny: Path, quant: str, backend: str, monkeypatch, device: str = "cpu", *extra: str) -> list[dict]:
-    from r1lite import rewards
     from r1lite.stages import data, grpo
+    from r1lite.tasks import rewards
 
     monkeypatch.setitem(rewards._REGISTRY, "test_digit_share", digit_share)
     recipe = load_recipe(

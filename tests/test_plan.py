@@ -9,9 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from r1lite.cli.main import app
-from r1lite.errors import R1liteError
-from r1lite.plan import (
+from r1lite.analyze.plan import (
     CARDS,
     CUDA_CONTEXT_GIB,
     GIB,
@@ -23,7 +21,9 @@ from r1lite.plan import (
     make_plan,
     shape_for,
 )
-from r1lite.recipes import load_recipe, profiles_of
+from r1lite.cli.main import app
+from r1lite.errors import R1liteError
+from r1lite.recipe.load import load_recipe, profiles_of
 
 runner = CliRunner()
 # measured on an H200 (2026-11-28); a copy of ../shared/calibration/h200-stock-trl-grpo.json, so the test
@@ -66,11 +66,11 @@ def test_plan_predicts_stock_trl_peaks_measured_on_an_h200():
 @pytest.mark.slow
 def test_plan_predicts_a_cpu_grpo_step_of_a_tiny_model(tmp_path):
     """The same model predicts a CPU run: the GRPO training step's peak tensor bytes, measured, within 20 %."""
-    from r1lite.memtrack import PeakTensorBytes
-    from r1lite.rollout import engine_tensors
     from r1lite.stages import data
     from r1lite.stages.grpo import build_trainer
-    from r1lite.tiny import build_tiny_model
+    from r1lite.train.memtrack import PeakTensorBytes
+    from r1lite.train.rollout import engine_tensors
+    from r1lite.train.tiny import build_tiny_model
 
     model_dir = build_tiny_model(tmp_path / "m", hidden=256, layers=4)
     recipe = load_recipe(
@@ -124,7 +124,7 @@ def test_every_gpu_profile_fits_its_card_with_headroom(recipe, profile):
 
 
 def test_another_tasks_prompt_length_is_estimated_from_its_prompts():
-    from r1lite.plan import prompt_tokens_for
+    from r1lite.analyze.plan import prompt_tokens_for
 
     assert prompt_tokens_for(load_recipe("countdown")) == 160
     three = prompt_tokens_for(load_recipe("knights_knaves", "gpu-16gb"))
@@ -200,13 +200,13 @@ def test_auto_fit_changes_only_memory_knobs_and_fits_with_headroom():
 
 
 def fake_card(monkeypatch, gib: float) -> None:
-    from r1lite import plan
+    from r1lite.analyze import plan
 
     monkeypatch.setattr(plan, "detected_card", lambda vram_gib=None: Card(f"test card {gib} GiB", gib))
 
 
 def test_a_run_that_cannot_fit_is_refused_before_any_model_loads(monkeypatch, tmp_path):
-    from r1lite import models
+    from r1lite.train import models
 
     fake_card(monkeypatch, 11.6)
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
@@ -224,9 +224,9 @@ def test_a_run_that_cannot_fit_is_refused_before_any_model_loads(monkeypatch, tm
 def test_engine_reserve_is_the_plans_training_step():
     """The rollout engine keeps free, beside its buffers, what the plan's GRPO training step adds to a loaded policy:
     that stage's activations and backward working set, adapter gradients and Adam moments (not the adapter)."""
-    from r1lite.plan import Shape, lora_bytes
-    from r1lite.rollout import RolloutEngine, settings_from_recipe
-    from r1lite.tiny import build_tokenizer
+    from r1lite.analyze.plan import Shape, lora_bytes
+    from r1lite.train.rollout import RolloutEngine, settings_from_recipe
+    from r1lite.train.tiny import build_tokenizer
 
     recipe = load_recipe("countdown", "gpu-12gb")
     model = _meta_policy(recipe)
@@ -276,9 +276,9 @@ def test_plan_and_engine_take_the_same_merge_decision_on_every_card(recipe, prof
     plan does, for the GRPO rollout (beside the training step) and for an eval stage (nothing beside it)."""
     import torch
 
-    from r1lite.plan import CARDS, GIB, prompt_tokens_for
-    from r1lite.rollout import RolloutEngine, RolloutMemoryError, RolloutSettings, settings_from_recipe
-    from r1lite.tiny import build_tokenizer
+    from r1lite.analyze.plan import CARDS, GIB, prompt_tokens_for
+    from r1lite.train.rollout import RolloutEngine, RolloutMemoryError, RolloutSettings, settings_from_recipe
+    from r1lite.train.tiny import build_tokenizer
 
     r = load_recipe(recipe, profile, [])
     model, tok = _meta_policy(r), build_tokenizer()
@@ -336,9 +336,9 @@ def test_geforce_cards_are_planned_at_their_fp32_accumulate_rate():
 
 def test_one_card_table_and_one_matcher_for_sizes_models_and_device_names(monkeypatch):
     """`r1lite plan --gpu`, the cost report and the detected GPU find cards in one table through one matcher."""
-    from r1lite import hardware, plan
-    from r1lite.cost import price_for
-    from r1lite.hardware import find_card
+    from r1lite.analyze import hardware, plan
+    from r1lite.analyze.cost import price_for
+    from r1lite.analyze.hardware import find_card
 
     for card in CARDS:
         assert find_card(f"NVIDIA GeForce {card.model}") is card, card  # a device name holds the card's model

@@ -16,7 +16,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from r1lite.tiny import build_tiny_model
+    from r1lite.train.tiny import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("promises") / "m"))
 
@@ -37,7 +37,7 @@ def test_pass_k_samples_k_answers_per_problem_and_reports_pass_at_k_and_avg_at_k
     HITS right per problem, avg@4 is each problem's share right, averaged (0/4, 1/4, 2/4, 4/4 -> 0.4375), and
     pass@4 the share of problems with at least one right (3 of 4). The model's own samples are replaced by known
     right and wrong answers after it made them, so the numbers are known."""
-    from r1lite.stages import eval as eval_stage
+    from r1lite.stages import evaluate as evaluate_stage
     from r1lite.tasks.countdown import Countdown
 
     sets = [
@@ -52,7 +52,7 @@ def test_pass_k_samples_k_answers_per_problem_and_reports_pass_at_k_and_avg_at_k
         "eval.temperature=0.7",
         "tracking.wandb=disabled",
     ]
-    generate, calls = eval_stage.generate, []
+    generate, calls = evaluate_stage.generate, []
     task = Countdown()
 
     def scripted(model, tokenizer, prompts, max_new_tokens, batch_size, **kwargs):
@@ -67,7 +67,7 @@ def test_pass_k_samples_k_answers_per_problem_and_reports_pass_at_k_and_avg_at_k
             for i, group in enumerate(out)
         ]
 
-    monkeypatch.setattr(eval_stage, "generate", scripted)
+    monkeypatch.setattr(evaluate_stage, "generate", scripted)
     result = runner.invoke(app, ["--quiet", "eval", "countdown", "-p", "cpu", *set_args(sets)])
     assert result.exit_code == 0, result.output
     greedy, sampled = calls
@@ -95,7 +95,7 @@ def test_sweep_parallel_2_runs_two_runs_at_once_each_with_a_share_of_the_cores(t
     import os
     import time
 
-    from r1lite import sweep
+    from r1lite.runs import sweep
 
     launched, run_local = {}, sweep.run_local
 

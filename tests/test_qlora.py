@@ -14,14 +14,14 @@ import torch
 from typer.testing import CliRunner
 
 from r1lite.cli.main import app
-from r1lite.config import ModelConfig, QuantizationConfig
+from r1lite.recipe.config import ModelConfig, QuantizationConfig
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from r1lite.tiny import build_tiny_model
+    from r1lite.train.tiny import build_tiny_model
 
     return {
         arch: str(build_tiny_model(tmp_path_factory.mktemp(arch) / "m", arch=arch, hidden=64))
@@ -38,7 +38,7 @@ def avx512_bf16(monkeypatch):
 
 
 def load_nf4(path: str, for_training: bool = True):
-    from r1lite.models import load_model
+    from r1lite.train.models import load_model
 
     return load_model(
         path,
@@ -82,7 +82,7 @@ def test_bitsandbytes_still_repacks_after_an_eval_pass(tiny, avx512_bf16, monkey
     from bitsandbytes.functional import has_avx512bf16
     from bitsandbytes.nn import Linear4bit
 
-    from r1lite.models import keep_trainable_layout
+    from r1lite.train.models import keep_trainable_layout
 
     model = load_nf4(tiny["qwen2"], for_training=False)  # inference load: repacking allowed
     layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
@@ -123,7 +123,7 @@ def test_nf4_adapters_move_at_the_rl_learning_rate_and_save_in_fp32(tiny, tmp_pa
     """SFT, then 3 GRPO steps at lr 2e-5 with a held-out eval after every step: >= 90 % of adapter entries move."""
     from safetensors.torch import load_file
 
-    from r1lite import rewards
+    from r1lite.tasks import rewards
 
     monkeypatch.setitem(rewards._REGISTRY, "test_varied", varied_reward)  # registered for this test only
     sets = [
@@ -168,8 +168,8 @@ def test_trl_still_casts_adapters_to_bf16_on_a_quantized_base(tiny, tmp_path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from r1lite.config import LoraConfig
-    from r1lite.models import keep_fp32_adapters, load_tokenizer, lora_config
+    from r1lite.recipe.config import LoraConfig
+    from r1lite.train.models import keep_fp32_adapters, load_tokenizer, lora_config
 
     args = SFTConfig(output_dir=str(tmp_path / "t"), use_cpu=True, report_to=[], max_steps=1, save_strategy="no")
     trainer = SFTTrainer(
@@ -191,7 +191,7 @@ def test_grpo_starts_from_the_saved_adapter_bit_for_bit(tiny, tmp_path):
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from r1lite.recipes import load_recipe
+    from r1lite.recipe.load import load_recipe
     from r1lite.stages import data
     from r1lite.stages.grpo import build_trainer
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from r1lite.analyze.hardware import Hardware, pick_profile
 from r1lite.errors import RecipeError
-from r1lite.hardware import Hardware, pick_profile
-from r1lite.recipes import load_recipe, to_yaml
+from r1lite.recipe.load import load_recipe, to_yaml
 
 
 def test_profile_merges_over_base():
@@ -118,7 +118,7 @@ def test_profile_detection(cuda, gib, expected):
 def test_trl_passthrough_is_checked_against_trl():
     from trl import GRPOConfig
 
-    from r1lite.config import build_trl_config
+    from r1lite.recipe.config import build_trl_config
 
     ours = dict(output_dir="o", per_device_train_batch_size=4, num_generations=2, use_cpu=True, report_to=[])
     assert build_trl_config(GRPOConfig, ours, {"learning_rate": 3e-5}, "grpo").learning_rate == 3e-5  # recipe wins

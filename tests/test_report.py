@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from r1lite.analyze.cost import cost_for_run, price_for, run_cost
+from r1lite.analyze.report import GROUPS, allocate, before_after, build_report, group_of, series
 from r1lite.cli.main import app
-from r1lite.cost import cost_for_run, price_for, run_cost
 from r1lite.errors import R1liteError
 from r1lite.fileio import read_json, read_jsonl, write_json
-from r1lite.recipes import load_recipe, to_yaml
-from r1lite.report import GROUPS, allocate, before_after, build_report, group_of, series
+from r1lite.recipe.load import load_recipe, to_yaml
 from r1lite.runs.rundir import Run
-from r1lite.tracking import Tracker, format_line
+from r1lite.runs.tracking import Tracker, format_line
 
 runner = CliRunner()
 
@@ -28,7 +28,7 @@ def tiny_run(tmp_path_factory):
     """One finished tiny run (W&B offline) shared by the tests below."""
     import os
 
-    from r1lite.tiny import build_tiny_model
+    from r1lite.train.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("report")
     model = build_tiny_model(root / "model")

@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from r1lite.errors import R1liteError
-from r1lite.rewards import get_reward, reward_names, think_format, trl_reward_funcs
 from r1lite.tasks import last_answer
 from r1lite.tasks.countdown import equation_reward, tinyzero_reward
+from r1lite.tasks.rewards import get_reward, reward_names, think_format, trl_reward_funcs
 
 NUMS, TARGET = [44, 19, 35], 98  # 44 + 19 + 35 = 98
 

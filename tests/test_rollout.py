@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from r1lite.rollout import RolloutEngine, RolloutSettings, sample
+from r1lite.train.rollout import RolloutEngine, RolloutSettings, sample
 
 PROMPTS = [
     "Using the numbers [3, 5, 2], create",
@@ -18,7 +18,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from r1lite.tiny import build_tiny_model
+    from r1lite.train.tiny import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "m", hidden=64, layers=2))
 
@@ -145,9 +145,9 @@ def one_grpo_batch(tiny, tmp_path, engine: bool, shift: float = 0.0, is_cap: flo
     from datasets import Dataset
     from trl import GRPOConfig
 
-    from r1lite.grpo_trainer import GRPOTrainer
-    from r1lite.recipes import load_recipe
-    from r1lite.rollout import make_rollout_func, settings_from_recipe
+    from r1lite.recipe.load import load_recipe
+    from r1lite.train.grpo_trainer import GRPOTrainer
+    from r1lite.train.rollout import make_rollout_func, settings_from_recipe
 
     def length_reward(completions, **_):
         return [float(len(c)) for c in completions]
@@ -276,7 +276,7 @@ def test_decode_step_traces_to_one_graph_reused_across_rollouts(tiny, lora, nf4,
 
 def test_eval_generation_is_the_same_with_the_engine(tiny):
     """Eval uses the engine on CUDA; greedy completions (text and length) must not change with it."""
-    from r1lite.stages.eval import generate
+    from r1lite.stages.evaluate import generate
 
     model, tok = load(tiny, lora=True)
     stock = generate(model, tok, PROMPTS, max_new_tokens=12, batch_size=2)
@@ -295,8 +295,8 @@ def load_qlora(path: str, compute_dtype: str = "bfloat16"):
     """The policy as GRPO trains it on CPU: NF4 linear layers computing in bf16, fp32 embeddings and norms, LoRA."""
     from peft import get_peft_model
 
-    from r1lite.config import LoraConfig, ModelConfig, QuantizationConfig
-    from r1lite.models import load_model, load_tokenizer, lora_config
+    from r1lite.recipe.config import LoraConfig, ModelConfig, QuantizationConfig
+    from r1lite.train.models import load_model, load_tokenizer, lora_config
 
     model = load_model(
         path,
@@ -321,14 +321,14 @@ def test_cache_costs_what_the_engine_plans_for(tiny, merge):
 
 @pytest.mark.parametrize("merge", ["unmerged", "merged"])
 def test_every_path_is_checked_against_free_memory_before_allocating(tiny, merge):
-    from r1lite.rollout import RolloutMemoryError
+    from r1lite.train.rollout import RolloutMemoryError
 
     model, tok = load_qlora(tiny)
     engine = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=8, merge=merge))
-    from r1lite.plan import ALLOCATOR_SLACK
+    from r1lite.analyze.plan import ALLOCATOR_SLACK
 
     tensors = engine.rollout_bytes(6, 256, torch.bfloat16, merge == "merged") + engine.train_reserve()
-    need = math.ceil(tensors * (1 + ALLOCATOR_SLACK))  # what `r1lite.plan.rollout_fits` asks for, without headroom
+    need = math.ceil(tensors * (1 + ALLOCATOR_SLACK))  # what `plan.rollout_fits` asks for, without headroom
     assert engine.choose_merge(6, 256, torch.bfloat16, torch.device("cpu"), free=need) == (merge == "merged")
     with pytest.raises(RolloutMemoryError, match=r"lower grpo\.prompts_per_step"):
         engine.choose_merge(6, 256, torch.bfloat16, torch.device("cpu"), free=need - 1)
@@ -362,7 +362,7 @@ def test_merge_decision_leaves_room_for_the_training_step(tiny):
 
 
 def test_training_step_estimate_grows_with_the_micro_batch_and_checkpointing():
-    from r1lite.rollout import training_step_bytes
+    from r1lite.train.rollout import training_step_bytes
 
     model = qwen3b_on_meta()
     small, big = (training_step_bytes(model, m, 1280) for m in (1, 16))
@@ -425,8 +425,8 @@ def test_a_loaded_model_trains_its_kept_logits_without_copying_the_head(tiny):
     """The GRPO loss scores the completion through `logits_to_keep` with the base frozen (LoRA, 4-bit)."""
     from peft import LoraConfig, get_peft_model
 
-    from r1lite.config import ModelConfig, QuantizationConfig
-    from r1lite.models import load_model
+    from r1lite.recipe.config import ModelConfig, QuantizationConfig
+    from r1lite.train.models import load_model
 
     model = get_peft_model(
         load_model(tiny, ModelConfig(name=tiny, device="cpu"), QuantizationConfig(mode="none")),
@@ -441,7 +441,7 @@ def test_a_loaded_model_trains_its_kept_logits_without_copying_the_head(tiny):
 
 
 def base_model_of_runner(runner):
-    from r1lite.rollout import base_model_of
+    from r1lite.train.rollout import base_model_of
 
     return base_model_of(runner)
 
@@ -452,10 +452,10 @@ def test_periodic_eval_adds_no_second_cache(tiny, tmp_path, training_engine, gen
     (gpu-24gb: 128 rollout rows, eval batch 64), or frees its own engine when done."""
     from types import SimpleNamespace
 
-    from r1lite.recipes import load_recipe
-    from r1lite.rollout import engine_for, live_engines, settings_from_recipe
+    from r1lite.recipe.load import load_recipe
     from r1lite.stages import data
     from r1lite.stages.grpo import PeriodicEval
+    from r1lite.train.rollout import engine_for, live_engines, settings_from_recipe
 
     recipe = load_recipe(
         "countdown",
@@ -500,7 +500,7 @@ def test_grouped_decode_attention_matches_transformers_sdpa(masked):
 
     from transformers.integrations.sdpa_attention import repeat_kv
 
-    from r1lite.rollout import grouped_decode_attention
+    from r1lite.train.rollout import grouped_decode_attention
 
     torch.manual_seed(0)
     module = SimpleNamespace(num_key_value_groups=4, is_causal=True)
@@ -594,7 +594,7 @@ def test_nan_logits_stop_the_rollout_with_the_setting_to_change(tiny, device, gr
 
 
 def test_the_nan_error_names_bf16_or_fp32_for_an_fp16_policy():
-    from r1lite.rollout import nonfinite_error
+    from r1lite.train.rollout import nonfinite_error
 
     message = str(nonfinite_error(torch.float16))
     assert "float16" in message and "model.dtype=bfloat16" in message and "model.dtype=float32" in message
@@ -612,8 +612,8 @@ def test_the_merged_copy_never_holds_a_second_head(tiny, device):
     """`Module.to_empty` unties tied weights: the merged copy held a second LM head (0.58 GiB on Qwen2.5-3B) until
     `tie_weights()`, which neither the engine's memory estimate nor the plan counts. It must allocate exactly
     what a tied model holds, at every moment."""
-    from r1lite.memtrack import PeakTensorBytes
-    from r1lite.rollout import merged_copy, param_bytes
+    from r1lite.train.memtrack import PeakTensorBytes
+    from r1lite.train.rollout import merged_copy, param_bytes
 
     model, _ = load(tiny, device=device)  # fp32 like the copy: no conversion temporaries, so the peak is exact
     assert model.config.tie_word_embeddings
@@ -637,7 +637,7 @@ def test_the_merged_copy_never_holds_a_second_head(tiny, device):
 @pytest.fixture(scope="module")
 def tiny_large(tmp_path_factory):
     """Logits of several units, so their rounding to bf16 (a step of 2^-7 at 1-2, 2^-5 at 4-8) shows."""
-    from r1lite.tiny import build_tiny_model
+    from r1lite.train.tiny import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("large") / "m", hidden=64, layers=2, init_std=0.3))
 
@@ -680,7 +680,7 @@ def test_the_fp32_head_folds_half_precision_products_in_fp32(tiny_large):
     """`last_logits` with a head (what the engine uses on CUDA) gives an fp32 head's logits; on CPU it upcasts."""
     from transformers import AutoModelForCausalLM
 
-    from r1lite.rollout import last_logits
+    from r1lite.train.rollout import last_logits
 
     model = AutoModelForCausalLM.from_pretrained(tiny_large, dtype=torch.bfloat16).eval()
     ids = torch.tensor([[1, 5, 9, 2]])

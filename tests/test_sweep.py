@@ -1,4 +1,4 @@
-"""Sweeps (r1lite.sweep): seeds that mean something, a grid of ordinary runs that shares its data and warm-ups,
+"""Sweeps (r1lite.runs.sweep): seeds that mean something, a grid of ordinary runs that shares its data and warm-ups,
 reruns that skip and continue, SLURM through submitit's local executor, and statistics with known answers."""
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from typer.testing import CliRunner
 from r1lite.cli.main import app
 from r1lite.errors import RecipeError
 from r1lite.fileio import read_json, write_json, write_jsonl
-from r1lite.sweep import Sweep, build_sweep_report, collect, launch, statistics_table
+from r1lite.runs.sweep import Sweep, build_sweep_report, collect, launch, statistics_table
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from r1lite.tiny import build_tiny_model
+    from r1lite.train.tiny import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("sweep") / "m"))
 
@@ -56,7 +56,7 @@ def tiny_sets(tiny: str) -> list[str]:
 
 def first_step(tiny: str, seed: int, backend: str) -> tuple[torch.Tensor, list, list]:
     """LoRA's initial weights, the first step's prompts and completions of a seeded GRPO trainer."""
-    from r1lite.recipes import load_recipe
+    from r1lite.recipe.load import load_recipe
     from r1lite.stages import data
     from r1lite.stages.grpo import build_trainer
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from r1lite.cli.main import app
 from r1lite.errors import R1liteError
 from r1lite.fileio import read_json, read_jsonl
-from r1lite.recipes import load_recipe, resolve
+from r1lite.recipe.load import load_recipe, resolve
 from r1lite.tasks import Task, TaskError, load_task, task_class
 from r1lite.tasks.rg import VERIFIED
 
@@ -60,8 +60,8 @@ PINNED = {
 
 def test_countdown_outputs_are_unchanged(tmp_path):
     from r1lite.stages import data, grpo, sft
-    from r1lite.stages.eval import score
-    from r1lite.tiny import build_tokenizer
+    from r1lite.stages.evaluate import score
+    from r1lite.train.tiny import build_tokenizer
 
     base_sets = ["data.train_size=300", "data.test_size=50", "data.dir=d1"]
     cpu_sets = ["data.train_size=200", "data.test_size=40", "data.dir=d2"]
@@ -97,7 +97,7 @@ def test_countdown_outputs_are_unchanged(tmp_path):
 
 
 def test_grpo_rows_carry_the_whole_example_to_the_rewards():
-    from r1lite.rewards import trl_reward_funcs
+    from r1lite.tasks.rewards import trl_reward_funcs
 
     a = {"nums": [44, 19, 35], "target": 98, "solution": "44 + 19 + 35"}
     b = {"nums": [2, 3], "target": 6, "solution": "2 * 3"}
@@ -150,7 +150,7 @@ def test_a_space_too_small_for_the_sizes_is_named():
 
 
 def test_default_prompts_follow_the_protocol_in_every_format():
-    from r1lite.tiny import build_tokenizer
+    from r1lite.train.tiny import build_tokenizer
 
     task, ex = Parity(), {"n": 7, "answer": "odd"}
     tok = build_tokenizer()
@@ -335,7 +335,7 @@ def test_countdown_reward_agrees_with_reasoning_gyms_verifier(case, hit):
 
     from reasoning_gym.games.countdown import CountdownDataset
 
-    from r1lite.arith import ExpressionError, evaluate
+    from r1lite.tasks.arith import ExpressionError, evaluate
     from r1lite.tasks.countdown import equation_reward
 
     expr, given_nums = case
@@ -391,7 +391,7 @@ def test_readme_example_task_is_about_thirty_lines():
 
 @pytest.mark.slow
 def test_readme_example_task_runs_end_to_end(tmp_path):
-    from r1lite.tiny import build_tiny_model
+    from r1lite.train.tiny import build_tiny_model
 
     tiny = build_tiny_model(tmp_path / "m")
     (tmp_path / "add_task.py").write_text(readme_block("add_task.py"))
@@ -418,7 +418,7 @@ def test_readme_example_task_runs_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_knights_knaves_recipe_runs_end_to_end_on_a_tiny_model(tmp_path):
-    from r1lite.tiny import build_tiny_model
+    from r1lite.train.tiny import build_tiny_model
 
     tiny = build_tiny_model(tmp_path / "m")
     sets = [f"model.name={tiny}", "data.train_size=40", "data.test_size=4", "sft.examples=8", "grpo.max_steps=2"]
@@ -437,7 +437,7 @@ def test_knights_knaves_recipe_runs_end_to_end_on_a_tiny_model(tmp_path):
 
 def test_a_warm_up_that_would_see_no_completion_stops_with_the_setting(capsys):
     from r1lite.stages.sft import check_lengths
-    from r1lite.tiny import build_tokenizer
+    from r1lite.train.tiny import build_tokenizer
 
     tok = build_tokenizer()
     rows = [{"prompt": "Is 7 even or odd? " * 6, "completion": "\n</think>\n<answer>odd</answer>"}] * 3

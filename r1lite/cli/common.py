@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from r1lite.config import Recipe
+from r1lite.recipe.config import Recipe
 
 ProfileOpt = Annotated[
     str | None,
@@ -20,10 +20,10 @@ RecipeArg = Annotated[str, typer.Argument(help="recipe name in recipes/ or a pat
 
 def resolve_recipe(name: str, profile: str | None, overrides: list[str] | None, detect: bool = True) -> Recipe:
     """Load a recipe; with no --profile, pick one from the hardware when the recipe has profiles."""
-    from r1lite.recipes import load_recipe, profiles_of
+    from r1lite.recipe.load import load_recipe, profiles_of
 
     if profile is None and detect:
-        from r1lite.hardware import detect_profile
+        from r1lite.analyze.hardware import detect_profile
 
         available = profiles_of(name)
         if available:

@@ -28,7 +28,7 @@ def data(
 ) -> None:
     """Write data/<task>/{train,test}.jsonl and manifest.json: seeded, de-duplicated, train and test disjoint."""
     from r1lite.fileio import check_writable
-    from r1lite.recipes import task_recipe
+    from r1lite.recipe.load import task_recipe
     from r1lite.stages import data as stage
 
     if out:

@@ -11,8 +11,8 @@ from r1lite.ui import console
 
 def checks() -> list[tuple[str, bool, str, str]]:
     """(item, ok, what we found, the fix) for each thing a run needs."""
-    from r1lite.environment import describe
-    from r1lite.tracking import _has_wandb_login
+    from r1lite.analyze.environment import describe
+    from r1lite.runs.tracking import _has_wandb_login
 
     info = describe()
     v = info["versions"]
@@ -79,7 +79,7 @@ def checks() -> list[tuple[str, bool, str, str]]:
 
 def _card_line(gpu_name: str | None) -> str:
     """How `r1lite plan` and the cost report see this GPU: its row of the card table, or that it has none."""
-    from r1lite.hardware import find_card
+    from r1lite.analyze.hardware import find_card
 
     card = find_card(gpu_name)
     if card is None:

@@ -4,7 +4,7 @@
     r1lite export runs/countdown-cpu --out exports/countdown-cpu --merged --check
     r1lite export runs/countdown-cpu --out exports/countdown-cpu --merged --push-to-hub me/countdown-r1
 
-The work lives in `r1lite.export`; this module parses options and prints.
+The work lives in `r1lite.share.export`; this module parses options and prints.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def export(
     public: Annotated[bool, typer.Option("--public", help="with --push-to-hub: make a new repo public")] = False,
 ) -> None:
     """Export the trained model (adapter or merged), with a model card built from the run; check it, share it."""
-    from r1lite import export as ex
-    from r1lite import hub
+    from r1lite.share import export as ex
+    from r1lite.share import hub
     from r1lite.ui import console
 
     if not merged and (dtype is not None or merge_into != "trained"):

@@ -31,7 +31,7 @@ class _Group(TyperGroup):
             )
             raise typer.Exit(2) from None
         except R1liteError as e:
-            from r1lite.interrupts import Interrupted
+            from r1lite.runs.signals import Interrupted
             from r1lite.ui import err_console
 
             prefix = "" if isinstance(e, Interrupted) else "[bold red]error:[/] "  # a signal is not an error
@@ -67,7 +67,7 @@ def _register() -> None:
 
 @app.callback()
 def _root(quiet: Annotated[bool, typer.Option("--quiet", "-q", help="plain, minimal output")] = False) -> None:
-    from r1lite.distributed import is_main
+    from r1lite.runs.distributed import is_main
     from r1lite.ui import is_live, set_quiet
 
     set_quiet(quiet or not is_main())  # one process of several speaks

@@ -20,9 +20,9 @@ def plan(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Will the recipe fit, how long will it take, what will it cost: before any model is downloaded or loaded."""
+    from r1lite.analyze.plan import Card, card_by_name, card_for_profile, make_plan
     from r1lite.cli.common import resolve_recipe
     from r1lite.errors import R1liteError
-    from r1lite.plan import Card, card_by_name, card_for_profile, make_plan
 
     if gpu and vram is not None:
         raise R1liteError("give --gpu or --vram, not both")
@@ -39,7 +39,7 @@ def plan(
 def _print(p) -> None:
     from rich.table import Table
 
-    from r1lite.plan import ALLOCATOR_SLACK, CUDA_CONTEXT_GIB, HEADROOM
+    from r1lite.analyze.plan import ALLOCATOR_SLACK, CUDA_CONTEXT_GIB, HEADROOM
     from r1lite.ui import console
 
     d = p.as_dict()

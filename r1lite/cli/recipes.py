@@ -14,7 +14,7 @@ app = typer.Typer(help="List recipes and print them fully resolved.", no_args_is
 @app.command("list")
 def list_() -> None:
     """List recipes with their profiles."""
-    from r1lite.recipes import list_recipes, read_yaml
+    from r1lite.recipe.load import list_recipes, read_yaml
 
     table = Table("recipe", "profiles", "description", "file")
     for name, path in list_recipes().items():
@@ -26,6 +26,6 @@ def list_() -> None:
 @app.command("show")
 def show(name: RecipeArg = "countdown", profile: ProfileOpt = None, set_: SetOpt = None) -> None:
     """Print the resolved recipe (base + profile + overrides) as YAML."""
-    from r1lite.recipes import load_recipe, to_yaml
+    from r1lite.recipe.load import load_recipe, to_yaml
 
     console.print(to_yaml(load_recipe(name, profile, set_ or [])), end="", markup=False, soft_wrap=True)

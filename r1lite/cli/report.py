@@ -16,7 +16,7 @@ RunArg = Annotated[Path, typer.Argument(help="a run directory, e.g. runs/countdo
 
 def report(run: RunArg) -> None:
     """Write report.md and report.html (curves, before/after, cost, recipe, versions) into the run directory."""
-    from r1lite.report import build_report
+    from r1lite.analyze.report import build_report
 
     path = build_report(run)
     console.print(f"wrote {path} and {path.with_suffix('.md')}")
@@ -57,10 +57,10 @@ def compare(
     Each side may be several runs (a glob such as 'runs/sw/learning_rate-1e-05-s*'): then each side's accuracy
     is a mean over its seeds with a 95 % interval, and the difference is paired on the held-out problems.
     """
-    from r1lite.report import GROUPS, before_after, plot_curves
+    from r1lite.analyze.report import GROUPS, before_after, plot_curves
+    from r1lite.analyze.stats import nested_interval, paired_runs_difference
     from r1lite.runs.rundir import Run
-    from r1lite.stages.eval import METRICS
-    from r1lite.stats import nested_interval, paired_runs_difference
+    from r1lite.stages.evaluate import METRICS
 
     sides = [[Run.open(r) for r in _runs(pattern)] for pattern in (a, b)]
     names = [s[0].name if len(s) == 1 else f"{s[0].name} +{len(s) - 1}" for s in sides]

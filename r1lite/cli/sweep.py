@@ -37,7 +37,7 @@ def sweep(
     baseline: Annotated[str | None, typer.Option(help="with `report`: the config others are compared with")] = None,
 ) -> None:
     """Run a sweep (finished runs are skipped, interrupted ones continue), or `r1lite sweep report S`."""
-    from r1lite.sweep import Sweep, build_sweep_report, collect, headline, launch, plan_rows
+    from r1lite.runs.sweep import Sweep, build_sweep_report, collect, headline, launch, plan_rows
     from r1lite.ui import console
 
     if target == "report":
@@ -75,7 +75,7 @@ def sweep(
 
 
 def _is_sweep_file(path: Path) -> bool:
-    from r1lite.recipes import read_yaml
+    from r1lite.recipe.load import read_yaml
 
     return path.is_file() and ("vary" in read_yaml(path) or "control" in read_yaml(path))
 

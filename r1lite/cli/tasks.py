@@ -50,9 +50,9 @@ def show(
     set_: SetOpt = None,
 ) -> None:
     """A sample prompt, its answer, and how a right and a wrong completion score under every reward."""
-    from r1lite.recipes import task_recipe
-    from r1lite.rewards import rewards_for
+    from r1lite.recipe.load import task_recipe
     from r1lite.tasks import PROMPT_FORMATS
+    from r1lite.tasks.rewards import rewards_for
 
     if fmt not in PROMPT_FORMATS or fmt == "chat":
         raise typer.BadParameter(

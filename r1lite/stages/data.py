@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from r1lite import ui
-from r1lite.config import DataConfig
 from r1lite.errors import DataError
 from r1lite.fileio import read_json, read_jsonl, sha256_file, write_json, write_jsonl
+from r1lite.recipe.config import DataConfig
 
 SPLITS = ("train", "test")
 

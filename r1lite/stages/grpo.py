@@ -7,7 +7,7 @@ TRL's GRPOTrainer does the algorithm (group advantages, clipped policy-gradient 
 checkpoints); this module only wires the recipe into it: the dataset of rendered prompts, the
 weighted reward functions, the optional SFT adapter to start from, the rollout backend, and a
 periodic held-out eval. Checkpoints every `grpo.save_every` steps, at the last step and when a signal
-stops the run (r1lite.interrupts) let a rerun continue where it stopped, or extend a finished run.
+stops the run (r1lite.runs.signals) let a rerun continue where it stopped, or extend a finished run.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 from transformers import TrainerCallback
 
 from r1lite import ui
-from r1lite.config import Recipe, build_trl_config
 from r1lite.fileio import append_jsonl, atomic_dir
+from r1lite.recipe.config import Recipe, build_trl_config
 from r1lite.runs.rundir import Run
 
 
@@ -50,7 +50,7 @@ class PeriodicEval(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if not self.every or state.global_step % self.every or model is None:
             return
-        from r1lite.stages.eval import evaluate
+        from r1lite.stages.evaluate import evaluate
 
         was_training = model.training
         model.eval()
@@ -76,8 +76,8 @@ class PeriodicEval(TrainerCallback):
 def trainer_args(recipe: Recipe, out: Path, on_cuda: bool, backend: str) -> Any:
     from trl import GRPOConfig
 
-    from r1lite.distributed import split_batch, world_size
-    from r1lite.models import trainer_defaults
+    from r1lite.runs.distributed import split_batch, world_size
+    from r1lite.train.models import trainer_defaults
 
     g = recipe.grpo
     # prompts_per_step x num_generations is the global batch of one optimizer step, whatever the processes
@@ -127,9 +127,11 @@ def build_trainer(
     """A ready GRPOTrainer for the recipe (used by `run` and by the benchmark)."""
     from datasets import Dataset
 
-    from r1lite.diagnostics import Diagnostics
-    from r1lite.grpo_trainer import GRPOTrainer
-    from r1lite.models import (
+    from r1lite.runs.tracking import RunMonitor, quiet_library_output
+    from r1lite.tasks.rewards import trl_reward_funcs
+    from r1lite.train.diagnostics import Diagnostics
+    from r1lite.train.grpo_trainer import GRPOTrainer
+    from r1lite.train.models import (
         fp32_masters,
         keep_fp32_adapters,
         load_model,
@@ -138,8 +140,6 @@ def build_trainer(
         pick_device,
         resolve_model,
     )
-    from r1lite.rewards import trl_reward_funcs
-    from r1lite.tracking import RunMonitor, quiet_library_output
 
     out = run_dir / "grpo"
     path = resolve_model(recipe.model.name)
@@ -157,8 +157,8 @@ def build_trainer(
         masters = fp32_masters(model)  # the adapter as loaded (and as the warm-up eval scored it), before TRL's cast
     rollout_func = None
     if backend == "engine":
-        from r1lite.plan import planned_merge
-        from r1lite.rollout import make_rollout_func, settings_from_recipe
+        from r1lite.analyze.plan import planned_merge
+        from r1lite.train.rollout import make_rollout_func, settings_from_recipe
 
         planned = planned_merge(recipe, "grpo_rollout") if on_cuda else None
         rollout_func = make_rollout_func(settings_from_recipe(recipe, planned))
@@ -205,8 +205,8 @@ def build_trainer(
 
 def checkpoint_pusher(recipe: Recipe) -> Any:
     """`tracking.push_to_hub`'s uploader of checkpoints (main process only), after checking the login; else None."""
-    from r1lite.distributed import is_main
-    from r1lite.hub import PushCheckpoints, hub_ready
+    from r1lite.runs.distributed import is_main
+    from r1lite.share.hub import PushCheckpoints, hub_ready
 
     repo = recipe.tracking.push_to_hub
     if not repo or not is_main():
@@ -229,18 +229,18 @@ def run(
     Continues from the last good checkpoint written for the same settings (more `max_steps` extend a
     finished run); `restart` clears the checkpoints and starts at step 0.
     """
-    from r1lite import interrupts
-    from r1lite.distributed import is_main, wait_for_everyone
-    from r1lite.hub import STOP_WAIT_S
+    from r1lite.runs import resume
+    from r1lite.runs.distributed import is_main, wait_for_everyone
+    from r1lite.share.hub import STOP_WAIT_S
 
     out = run_dir / "grpo"
     pusher = checkpoint_pusher(recipe)  # before any work: a push that cannot work fails first
-    key = interrupts.resume_key(recipe, "grpo", init_adapter)
-    checkpoint = interrupts.continue_from(out, "grpo", key, restart, recipe.grpo.max_steps)
+    key = resume.resume_key(recipe, "grpo", init_adapter)
+    checkpoint = resume.continue_from(out, "grpo", key, restart, recipe.grpo.max_steps)
     trainer = build_trainer(recipe, run_dir, init_adapter, [*(callbacks or []), *([pusher] if pusher else [])], tracker)
     g = recipe.grpo
     try:
-        interrupts.train(trainer, "grpo", checkpoint, g.max_nonfinite, g.max_steps, g.max_minutes)
+        resume.train(trainer, "grpo", checkpoint, g.max_nonfinite, g.max_steps, g.max_minutes)
     except KeyboardInterrupt:  # a second signal: stop at once, uploads not yet started are dropped
         if pusher:
             pusher.close()
@@ -254,7 +254,7 @@ def run(
             trainer.model.save_pretrained(tmp)
             trainer.processing_class.save_pretrained(tmp)
     if pusher:  # also when a rerun found the stage trained and only wrote its adapter
-        done = interrupts.checkpoint_step(checkpoint) if checkpoint else 0  # a rerun that only loaded it
+        done = resume.checkpoint_step(checkpoint) if checkpoint else 0  # a rerun that only loaded it
         pusher.push_main(Run(run_dir).adapter("grpo"), max(trainer.state.global_step, done))
         pusher.finish()
     wait_for_everyone()

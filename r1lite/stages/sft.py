@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from r1lite import ui
-from r1lite.config import Recipe, build_trl_config
 from r1lite.fileio import atomic_dir, write_text
+from r1lite.recipe.config import Recipe, build_trl_config
 from r1lite.runs.rundir import Run
 
 
@@ -94,9 +94,10 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None, restart: bool = Fals
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from r1lite import interrupts
-    from r1lite.distributed import is_main, split_batch, wait_for_everyone, world_size
-    from r1lite.models import (
+    from r1lite.runs import resume
+    from r1lite.runs.distributed import is_main, split_batch, wait_for_everyone, world_size
+    from r1lite.runs.tracking import RunMonitor, quiet_library_output
+    from r1lite.train.models import (
         keep_fp32_adapters,
         load_model,
         load_tokenizer,
@@ -105,7 +106,6 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None, restart: bool = Fals
         resolve_model,
         trainer_defaults,
     )
-    from r1lite.tracking import RunMonitor, quiet_library_output
 
     cfg, out = recipe.sft, run_dir / "sft"
     path = resolve_model(recipe.model.name)
@@ -115,7 +115,7 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None, restart: bool = Fals
     # batch_size x grad_accum is the global batch of one optimizer step, whatever the processes
     micro, accumulation = split_batch(cfg.batch_size * cfg.grad_accum, cfg.batch_size, world_size(), "sft")
     steps = total_steps(len(rows), micro * world_size(), accumulation, cfg.epochs, cfg.max_steps)
-    checkpoint = interrupts.continue_from(out, "sft", interrupts.resume_key(recipe, "sft"), restart, steps)
+    checkpoint = resume.continue_from(out, "sft", resume.resume_key(recipe, "sft"), restart, steps)
     what = "traces" if recipe.sft_completions() == "traces" else "answer-only completions"
     ui.log(f"sft: {len(rows)} {what} on {recipe.model.name} ({recipe.quantization.mode}), LoRA r={recipe.lora.r}")
     model = load_model(path, recipe.model, recipe.quantization)
@@ -130,7 +130,7 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None, restart: bool = Fals
         max_length=cfg.max_length,
         completion_only_loss=True,
         logging_steps=1,
-        save_strategy="steps",  # checkpoints to continue from (r1lite.interrupts); the last step's too
+        save_strategy="steps",  # checkpoints to continue from (r1lite.runs.signals); the last step's too
         save_steps=cfg.save_every,
         save_total_limit=2,
         **trainer_defaults(recipe, on_cuda),
@@ -147,7 +147,7 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None, restart: bool = Fals
     quiet_library_output(trainer)
     trainer.add_callback(RunMonitor("sft", out, tracker, total_steps=trainer.args.max_steps))
     trainer.add_callback(carry_token_count(trainer))
-    interrupts.train(trainer, "sft", checkpoint, cfg.max_nonfinite, steps)
+    resume.train(trainer, "sft", checkpoint, cfg.max_nonfinite, steps)
     if is_main():  # one writer for the run directory
         with atomic_dir(Run(run_dir).adapter("sft")) as tmp:
             trainer.model.save_pretrained(tmp)

@@ -20,9 +20,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from r1lite.arith import ExpressionError, evaluate
 from r1lite.errors import DataError
 from r1lite.tasks import Example, ExampleError, RewardFn, Task, last_answer
+from r1lite.tasks.arith import ExpressionError, evaluate
 
 Value = int | Fraction
 Tree = Any  # a leaf Value, or (op, left Tree, right Tree)

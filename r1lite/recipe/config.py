@@ -274,7 +274,7 @@ class GRPOConfig(Section):
 
 
 # What each setting of a training stage's own section does to what the stage makes: the one place that says
-# it, read by `interrupts.resume_key` (which checkpoints a changed recipe may continue) and checked by a test
+# it, read by `resume.resume_key` (which checkpoints a changed recipe may continue) and checked by a test
 # that fails when a new field is classified nowhere.
 #   weights: shapes the trained weights; a change starts the stage over
 #   extends: how far the stage trains; a change continues it from its last checkpoint
@@ -382,7 +382,7 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _task_defaults(self) -> Recipe:
         """Fill the task's default rewards and check that every named reward and warm-up exists for it."""
-        from r1lite.rewards import reward_names
+        from r1lite.tasks.rewards import reward_names
 
         task = self.data.make_task()
         if self.grpo.rewards is None:
@@ -404,7 +404,7 @@ class Recipe(Section):
 
     def rollout_backend(self, on_cuda: bool) -> str:
         """What GRPO rolls out with, and so the evals too: `grpo.backend` with ZeRO-3's sharding taken into account."""
-        from r1lite.distributed import world_size
+        from r1lite.runs.distributed import world_size
 
         return self.grpo.backend(on_cuda, sharded=self.distributed.strategy == "zero3" and world_size() > 1)
 

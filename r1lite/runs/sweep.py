@@ -8,7 +8,7 @@
 
 A sweep is many ordinary runs in one output folder, `runs/<sweep>/<config>-s<seed>/`, each one the
 recipe with its `--set` overrides: a run continues where it stopped and skips what it finished
-(r1lite.pipeline), and the pipeline copies a stage another run of the folder already finished with
+(r1lite.runs.pipeline), and the pipeline copies a stage another run of the folder already finished with
 the same settings, so the data is prepared once and each distinct SFT warm-up trains once (the sweep
 starts one run per warm-up first). Seeds vary the training seed (`seed`: data order, LoRA
 initialisation, SFT shuffling, rollout sampling), never the problems, so every config is evaluated
@@ -74,7 +74,7 @@ class Sweep:
     ) -> Sweep:
         """From the command line: `--vary key=v1,v2` (repeatable), `--seeds N` (the recipe's seed and the next),
         `--control` (every config also as its shuffled-reward control arm)."""
-        from r1lite.recipes import load_recipe
+        from r1lite.recipe.load import load_recipe
 
         grid: dict[str, list[str]] = {}
         for item in vary:
@@ -105,7 +105,7 @@ class Sweep:
     def from_file(cls, path: Path, name: str | None = None, seeds: int | None = None) -> Sweep:
         """A sweep file (recipes/sweeps/*.yaml): recipe, profile, vary {key: [values]}, seeds, optional set and
         control; `seeds` (the command line's) overrides the file's."""
-        from r1lite.recipes import read_yaml
+        from r1lite.recipe.load import read_yaml
 
         raw = read_yaml(path)
         unknown = set(raw) - {"name", "recipe", "profile", "vary", "seeds", "set", "description", "control"}
@@ -161,9 +161,9 @@ class Sweep:
 
     def recipe_of(self, run: SweepRun) -> Any:
         """The run's recipe as `r1lite run` resolves it on this machine (fp16 on a card without bf16)."""
-        from r1lite.hardware import probe
-        from r1lite.models import fit_precision
-        from r1lite.recipes import load_recipe
+        from r1lite.analyze.hardware import probe
+        from r1lite.train.models import fit_precision
+        from r1lite.recipe.load import load_recipe
 
         return fit_precision(load_recipe(self.recipe, self.profile, self.run_sets(run)), _hardware(probe))
 
@@ -233,7 +233,7 @@ def finished(sweep: Sweep, run: SweepRun) -> bool:
 
 def plan_rows(sweep: Sweep) -> list[dict[str, Any]]:
     """Per config: the plan's peak, whether it fits the profile's card, hours and dollars for one run."""
-    from r1lite.plan import card_for_profile, make_plan
+    from r1lite.analyze.plan import card_for_profile, make_plan
 
     rows = []
     for config, _ in sweep.configs():
@@ -364,7 +364,7 @@ def _launch_slurm(sweep: Sweep, runs: list[SweepRun], options: dict[str, Any]) -
         import submitit
     except ImportError:
         raise RecipeError("--launcher slurm needs submitit: pip install submitit") from None
-    from r1lite.plan import card_for_profile, make_plan
+    from r1lite.analyze.plan import card_for_profile, make_plan
 
     if not runs:
         return {}
@@ -452,7 +452,7 @@ def declared_metric(results: list[ConfigResult]) -> str:
 
 
 def metric_label(results: list[ConfigResult], metric: str) -> str:
-    from r1lite.stages.eval import sampled_name
+    from r1lite.stages.evaluate import sampled_name
 
     return sampled_name(*(f for r in results for f in r.finals)) if metric == "sampled" else "accuracy"
 
@@ -460,7 +460,7 @@ def metric_label(results: list[ConfigResult], metric: str) -> str:
 def statistics_table(results: list[ConfigResult], baseline: str | None = None, metric: str = "greedy") -> list[str]:
     """Markdown: mean and 95 % interval per config of `metric` (greedy accuracy or sampled avg@k), the paired
     difference against the baseline, and the smallest difference these seeds and problems could detect."""
-    from r1lite.stats import detectable_difference, nested_interval, paired_runs_difference
+    from r1lite.analyze.stats import detectable_difference, nested_interval, paired_runs_difference
 
     done = [r for r in results if r.scores(metric)]
     if not done:
@@ -520,7 +520,7 @@ def control_pairs(manifest: dict[str, Any], results: list[ConfigResult]) -> list
 def control_table(manifest: dict[str, Any], results: list[ConfigResult], metric: str) -> list[str]:
     """Markdown: per config, the real arm, its control arm and real - control (paired over problems, nested over
     seeds), for `metric`; and each run's own effect (final vs warm-up)."""
-    from r1lite.stats import nested_interval, paired_runs_difference
+    from r1lite.analyze.stats import nested_interval, paired_runs_difference
 
     pairs = [(a, b) for a, b in control_pairs(manifest, results) if a.scores(metric) and b.scores(metric)]
     if not pairs:
@@ -556,7 +556,7 @@ def headline(manifest: dict[str, Any], results: list[ConfigResult]) -> list[str]
 
 def own_effects(results: list[ConfigResult], metric: str) -> dict[str, str]:
     """Per run: GRPO's own effect on `metric` (final vs warm-up, or vs base without a warm-up) from its summary."""
-    from r1lite.stats import Interval
+    from r1lite.analyze.stats import Interval
 
     key = "changes_sampled" if metric == "sampled" else "changes"
     out = {}
@@ -572,7 +572,7 @@ def own_effects(results: list[ConfigResult], metric: str) -> dict[str, str]:
 
 def plot_bands(results: list[ConfigResult], out: Path) -> Path | None:
     """Curves per config: the mean over seeds with a band from the lowest to the highest seed."""
-    from r1lite.report import pyplot, series
+    from r1lite.analyze.report import pyplot, series
 
     plt = pyplot()
 
@@ -608,7 +608,7 @@ def build_sweep_report(
     """report.md and report.html in the sweep folder (from `collected`, `collect(root)` when not given); returns
     the HTML path."""
     from r1lite.fileio import write_text
-    from r1lite.report import _html
+    from r1lite.analyze.report import _html
 
     manifest, results = collected or collect(Path(root))
     declared = declared_metric(results)

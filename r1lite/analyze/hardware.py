@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from r1lite.distributed import pin_device
 from r1lite.errors import R1liteError
+from r1lite.runs.distributed import pin_device
 
 GIB = 2**30  # the one definition r1lite's planner, cost, rollout and benchmarks use
 PRICES_DATE = "2026-11"  # when the table's rental prices were last checked

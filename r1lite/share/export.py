@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from r1lite import ui
-from r1lite.config import ModelConfig, Recipe
 from r1lite.errors import R1liteError
 from r1lite.fileio import atomic_dir, read_json, read_json_or_empty, write_text
-from r1lite.models import check_adapter
+from r1lite.recipe.config import ModelConfig, Recipe
 from r1lite.runs.rundir import Run
-from r1lite.stages.eval import METRICS
+from r1lite.stages.evaluate import METRICS
 from r1lite.tasks import Example, Task
+from r1lite.train.models import check_adapter
 
 EXPORT_INFO = "r1lite_export.json"  # what an export holds and where it came from; marks a folder export may replace
 DTYPES = ("bfloat16", "float16", "float32")
@@ -168,7 +168,7 @@ def _why_unscored(task: Task) -> str:
 
 def score(recipe: Recipe, example: Example, completion: str) -> list[Score]:
     """Every reward of the task on one completion: the eval's reward first, then GRPO's, then the rest."""
-    from r1lite.rewards import rewards_for
+    from r1lite.tasks.rewards import rewards_for
 
     table = rewards_for(recipe.data.make_task())
     weights = {r.name: r.weight for r in recipe.grpo.rewards or []}
@@ -199,7 +199,7 @@ def complete(
     """
     import torch
 
-    from r1lite.stages.eval import decode_completion
+    from r1lite.stages.evaluate import decode_completion
 
     enc = tokenizer(text=[prompt], return_tensors="pt").to(next(model.parameters()).device)
     sampling = {"temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 else {}
@@ -236,7 +236,7 @@ class Playground:
     """A run's base model and adapter, loaded once, answering problems in the run's prompt format."""
 
     def __init__(self, run: TrainedRun) -> None:
-        from r1lite.models import load_for_inference, load_tokenizer, resolve_model
+        from r1lite.train.models import load_for_inference, load_tokenizer, resolve_model
 
         r = run.recipe
         path = resolve_model(r.model.name)
@@ -363,7 +363,7 @@ def _writable(out: Path) -> Path:
 
 
 def _base_tokenizer(run: TrainedRun) -> Any:
-    from r1lite.models import load_tokenizer, resolve_model
+    from r1lite.train.models import load_tokenizer, resolve_model
 
     return load_tokenizer(resolve_model(run.recipe.model.name), run.recipe.model.revision)
 
@@ -395,7 +395,7 @@ def merged_model(run: TrainedRun, dtype: str, merge_into: str = "trained") -> An
     import torch
     from peft import PeftModel
 
-    from r1lite.models import load_model, resolve_model
+    from r1lite.train.models import load_model, resolve_model
 
     r = run.recipe
     cfg = r.model.model_copy(update={"device": "cpu", "dtype": weights_dtype(run), "attn_implementation": None})
@@ -432,14 +432,14 @@ def check(run: TrainedRun, out: Path) -> dict[str, Any]:
 
     Writes eval/export-<kind>.{json,jsonl} into the run directory, beside the run's own evals.
     """
-    from r1lite.stages import data, eval
+    from r1lite.stages import data, evaluate
 
     info = read_export_info(out)
     recipe = _check_recipe(run.recipe, Path(out), info)
     data.run(recipe.data)  # the held-out split, regenerated exactly if this machine does not have it
     label = f"export-{info['kind']}"
     merged = info["kind"] == "merged"
-    summary = eval.run(
+    summary = evaluate.run(
         recipe, run.root, model_path=str(out) if merged else None, adapter=None if merged else str(out), label=label
     )
     result: dict[str, Any] = {"label": label, "export": summary, "reference": None, "changes": {}}
@@ -493,7 +493,7 @@ def _compared(run: Run, reference: str, label: str, kind: str) -> dict[str, Any]
 
 def check_lines(result: dict[str, Any]) -> list[str]:
     """What `--check` prints: the export's accuracy beside the run's, identical completions, the paired interval."""
-    from r1lite.stages.eval import change_lines
+    from r1lite.stages.evaluate import change_lines
 
     ex = result["export"]
     line = f"export check: accuracy {ex['accuracy']:.1%} on {ex['examples']} held-out problems (greedy)"
@@ -608,8 +608,8 @@ def _shown(adapter: Path, root: Path) -> str:
 
 
 def _eval_section(run: TrainedRun, checked: dict[str, Any] | None) -> list[str]:
-    from r1lite.report import format_metric
-    from r1lite.stages.eval import change_lines
+    from r1lite.analyze.report import format_metric
+    from r1lite.stages.evaluate import change_lines
 
     columns = [(name, run.run_dir.eval(label)) for label, name in EVALS]
     columns = [(name, ev) for name, ev in columns if ev]
@@ -735,7 +735,7 @@ def _fidelity_section(run: TrainedRun, info: dict[str, Any], checked: dict[str, 
 
 
 def _cost_section(run: TrainedRun) -> list[str]:
-    from r1lite.cost import cost_line
+    from r1lite.analyze.cost import cost_line
 
     cost = run.run_dir.summary().get("cost")
     if not cost:
@@ -745,7 +745,7 @@ def _cost_section(run: TrainedRun) -> list[str]:
 
 
 def _versions_section(run: TrainedRun) -> list[str]:
-    from r1lite.environment import versions
+    from r1lite.analyze.environment import versions
 
     hw = read_json_or_empty(run.run_dir.hardware_file)
     trained = ", ".join(f"{k} {v}" for k, v in (hw.get("versions") or {}).items() if v)

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from r1lite.cost import cost_for_run
+from r1lite.analyze.cost import cost_for_run
 from r1lite.fileio import read_json_or_empty, read_jsonl, write_text
 from r1lite.runs.rundir import CHANGES, Run, of_row
-from r1lite.stages.eval import METRICS, summary_change_lines
+from r1lite.stages.evaluate import METRICS, summary_change_lines
 from r1lite.tasks import Task
 
 CURVES = [

@@ -217,7 +217,7 @@ class RunMonitor(TrainerCallback):
         self._live: Any = None
         self._bar: Any = None
         self._step0 = 0
-        self.diagnostics = diagnostics  # r1lite.diagnostics.Diagnostics, for GRPO
+        self.diagnostics = diagnostics  # r1lite.train.diagnostics.Diagnostics, for GRPO
 
     # -- events --------------------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -257,7 +257,7 @@ class RunMonitor(TrainerCallback):
                 ui.warn(f"{self.stage} step {step}: {finding.message} [{finding.name}]")
             if self.diagnostics.active:
                 record["diagnostics"] = dict(self.diagnostics.active)
-            from r1lite.diagnostics import CHECKS
+            from r1lite.train.diagnostics import CHECKS
 
             m = {**m, **{f"diagnostics/{name}": float(name in self.diagnostics.active) for name in CHECKS}}
         append_jsonl(self.path, record)

@@ -41,8 +41,8 @@ from typing import Any
 import torch
 
 from r1lite import ui
+from r1lite.analyze.hardware import GIB
 from r1lite.errors import PrecisionError, R1liteError
-from r1lite.hardware import GIB
 
 
 @dataclass
@@ -171,7 +171,7 @@ def merged_copy(model: Any, dtype: torch.dtype) -> Any:
     """A plain transformers model whose weights equal the (dequantized) base plus the LoRA deltas."""
     from transformers import AutoModelForCausalLM
 
-    from r1lite.models import contiguous_head
+    from r1lite.train.models import contiguous_head
 
     source = base_model_of(model)
     device = next(source.parameters()).device
@@ -248,15 +248,15 @@ def activation_dtype(runner: Any) -> torch.dtype:
 
 
 def model_shape(model: Any) -> Any:
-    """The planner's `Shape` of a loaded model: every memory estimate here is `r1lite.plan`'s."""
-    from r1lite.plan import Shape
+    """The planner's `Shape` of a loaded model: every memory estimate here is `r1lite.analyze.plan`'s."""
+    from r1lite.analyze.plan import Shape
 
     return Shape.from_config(base_model_of(model).config)
 
 
 def training_step_bytes(model: Any, micro_batch: int, seq_len: int, grad_ckpt: bool = True) -> int:
-    """The training step's own memory for `model`, from the planner's model (`r1lite.plan.train_step_bytes`)."""
-    from r1lite.plan import train_step_bytes
+    """The training step's own memory for `model`, from the planner's model (`r1lite.analyze.plan.train_step_bytes`)."""
+    from r1lite.analyze.plan import train_step_bytes
 
     shape = model_shape(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -470,7 +470,7 @@ class RolloutEngine:
         self.compile_failed = False  # a capture failed or disagreed with eager decoding: this engine decodes eagerly
         self.pinned = False  # the GRPO trainer's engine: `release_engines` leaves it to the trainer
         use_grouped_decode_attention(model)
-        from r1lite.models import contiguous_head
+        from r1lite.train.models import contiguous_head
 
         contiguous_head(base_model_of(model))  # the prefill keeps one position: no per-row copy of a frozen head
         _LIVE.add(self)
@@ -490,14 +490,14 @@ class RolloutEngine:
 
     def cache_bytes(self, batch: int, length: int, dtype: torch.dtype, merged: bool) -> int:
         """The static cache in the dtype K/V really take: `dtype` in the merged copy, the embeddings' otherwise."""
-        from r1lite.plan import kv_bytes
+        from r1lite.analyze.plan import kv_bytes
 
         kv_dtype = dtype if merged else activation_dtype(self.model)
         return kv_bytes(model_shape(self.model), batch, length, _itemsize(kv_dtype))
 
     def compiles(self, merged: bool, device: torch.device) -> bool:
-        """Whether this path's decode step is captured (`r1lite.plan.compiles`; a tracing backend always is)."""
-        from r1lite.plan import compiles
+        """Whether this path's decode step is captured (`r1lite.analyze.plan.compiles`; a tracing backend always is)."""
+        from r1lite.analyze.plan import compiles
 
         if self.compile_failed:
             return False
@@ -510,7 +510,7 @@ class RolloutEngine:
     ) -> int:
         """What a rollout allocates: the dense copy if merged (once per engine), the static cache, one step's
         logits, and the captured step's memory pool when it compiles on `device`."""
-        from r1lite.plan import decode_logits_bytes, graph_pool_bytes
+        from r1lite.analyze.plan import decode_logits_bytes, graph_pool_bytes
 
         shape = model_shape(self.model)
         copy = param_bytes(self.model, dtype) if merged and self._merged is None else 0
@@ -526,11 +526,11 @@ class RolloutEngine:
         free: int | None = None,
         total: int | None = None,
     ) -> bool:
-        """Merge when asked, or (auto) by `r1lite.plan.rollout_fits`, the rule the planner applies to the same bytes.
+        """Merge when asked, or (auto) by `plan.rollout_fits`, the rule the planner applies to the same bytes.
 
         Either way the chosen path must fit in free memory, or this raises before anything is allocated.
         """
-        from r1lite.plan import rollout_fits
+        from r1lite.analyze.plan import rollout_fits
 
         free = free_bytes(device) if free is None else free
         total = (total_bytes(device) or 0) if total is None else total
@@ -794,7 +794,7 @@ def release_engines(model: Any, pinned: bool = False) -> None:
 
 def engine_tensors(model: Any) -> list[Any]:
     """What the engines `engine_for` made for `model` hold (merged copies, caches, masks): the buffers a
-    memory measurement must count beside the model and optimizer (`r1lite.memtrack.PeakTensorBytes`)."""
+    memory measurement must count beside the model and optimizer (`r1lite.train.memtrack.PeakTensorBytes`)."""
     held: list[Any] = []
     for engine in model.__dict__.get(_ENGINES_ATTR, {}).values():
         if engine._merged is not None:
@@ -827,8 +827,8 @@ def _compute_dtype(model: Any) -> torch.dtype:
 
 def settings_from_recipe(recipe: Any, planned_merge: bool | None = None) -> RolloutSettings:
     """The GRPO engine's settings; `planned_merge` is `r1lite plan`'s decision, logged beside the engine's."""
-    from r1lite.models import cpu_bf16, uses_cuda
-    from r1lite.plan import prompt_tokens_for
+    from r1lite.analyze.plan import prompt_tokens_for
+    from r1lite.train.models import cpu_bf16, uses_cuda
 
     g = recipe.grpo
     return RolloutSettings(

@@ -22,20 +22,22 @@ from typing import Any
 
 import torch
 
-from r1lite import distributed, plan, ui
-from r1lite.config import Recipe, check_backends, check_trl_sections
-from r1lite.cost import cost_for_run
-from r1lite.distributed import is_main, wait_for_everyone, world_size
-from r1lite.environment import describe
+from r1lite import ui
+from r1lite.runs import distributed
+from r1lite.analyze import plan
+from r1lite.recipe.config import Recipe, check_backends, check_trl_sections
+from r1lite.analyze.cost import cost_for_run
+from r1lite.runs.distributed import is_main, wait_for_everyone, world_size
+from r1lite.analyze.environment import describe
 from r1lite.errors import R1liteError
 from r1lite.fileio import read_json, read_json_or_empty, write_json
-from r1lite.hardware import probe
-from r1lite.interrupts import current, graceful, guard
-from r1lite.models import fit_precision, pick_device
-from r1lite.recipes import resolve
+from r1lite.analyze.hardware import probe
+from r1lite.runs.signals import current, graceful, guard
+from r1lite.train.models import fit_precision, pick_device
+from r1lite.recipe.load import resolve
 from r1lite.runs.rundir import CHANGES, Run, enabled_stages, fingerprints, samples_base
-from r1lite.stages import data, eval, grpo, sft
-from r1lite.tracking import Tracker, open_tracker
+from r1lite.stages import data, evaluate, grpo, sft
+from r1lite.runs.tracking import Tracker, open_tracker
 
 
 def prepare(recipe: Recipe, auto_fit: bool = False) -> Recipe:
@@ -44,7 +46,7 @@ def prepare(recipe: Recipe, auto_fit: bool = False) -> Recipe:
     precision, TRL pass-through keys and backends checked, and the process group opened with the recipe's timeout.
     """
     distributed.pin_device()
-    if auto_fit:  # after running out of memory: the settings the plan then said fit (r1lite.interrupts)
+    if auto_fit:  # after running out of memory: the settings the plan then said fit (r1lite.runs.signals)
         recipe = _with_oom_settings(recipe)
     recipe = _fit(recipe, auto_fit)
     pick_device(recipe.model)
@@ -127,13 +129,13 @@ def run(
 
     An interrupted stage continues from its last checkpoint (`restart` starts the training stages over).
     SIGTERM / SIGINT stop the run at the next safe point with everything needed to continue saved
-    (r1lite.interrupts); running out of memory or disk stops it with one line saying what to change.
+    (r1lite.runs.signals); running out of memory or disk stops it with one line saying what to change.
     """
     recipe = prepare(recipe, auto_fit)
     run_dir = Run.of(recipe)
     push = recipe.grpo.enabled and recipe.tracking.push_to_hub and is_main()
     if push and not run_dir.done("grpo", fingerprints(recipe)["grpo"]):  # fail before hours of other stages
-        from r1lite.hub import hub_ready
+        from r1lite.share.hub import hub_ready
 
         hub_ready(recipe.tracking.push_to_hub, "tracking.push_to_hub")
     run_dir.root.mkdir(parents=True, exist_ok=True)
@@ -155,14 +157,14 @@ def _run(recipe: Recipe, run_dir: Run, restart: bool, grpo_callbacks: list | Non
 
     def final_eval() -> Any:
         adapter = run_dir.trained_adapter(recipe)
-        return eval.run(recipe, root, adapter=str(adapter) if adapter else None, label="final", tracker=tracker)
+        return evaluate.run(recipe, root, adapter=str(adapter) if adapter else None, label="final", tracker=tracker)
 
     actions: dict[str, Callable[[], Any]] = {
         "data": lambda: data.run(recipe.data),
-        "eval_base": lambda: eval.run(recipe, root, label="base", tracker=tracker, sample=samples_base(recipe)),
+        "eval_base": lambda: evaluate.run(recipe, root, label="base", tracker=tracker, sample=samples_base(recipe)),
         "sft": lambda: sft.run(recipe, root, tracker, restart=restart),
         # what imitation alone did, so the final eval can say what RL added
-        "eval_warmup": lambda: eval.run(recipe, root, adapter=str(sft_adapter), label="warmup", tracker=tracker),
+        "eval_warmup": lambda: evaluate.run(recipe, root, adapter=str(sft_adapter), label="warmup", tracker=tracker),
         "grpo": lambda: grpo.run(
             recipe,
             root,

@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from r1lite.config import DataConfig, Recipe
 from r1lite.errors import RecipeError, closest_name, first_problem
+from r1lite.recipe.config import DataConfig, Recipe
 
 PACKAGE_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from r1lite import ui
-from r1lite.config import Recipe
 from r1lite.fileio import write_json, write_jsonl
-from r1lite.rewards import get_reward, shows_search
+from r1lite.recipe.config import Recipe
 from r1lite.runs.rundir import Run
+from r1lite.tasks.rewards import get_reward, shows_search
 
 METRICS = ("accuracy", "format_rate", "mean_reward", "mean_length", "search_rate")
 
@@ -55,7 +55,7 @@ def generate(
     device = next(model.parameters()).device
     rollout = None
     if engine:
-        from r1lite.rollout import RolloutSettings, engine_for
+        from r1lite.train.rollout import RolloutSettings, engine_for
 
         sampling = RolloutSettings(
             max_new_tokens=max_new_tokens,
@@ -72,8 +72,8 @@ def generate(
             batch_size = live // n
     out: list[list[tuple[str, int]]] = []
     batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
-    from r1lite.distributed import world_size
-    from r1lite.interrupts import current
+    from r1lite.runs.distributed import world_size
+    from r1lite.runs.signals import current
 
     for batch in ui.track(batches, len(batches), desc):
         if world_size() == 1:  # a signal stops an eval at the end of a batch (with several processes, at its end)
@@ -173,8 +173,8 @@ def evaluate(
     Under several processes each generates its share and every process gets all rows back, in order
     (a collective: every process calls it), so no process waits at a barrier while one evaluates alone.
     """
-    from r1lite.distributed import gather, shard
-    from r1lite.rollout import release_engines
+    from r1lite.runs.distributed import gather, shard
+    from r1lite.train.rollout import release_engines
 
     cfg, task = recipe.eval, recipe.data.make_task()
     mine = shard(examples)
@@ -182,7 +182,7 @@ def evaluate(
     max_new = max_new_tokens or cfg.max_new_tokens
     # the backend GRPO rolls out with: our engine (same greedy tokens as generate, much faster on CUDA)
     # or transformers' generate
-    from r1lite.models import cpu_bf16
+    from r1lite.train.models import cpu_bf16
 
     on_cuda = next(model.parameters()).device.type == "cuda"
     engine = recipe.rollout_backend(on_cuda) == "engine"
@@ -233,9 +233,9 @@ def run(
 
     Every process of a run calls it (each evaluates its share); the main one writes the files.
     """
-    from r1lite.distributed import is_main, world_size
-    from r1lite.models import load_for_inference, load_tokenizer, resolve_model
+    from r1lite.runs.distributed import is_main, world_size
     from r1lite.stages import data
+    from r1lite.train.models import load_for_inference, load_tokenizer, resolve_model
 
     examples = data.load_split(recipe.data, "test")[: recipe.eval.examples]
     path = model_path or resolve_model(recipe.model.name)
@@ -286,7 +286,7 @@ CHANGE_NAMES = {
 def change_lines(changes: dict[str, dict[str, float]], metric: str = "accuracy") -> list[str]:
     """One line per paired change of `metric` (accuracy, avg@k): the estimate, its 95 % interval, and whether it
     excludes zero."""
-    from r1lite.stats import Interval
+    from r1lite.analyze.stats import Interval
 
     lines = []
     for name, values in changes.items():

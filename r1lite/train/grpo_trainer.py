@@ -76,7 +76,7 @@ class GRPOTrainer(_TRLGRPOTrainer):
     def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> torch.Tensor:
         """TRL's rewards (gathered over processes), shuffled in the control arm, plus r1lite's share of groups
         without reward variance."""
-        from r1lite.diagnostics import groups_without_signal
+        from r1lite.train.diagnostics import groups_without_signal
 
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         mode = "train" if self.model.training else "eval"

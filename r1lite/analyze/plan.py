@@ -23,8 +23,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from r1lite.analyze.hardware import CARDS, GIB, Card, card_by_name, find_card
 from r1lite.errors import R1liteError
-from r1lite.hardware import CARDS, GIB, Card, card_by_name, find_card
 
 PROMPT_TOKENS = 160  # a rendered Countdown prompt is ~140 Qwen tokens; chat templates add ~20
 COMPACT_PROMPT_TOKENS = 70  # data.prompt_format=compact, with SmolLM2's default system prompt
@@ -169,7 +169,7 @@ def shape_for(name: str) -> Shape:
 # ----------------------------------------------------------------------------------------------
 
 
-# The card table (memory, speed, rental price) and its one name matcher live in r1lite.hardware:
+# The card table (memory, speed, rental price) and its one name matcher live in r1lite.analyze.hardware:
 # `r1lite plan --gpu`, the cost report and the detected GPU all find cards through `hardware.find_card`.
 
 
@@ -252,7 +252,7 @@ def training_activation_parts(
         layer += micro_batch * shape.heads * seq_len * seq_len * 4
     transient = tokens * (2 * h + 2 * i) * act_bytes
     head = min(tokens, 4096) * 32768 * compute_bytes + tokens * h * 4
-    if on_cpu and scored is not None:  # r1lite.grpo_trainer's plain head
+    if on_cpu and scored is not None:  # r1lite.train.grpo_trainer's plain head
         head = 5 * micro_batch * scored * shape.vocab * 4 + tokens * h * 4
     elif on_cpu:
         head += 7 * min(tokens, 4096) * min(shape.vocab, 32768) * 4
@@ -679,7 +679,7 @@ def run_timing(
 
 def _measured_completion_tokens(recipe: Any) -> tuple[int, str] | None:
     """The mean completion length this recipe's own GRPO run logged (TRL's completions/mean_length), if any."""
-    from r1lite.report import series
+    from r1lite.analyze.report import series
     from r1lite.runs.rundir import Run
 
     folder = Run.of(recipe).root
@@ -805,7 +805,7 @@ def planned_merge(recipe: Any, stage: str) -> bool | None:
     if card is None:
         return None
     try:
-        from r1lite.distributed import world_size
+        from r1lite.runs.distributed import world_size
 
         return make_plan(recipe, card, world_size(), verdicts=False).merge.get(stage)
     except R1liteError:
@@ -816,7 +816,7 @@ def detected_card(vram_gib: float | None = None) -> Card | None:
     """The card this machine has (None without CUDA), or one of `vram_gib`."""
     if vram_gib is not None:
         return Card(f"{vram_gib:g} GiB card", vram_gib)
-    from r1lite.hardware import probe
+    from r1lite.analyze.hardware import probe
 
     hw = probe()
     if not hw.cuda:

@@ -21,7 +21,7 @@ def versions() -> dict[str, str | None]:
 
 
 def describe() -> dict[str, Any]:
-    from r1lite.hardware import probe
+    from r1lite.analyze.hardware import probe
 
     hw = probe()
     info: dict[str, Any] = {
