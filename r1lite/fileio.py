@@ -12,14 +12,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from r1lite.errors import R1liteError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
 def check_writable(path: str | Path, what: str) -> None:
     """Fail in one line, before any work, when the folder that will hold `path` cannot be made or written."""
-    from r1lite.errors import R1liteError
-
     parent = Path(path).absolute().parent
     missing = [p for p in (parent, *parent.parents) if not p.exists()]  # deepest first
     try:

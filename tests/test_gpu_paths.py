@@ -153,20 +153,20 @@ def test_no_bf16_card_trains_in_fp16(monkeypatch):
 
 
 def test_a_t4_run_is_set_to_fp16_before_the_base_eval(monkeypatch):
-    """`r1lite run` on a T4 reaches the pipeline with an fp16 recipe (TrainingArguments would refuse bf16 later)."""
+    """`r1lite run` on a T4 prepares an fp16 recipe before any stage (TrainingArguments would refuse bf16 later)."""
     from r1lite.analyze import hardware, plan
     from r1lite.runs import pipeline
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(hardware, "probe", lambda: T4)
     monkeypatch.setattr(plan, "detected_card", lambda vram_gib=None: plan.Card("Tesla T4", 14.7))
-    seen = {}
+    seen, prepare = {}, pipeline.prepare
 
-    def run(recipe, restart=False):
-        seen["recipe"] = recipe
+    def prepared(recipe, auto_fit=False):
+        seen["recipe"] = prepare(recipe, auto_fit)
         raise Stop
 
-    monkeypatch.setattr(pipeline, "run", run)
+    monkeypatch.setattr(pipeline, "prepare", prepared)
     result = runner.invoke(app, ["run", "countdown", "-p", "gpu-16gb"])
     assert isinstance(result.exception, Stop), result.output
     assert seen["recipe"].model.dtype == "float16" and seen["recipe"].quantization.compute_dtype == "float16"

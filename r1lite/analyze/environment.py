@@ -7,6 +7,8 @@ import os
 import platform
 from typing import Any
 
+from r1lite.analyze import hardware
+
 PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "wandb", "r1lite")
 
 
@@ -21,9 +23,7 @@ def versions() -> dict[str, str | None]:
 
 
 def describe() -> dict[str, Any]:
-    from r1lite.analyze.hardware import probe
-
-    hw = probe()
+    hw = hardware.probe()
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),

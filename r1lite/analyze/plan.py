@@ -23,8 +23,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from r1lite.analyze import hardware
 from r1lite.analyze.hardware import CARDS, GIB, Card, card_by_name, find_card
+from r1lite.analyze.report import series
 from r1lite.errors import R1liteError
+from r1lite.runs.distributed import world_size
+from r1lite.runs.rundir import Run
 
 PROMPT_TOKENS = 160  # a rendered Countdown prompt is ~140 Qwen tokens; chat templates add ~20
 COMPACT_PROMPT_TOKENS = 70  # data.prompt_format=compact, with SmolLM2's default system prompt
@@ -679,9 +683,6 @@ def run_timing(
 
 def _measured_completion_tokens(recipe: Any) -> tuple[int, str] | None:
     """The mean completion length this recipe's own GRPO run logged (TRL's completions/mean_length), if any."""
-    from r1lite.analyze.report import series
-    from r1lite.runs.rundir import Run
-
     folder = Run.of(recipe).root
     _, lengths = series(folder, "grpo", "completion_length")
     if not lengths:
@@ -805,8 +806,6 @@ def planned_merge(recipe: Any, stage: str) -> bool | None:
     if card is None:
         return None
     try:
-        from r1lite.runs.distributed import world_size
-
         return make_plan(recipe, card, world_size(), verdicts=False).merge.get(stage)
     except R1liteError:
         return None
@@ -816,9 +815,7 @@ def detected_card(vram_gib: float | None = None) -> Card | None:
     """The card this machine has (None without CUDA), or one of `vram_gib`."""
     if vram_gib is not None:
         return Card(f"{vram_gib:g} GiB card", vram_gib)
-    from r1lite.analyze.hardware import probe
-
-    hw = probe()
+    hw = hardware.probe()
     if not hw.cuda:
         return None
     known = find_card(hw.gpu_name)

@@ -15,6 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from r1lite.errors import RecipeError, closest_name, first_problem
+from r1lite.runs.distributed import world_size
+from r1lite.tasks import TaskError, load_task, task_class
+from r1lite.tasks.rewards import reward_names
 
 
 class Section(BaseModel):
@@ -51,8 +54,6 @@ class DataConfig(Section):
         """Move `data.<task name>` into `settings`, validated by the task's own Settings model."""
         if not isinstance(raw, dict):
             return raw
-        from r1lite.tasks import TaskError, task_class
-
         raw = dict(raw)
         spec = raw.get("task", "countdown")
         try:
@@ -93,15 +94,11 @@ class DataConfig(Section):
     def _dump(self, handler: Any) -> dict[str, Any]:
         out = handler(self)
         if self.settings:
-            from r1lite.tasks import task_class
-
             out[task_class(self.task).name] = dict(self.settings)
         return out
 
     def make_task(self) -> Any:
         """The task this section describes, with its settings."""
-        from r1lite.tasks import load_task
-
         return load_task(self.task, self.settings)
 
 
@@ -382,8 +379,6 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _task_defaults(self) -> Recipe:
         """Fill the task's default rewards and check that every named reward and warm-up exists for it."""
-        from r1lite.tasks.rewards import reward_names
-
         task = self.data.make_task()
         if self.grpo.rewards is None:
             self.grpo.rewards = [RewardWeight(name=n, weight=w) for n, w in task.default_rewards]
@@ -404,8 +399,6 @@ class Recipe(Section):
 
     def rollout_backend(self, on_cuda: bool) -> str:
         """What GRPO rolls out with, and so the evals too: `grpo.backend` with ZeRO-3's sharding taken into account."""
-        from r1lite.runs.distributed import world_size
-
         return self.grpo.backend(on_cuda, sharded=self.distributed.strategy == "zero3" and world_size() > 1)
 
     def sft_completions(self) -> str:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from r1lite.errors import RecipeError, closest_name, first_problem
 from r1lite.recipe.config import DataConfig, Recipe
 
-PACKAGE_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+PACKAGE_RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 def recipe_dirs() -> list[Path]:

@@ -22,7 +22,7 @@ from typing import Any
 
 from r1lite.errors import RecipeError
 
-CONFIGS = Path(__file__).resolve().parent.parent / "recipes" / "accelerate"
+CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "accelerate"
 
 
 def world_size() -> int:

@@ -23,21 +23,21 @@ from typing import Any
 import torch
 
 from r1lite import ui
-from r1lite.runs import distributed
-from r1lite.analyze import plan
-from r1lite.recipe.config import Recipe, check_backends, check_trl_sections
+from r1lite.analyze import hardware, plan
 from r1lite.analyze.cost import cost_for_run
-from r1lite.runs.distributed import is_main, wait_for_everyone, world_size
 from r1lite.analyze.environment import describe
 from r1lite.errors import R1liteError
 from r1lite.fileio import read_json, read_json_or_empty, write_json
-from r1lite.analyze.hardware import probe
-from r1lite.runs.signals import current, graceful, guard
-from r1lite.train.models import fit_precision, pick_device
+from r1lite.recipe.config import Recipe, check_backends, check_trl_sections
 from r1lite.recipe.load import resolve
+from r1lite.runs import distributed
+from r1lite.runs.distributed import is_main, wait_for_everyone, world_size
 from r1lite.runs.rundir import CHANGES, Run, enabled_stages, fingerprints, samples_base
-from r1lite.stages import data, evaluate, grpo, sft
+from r1lite.runs.signals import current, graceful, guard
 from r1lite.runs.tracking import Tracker, open_tracker
+from r1lite.share.hub import hub_ready
+from r1lite.stages import data, evaluate, grpo, sft
+from r1lite.train.models import fit_precision, pick_device
 
 
 def prepare(recipe: Recipe, auto_fit: bool = False) -> Recipe:
@@ -50,7 +50,7 @@ def prepare(recipe: Recipe, auto_fit: bool = False) -> Recipe:
         recipe = _with_oom_settings(recipe)
     recipe = _fit(recipe, auto_fit)
     pick_device(recipe.model)
-    recipe = fit_precision(recipe, probe())
+    recipe = fit_precision(recipe, hardware.probe())
     check_trl_sections(recipe)
     check_backends(recipe)
     distributed.start(recipe.distributed.timeout_minutes)
@@ -135,8 +135,6 @@ def run(
     run_dir = Run.of(recipe)
     push = recipe.grpo.enabled and recipe.tracking.push_to_hub and is_main()
     if push and not run_dir.done("grpo", fingerprints(recipe)["grpo"]):  # fail before hours of other stages
-        from r1lite.share.hub import hub_ready
-
         hub_ready(recipe.tracking.push_to_hub, "tracking.push_to_hub")
     run_dir.root.mkdir(parents=True, exist_ok=True)
     tracker = open_tracker(recipe, run_dir.root) if is_main() else Tracker()  # one W&B run, from the main process

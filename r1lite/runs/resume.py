@@ -20,6 +20,9 @@ from transformers import TrainerCallback
 
 from r1lite import ui
 from r1lite.errors import R1liteError
+from r1lite.fileio import fingerprint, read_json_or_empty, read_jsonl, sha256_file, write_json, write_jsonl
+from r1lite.recipe.config import EFFECTS
+from r1lite.runs import distributed
 from r1lite.runs.signals import StopAtStepEnd, current, synced
 
 
@@ -48,8 +51,6 @@ class TimeBudget(TrainerCallback):
         self.seconds, self.before, self.start = minutes * 60, 0.0, time.monotonic()
 
     def resume_from(self, checkpoint: Path | None) -> None:
-        from r1lite.fileio import read_json_or_empty
-
         self.before = read_json_or_empty(checkpoint / self.FILE).get("spent_s", 0.0) if checkpoint else 0.0
 
     def spent(self) -> float:
@@ -64,11 +65,8 @@ class TimeBudget(TrainerCallback):
             ui.log(f"the {self.seconds / 60:g}-minute budget is spent; stopping after step {state.global_step}")
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        from r1lite.fileio import write_json
-        from r1lite.runs.distributed import is_main
-
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if is_main() and folder.is_dir():
+        if distributed.is_main() and folder.is_dir():
             write_json(folder / self.FILE, {"spent_s": round(self.spent(), 1)})
 
 
@@ -174,9 +172,6 @@ def checkpoint_step(path: Path) -> int:
 def resume_key(recipe: Any, stage: str, init_adapter: Path | None = None) -> str:
     """What a stage's checkpoints must share with the recipe to be continued: everything that shapes the
     trained weights (config.EFFECTS says which of the stage's settings do), the starting adapter's bytes."""
-    from r1lite.fileio import fingerprint, sha256_file
-    from r1lite.recipe.config import EFFECTS
-
     r = recipe.model_dump(mode="json")
     own = {k: v for k, v in r[stage].items() if EFFECTS[stage][k] == "weights"}
     if stage == "sft":
@@ -189,8 +184,6 @@ def resume_key(recipe: Any, stage: str, init_adapter: Path | None = None) -> str
 
 def prune_metrics(path: Path, step: int) -> None:
     """Drop the lines a resumed stage will log again (those after the checkpoint it continues from)."""
-    from r1lite.fileio import read_jsonl, write_jsonl
-
     if path.is_file():
         write_jsonl(path, [row for row in read_jsonl(path) if row.get("step", 0) <= step])
 
@@ -203,14 +196,11 @@ def continue_from(out: Path, stage: str, key: str, restart: bool, limit: int | N
     logged after the checkpoint are dropped, as the stage logs those steps again. A checkpoint past `limit`
     (the stage's steps, when fewer are asked for than were trained) is never continued.
     """
-    from r1lite.fileio import read_json_or_empty, write_json
-    from r1lite.runs.distributed import is_main, wait_for_everyone
-
     marker = out / "resume.json"
     same = read_json_or_empty(marker).get("key") == key
     usable = same and not restart
-    checkpoint = last_good_checkpoint(out / "trainer", is_main(), limit) if usable else None
-    if is_main():
+    checkpoint = last_good_checkpoint(out / "trainer", distributed.is_main(), limit) if usable else None
+    if distributed.is_main():
         if checkpoint is None:
             if (out / "trainer").exists():
                 why = "--restart" if restart else "its settings changed" if not same else "no usable checkpoint"
@@ -220,7 +210,7 @@ def continue_from(out: Path, stage: str, key: str, restart: bool, limit: int | N
             write_json(marker, {"key": key})
         else:
             prune_metrics(out / "metrics.jsonl", checkpoint_step(checkpoint))
-    wait_for_everyone()
+    distributed.wait_for_everyone()
     if checkpoint is not None:
         step = checkpoint_step(checkpoint)
         ui.say(f"{stage}: continuing from {checkpoint.name} (step {step}); --restart starts over")

@@ -27,13 +27,13 @@ from types import SimpleNamespace
 from typing import Any
 
 from r1lite import ui
-from r1lite.recipe.config import Recipe
+from r1lite.analyze.stats import paired_difference
 from r1lite.errors import R1liteError
 from r1lite.fileio import atomic_dir, atomic_path, fingerprint, read_json_or_empty, read_jsonl, write_json, write_text
-from r1lite.train.models import cpu_bf16, is_adapter, uses_cuda
+from r1lite.recipe.config import Recipe
 from r1lite.recipe.load import read_yaml, resolve, to_yaml
-from r1lite.analyze.stats import paired_difference
 from r1lite.tasks import Task
+from r1lite.train.models import cpu_bf16, is_adapter, uses_cuda
 
 STAGES = ("data", "eval_base", "sft", "eval_warmup", "grpo", "eval_final")
 EVALS = {"eval_base": "base", "eval_warmup": "warmup", "eval_final": "final"}  # eval stage -> its files' label

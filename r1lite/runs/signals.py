@@ -28,7 +28,10 @@ from typing import Any
 from transformers import TrainerCallback
 
 from r1lite import ui
+from r1lite.analyze import plan
 from r1lite.errors import R1liteError
+from r1lite.fileio import write_json
+from r1lite.runs.distributed import world_size
 from r1lite.runs.rundir import Run
 
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
@@ -122,8 +125,6 @@ def graceful(stage: str) -> Iterator[Stop]:
 
 def synced(flag: bool) -> bool:
     """`flag` agreed over every process of the run (any of them), so all stop at the same step."""
-    from r1lite.runs.distributed import world_size
-
     if world_size() == 1:
         return flag
     import torch
@@ -170,15 +171,10 @@ def guard(recipe: Any, stage: str, run_dir: Path | None = None) -> Iterator[None
 
 def out_of_memory(recipe: Any, stage: str, run_dir: Path | None) -> OutOfMemory:
     """The measured peak beside the plan's, and the settings the plan says fit with more room; saved for --auto-fit."""
-    from r1lite.analyze import plan
-    from r1lite.fileio import write_json
-
     peak = _measured_peak_gib()
     card = plan.detected_card()
     planned, fix = None, {}
     if card is not None:
-        from r1lite.runs.distributed import world_size
-
         with contextlib.suppress(R1liteError):
             predicted = plan.make_plan(recipe, card, gpus=world_size(), verdicts=False)
             planned = predicted.peak_gib

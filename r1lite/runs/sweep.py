@@ -30,10 +30,18 @@ from pathlib import Path
 from typing import Any
 
 from r1lite import ui
+from r1lite.analyze import hardware
+from r1lite.analyze.plan import card_for_profile, make_plan
+from r1lite.analyze.report import _html, pyplot, series
+from r1lite.analyze.stats import Interval, detectable_difference, nested_interval, paired_runs_difference
 from r1lite.errors import RecipeError
-from r1lite.fileio import read_json_or_empty, write_json
+from r1lite.fileio import read_json_or_empty, write_json, write_text
+from r1lite.recipe.load import load_recipe, read_yaml
 from r1lite.runs.rundir import SWEEP_MANIFEST as MANIFEST
 from r1lite.runs.rundir import Run, fingerprints, problem_score
+from r1lite.stages import data
+from r1lite.stages.evaluate import sampled_name
+from r1lite.train.models import fit_precision
 
 CONTROL_KEY = "grpo.reward_control"
 ARMS = ("none", "shuffle")  # the real arm, the control arm
@@ -74,8 +82,6 @@ class Sweep:
     ) -> Sweep:
         """From the command line: `--vary key=v1,v2` (repeatable), `--seeds N` (the recipe's seed and the next),
         `--control` (every config also as its shuffled-reward control arm)."""
-        from r1lite.recipe.load import load_recipe
-
         grid: dict[str, list[str]] = {}
         for item in vary:
             key, sep, values = item.partition("=")
@@ -105,8 +111,6 @@ class Sweep:
     def from_file(cls, path: Path, name: str | None = None, seeds: int | None = None) -> Sweep:
         """A sweep file (recipes/sweeps/*.yaml): recipe, profile, vary {key: [values]}, seeds, optional set and
         control; `seeds` (the command line's) overrides the file's."""
-        from r1lite.recipe.load import read_yaml
-
         raw = read_yaml(path)
         unknown = set(raw) - {"name", "recipe", "profile", "vary", "seeds", "set", "description", "control"}
         if unknown:
@@ -161,11 +165,7 @@ class Sweep:
 
     def recipe_of(self, run: SweepRun) -> Any:
         """The run's recipe as `r1lite run` resolves it on this machine (fp16 on a card without bf16)."""
-        from r1lite.analyze.hardware import probe
-        from r1lite.train.models import fit_precision
-        from r1lite.recipe.load import load_recipe
-
-        return fit_precision(load_recipe(self.recipe, self.profile, self.run_sets(run)), _hardware(probe))
+        return fit_precision(load_recipe(self.recipe, self.profile, self.run_sets(run)), _hardware(hardware.probe))
 
     def run_sets(self, run: SweepRun) -> list[str]:
         """The run's overrides plus where it lives and how W&B groups it (the sweep; the config as job type)."""
@@ -233,8 +233,6 @@ def finished(sweep: Sweep, run: SweepRun) -> bool:
 
 def plan_rows(sweep: Sweep) -> list[dict[str, Any]]:
     """Per config: the plan's peak, whether it fits the profile's card, hours and dollars for one run."""
-    from r1lite.analyze.plan import card_for_profile, make_plan
-
     rows = []
     for config, _ in sweep.configs():
         run = next(r for r in sweep.runs() if r.config == config)
@@ -291,8 +289,6 @@ def launch(
     sweep: Sweep, parallel: int = 1, launcher: str = "local", slurm: dict[str, Any] | None = None
 ) -> dict[str, int]:
     """Run every unfinished run (data prepared once, warm-ups first); returns each run's exit code (0 if skipped)."""
-    from r1lite.stages import data
-
     sweep.root.mkdir(parents=True, exist_ok=True)
     write_json(sweep.root / MANIFEST, sweep.manifest(read_json_or_empty(sweep.root / MANIFEST)))
     prepared: set[str] = set()
@@ -364,7 +360,6 @@ def _launch_slurm(sweep: Sweep, runs: list[SweepRun], options: dict[str, Any]) -
         import submitit
     except ImportError:
         raise RecipeError("--launcher slurm needs submitit: pip install submitit") from None
-    from r1lite.analyze.plan import card_for_profile, make_plan
 
     if not runs:
         return {}
@@ -452,16 +447,12 @@ def declared_metric(results: list[ConfigResult]) -> str:
 
 
 def metric_label(results: list[ConfigResult], metric: str) -> str:
-    from r1lite.stages.evaluate import sampled_name
-
     return sampled_name(*(f for r in results for f in r.finals)) if metric == "sampled" else "accuracy"
 
 
 def statistics_table(results: list[ConfigResult], baseline: str | None = None, metric: str = "greedy") -> list[str]:
     """Markdown: mean and 95 % interval per config of `metric` (greedy accuracy or sampled avg@k), the paired
     difference against the baseline, and the smallest difference these seeds and problems could detect."""
-    from r1lite.analyze.stats import detectable_difference, nested_interval, paired_runs_difference
-
     done = [r for r in results if r.scores(metric)]
     if not done:
         return ["No run of this sweep has finished yet."]
@@ -520,8 +511,6 @@ def control_pairs(manifest: dict[str, Any], results: list[ConfigResult]) -> list
 def control_table(manifest: dict[str, Any], results: list[ConfigResult], metric: str) -> list[str]:
     """Markdown: per config, the real arm, its control arm and real - control (paired over problems, nested over
     seeds), for `metric`; and each run's own effect (final vs warm-up)."""
-    from r1lite.analyze.stats import nested_interval, paired_runs_difference
-
     pairs = [(a, b) for a, b in control_pairs(manifest, results) if a.scores(metric) and b.scores(metric)]
     if not pairs:
         return []
@@ -556,8 +545,6 @@ def headline(manifest: dict[str, Any], results: list[ConfigResult]) -> list[str]
 
 def own_effects(results: list[ConfigResult], metric: str) -> dict[str, str]:
     """Per run: GRPO's own effect on `metric` (final vs warm-up, or vs base without a warm-up) from its summary."""
-    from r1lite.analyze.stats import Interval
-
     key = "changes_sampled" if metric == "sampled" else "changes"
     out = {}
     for r in results:
@@ -572,8 +559,6 @@ def own_effects(results: list[ConfigResult], metric: str) -> dict[str, str]:
 
 def plot_bands(results: list[ConfigResult], out: Path) -> Path | None:
     """Curves per config: the mean over seeds with a band from the lowest to the highest seed."""
-    from r1lite.analyze.report import pyplot, series
-
     plt = pyplot()
 
     keys = [(k, t) for k, t in CURVES if any(series(d, "grpo", k)[0] for r in results for d in r.runs)]
@@ -607,9 +592,6 @@ def build_sweep_report(
 ) -> Path:
     """report.md and report.html in the sweep folder (from `collected`, `collect(root)` when not given); returns
     the HTML path."""
-    from r1lite.fileio import write_text
-    from r1lite.analyze.report import _html
-
     manifest, results = collected or collect(Path(root))
     declared = declared_metric(results)
     others = ("greedy", *(["sampled"] if all_sampled(results) else []))

@@ -23,6 +23,7 @@ from transformers import TrainerCallback
 
 from r1lite import ui
 from r1lite.fileio import append_jsonl, fingerprint
+from r1lite.train.diagnostics import CHECKS
 
 # trainer log keys -> the stable names we record, show and plot
 KEY_MAP = {
@@ -257,8 +258,6 @@ class RunMonitor(TrainerCallback):
                 ui.warn(f"{self.stage} step {step}: {finding.message} [{finding.name}]")
             if self.diagnostics.active:
                 record["diagnostics"] = dict(self.diagnostics.active)
-            from r1lite.train.diagnostics import CHECKS
-
             m = {**m, **{f"diagnostics/{name}": float(name in self.diagnostics.active) for name in CHECKS}}
         append_jsonl(self.path, record)
         self.tracker.log(self.stage, m, step)

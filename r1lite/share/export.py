@@ -27,14 +27,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from r1lite import ui
+from r1lite import __version__, ui
+from r1lite.analyze.cost import cost_line
+from r1lite.analyze.environment import versions
+from r1lite.analyze.report import format_metric
 from r1lite.errors import R1liteError
-from r1lite.fileio import atomic_dir, read_json, read_json_or_empty, write_text
+from r1lite.fileio import atomic_dir, ordinary_permissions, read_json, read_json_or_empty, write_json, write_text
 from r1lite.recipe.config import ModelConfig, Recipe
 from r1lite.runs.rundir import Run
-from r1lite.stages.evaluate import METRICS
-from r1lite.tasks import Example, Task
-from r1lite.train.models import check_adapter
+from r1lite.stages import data, evaluate
+from r1lite.stages.evaluate import METRICS, change_lines, decode_completion
+from r1lite.tasks import Example, Task, countdown
+from r1lite.tasks.rewards import rewards_for
+from r1lite.train import models
+from r1lite.train.models import check_adapter, load_for_inference, load_tokenizer, resolve_model
 
 EXPORT_INFO = "r1lite_export.json"  # what an export holds and where it came from; marks a folder export may replace
 DTYPES = ("bfloat16", "float16", "float32")
@@ -139,8 +145,6 @@ def read_problem(task: Task, text: str | None, nums: str | None = None, target: 
 
 
 def _from_options(task: Task, text: str | None, nums: str | None, target: int | None) -> Problem:
-    from r1lite.tasks.countdown import problem, whole_numbers
-
     if task.name != "countdown":
         raise ProblemError(f"--nums and --target are Countdown's; this run's task is {task.spec}: give TEXT instead")
     if text:
@@ -148,7 +152,7 @@ def _from_options(task: Task, text: str | None, nums: str | None, target: int | 
     if nums is None or target is None:
         raise ProblemError("--nums and --target go together, e.g. --nums 3,5,7 --target 22")
     try:
-        example = problem(whole_numbers(nums), target)
+        example = countdown.problem(countdown.whole_numbers(nums), target)
     except ValueError as e:
         raise ProblemError(f"--nums: {e}") from None
     return Problem(task.label(example), example)
@@ -168,8 +172,6 @@ def _why_unscored(task: Task) -> str:
 
 def score(recipe: Recipe, example: Example, completion: str) -> list[Score]:
     """Every reward of the task on one completion: the eval's reward first, then GRPO's, then the rest."""
-    from r1lite.tasks.rewards import rewards_for
-
     table = rewards_for(recipe.data.make_task())
     weights = {r.name: r.weight for r in recipe.grpo.rewards or []}
     names = list(dict.fromkeys([recipe.eval.reward, *weights, *sorted(table)]))
@@ -198,8 +200,6 @@ def complete(
     so a greedy answer here is the one the held-out eval would have scored.
     """
     import torch
-
-    from r1lite.stages.evaluate import decode_completion
 
     enc = tokenizer(text=[prompt], return_tensors="pt").to(next(model.parameters()).device)
     sampling = {"temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 else {}
@@ -236,8 +236,6 @@ class Playground:
     """A run's base model and adapter, loaded once, answering problems in the run's prompt format."""
 
     def __init__(self, run: TrainedRun) -> None:
-        from r1lite.train.models import load_for_inference, load_tokenizer, resolve_model
-
         r = run.recipe
         path = resolve_model(r.model.name)
         self.run, self.task = run, run.task
@@ -310,9 +308,6 @@ def export(
 
     `out` must be new, empty or an earlier export (which it replaces). Returns what `r1lite_export.json` holds.
     """
-    from r1lite import __version__
-    from r1lite.fileio import ordinary_permissions, write_json
-
     if dtype is not None and dtype not in DTYPES:
         raise R1liteError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     if merge_into not in MERGE_INTO:
@@ -363,8 +358,6 @@ def _writable(out: Path) -> Path:
 
 
 def _base_tokenizer(run: TrainedRun) -> Any:
-    from r1lite.train.models import load_tokenizer, resolve_model
-
     return load_tokenizer(resolve_model(run.recipe.model.name), run.recipe.model.revision)
 
 
@@ -395,13 +388,11 @@ def merged_model(run: TrainedRun, dtype: str, merge_into: str = "trained") -> An
     import torch
     from peft import PeftModel
 
-    from r1lite.train.models import load_model, resolve_model
-
     r = run.recipe
     cfg = r.model.model_copy(update={"device": "cpu", "dtype": weights_dtype(run), "attn_implementation": None})
     quantized = merge_into == "trained" and r.quantization.mode != "none"
     quant = r.quantization if quantized else r.quantization.model_copy(update={"mode": "none"})
-    base = load_model(resolve_model(r.model.name), cfg, quant, for_training=False)
+    base = models.load_model(resolve_model(r.model.name), cfg, quant, for_training=False)
     if quantized:
         base = base.dequantize()  # transformers swaps every bitsandbytes layer for a dense nn.Linear
     model = PeftModel.from_pretrained(base.float(), str(run.adapter)).merge_and_unload()
@@ -432,8 +423,6 @@ def check(run: TrainedRun, out: Path) -> dict[str, Any]:
 
     Writes eval/export-<kind>.{json,jsonl} into the run directory, beside the run's own evals.
     """
-    from r1lite.stages import data, evaluate
-
     info = read_export_info(out)
     recipe = _check_recipe(run.recipe, Path(out), info)
     data.run(recipe.data)  # the held-out split, regenerated exactly if this machine does not have it
@@ -493,8 +482,6 @@ def _compared(run: Run, reference: str, label: str, kind: str) -> dict[str, Any]
 
 def check_lines(result: dict[str, Any]) -> list[str]:
     """What `--check` prints: the export's accuracy beside the run's, identical completions, the paired interval."""
-    from r1lite.stages.evaluate import change_lines
-
     ex = result["export"]
     line = f"export check: accuracy {ex['accuracy']:.1%} on {ex['examples']} held-out problems (greedy)"
     if result["reference"] is None:
@@ -608,9 +595,6 @@ def _shown(adapter: Path, root: Path) -> str:
 
 
 def _eval_section(run: TrainedRun, checked: dict[str, Any] | None) -> list[str]:
-    from r1lite.analyze.report import format_metric
-    from r1lite.stages.evaluate import change_lines
-
     columns = [(name, run.run_dir.eval(label)) for label, name in EVALS]
     columns = [(name, ev) for name, ev in columns if ev]
     if checked:
@@ -735,8 +719,6 @@ def _fidelity_section(run: TrainedRun, info: dict[str, Any], checked: dict[str, 
 
 
 def _cost_section(run: TrainedRun) -> list[str]:
-    from r1lite.analyze.cost import cost_line
-
     cost = run.run_dir.summary().get("cost")
     if not cost:
         return ["## Cost", "", "Not recorded (the run has no summary.json yet).", ""]
@@ -745,8 +727,6 @@ def _cost_section(run: TrainedRun) -> list[str]:
 
 
 def _versions_section(run: TrainedRun) -> list[str]:
-    from r1lite.analyze.environment import versions
-
     hw = read_json_or_empty(run.run_dir.hardware_file)
     trained = ", ".join(f"{k} {v}" for k, v in (hw.get("versions") or {}).items() if v)
     machine = hw.get("gpu_name") or (f"CPU ({hw['cpus']} cores)" if hw.get("cpus") else "not recorded")

@@ -20,10 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from r1lite import ui
+from r1lite.analyze.stats import Interval
 from r1lite.fileio import write_json, write_jsonl
 from r1lite.recipe.config import Recipe
+from r1lite.runs.distributed import gather, is_main, shard, world_size
 from r1lite.runs.rundir import Run
+from r1lite.stages import data
+from r1lite.tasks import load_task
 from r1lite.tasks.rewards import get_reward, shows_search
+from r1lite.train.models import cpu_bf16, load_for_inference, load_tokenizer, resolve_model
 
 METRICS = ("accuracy", "format_rate", "mean_reward", "mean_length", "search_rate")
 
@@ -72,7 +77,6 @@ def generate(
             batch_size = live // n
     out: list[list[tuple[str, int]]] = []
     batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
-    from r1lite.runs.distributed import world_size
     from r1lite.runs.signals import current
 
     for batch in ui.track(batches, len(batches), desc):
@@ -122,8 +126,6 @@ def score(
     examples: list[dict[str, Any]], completions: list[tuple[str, int]], reward: str, task: Any = "countdown"
 ) -> list[dict[str, Any]]:
     """One row per completion: the example's public fields, the completion, correctness and why, format, search."""
-    from r1lite.tasks import load_task
-
     task = load_task(task) if isinstance(task, str) else task
     correct, main, fmt = get_reward(reward, task), get_reward(task.main_reward, task), get_reward("think_format", task)
     rows = []
@@ -173,7 +175,6 @@ def evaluate(
     Under several processes each generates its share and every process gets all rows back, in order
     (a collective: every process calls it), so no process waits at a barrier while one evaluates alone.
     """
-    from r1lite.runs.distributed import gather, shard
     from r1lite.train.rollout import release_engines
 
     cfg, task = recipe.eval, recipe.data.make_task()
@@ -182,8 +183,6 @@ def evaluate(
     max_new = max_new_tokens or cfg.max_new_tokens
     # the backend GRPO rolls out with: our engine (same greedy tokens as generate, much faster on CUDA)
     # or transformers' generate
-    from r1lite.train.models import cpu_bf16
-
     on_cuda = next(model.parameters()).device.type == "cuda"
     engine = recipe.rollout_backend(on_cuda) == "engine"
     options = {"engine": engine, "merge": recipe.grpo.rollout_merge, "compile": recipe.grpo.rollout_compile}
@@ -233,10 +232,6 @@ def run(
 
     Every process of a run calls it (each evaluates its share); the main one writes the files.
     """
-    from r1lite.runs.distributed import is_main, world_size
-    from r1lite.stages import data
-    from r1lite.train.models import load_for_inference, load_tokenizer, resolve_model
-
     examples = data.load_split(recipe.data, "test")[: recipe.eval.examples]
     path = model_path or resolve_model(recipe.model.name)
     tokenizer = load_tokenizer(path, recipe.model.revision)
@@ -286,8 +281,6 @@ CHANGE_NAMES = {
 def change_lines(changes: dict[str, dict[str, float]], metric: str = "accuracy") -> list[str]:
     """One line per paired change of `metric` (accuracy, avg@k): the estimate, its 95 % interval, and whether it
     excludes zero."""
-    from r1lite.analyze.stats import Interval
-
     lines = []
     for name, values in changes.items():
         ci = Interval(values["estimate"], values["low"], values["high"], int(values["n"]))

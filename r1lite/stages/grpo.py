@@ -19,15 +19,23 @@ from typing import Any
 from transformers import TrainerCallback
 
 from r1lite import ui
+from r1lite.analyze.plan import planned_merge
 from r1lite.fileio import append_jsonl, atomic_dir
 from r1lite.recipe.config import Recipe, build_trl_config
+from r1lite.runs import distributed, resume
 from r1lite.runs.rundir import Run
+from r1lite.runs.tracking import RunMonitor, quiet_library_output
+from r1lite.share.hub import STOP_WAIT_S, PushCheckpoints, hub_ready
+from r1lite.stages import data
+from r1lite.stages.evaluate import evaluate
+from r1lite.tasks.rewards import trl_reward_funcs
+from r1lite.train import models
+from r1lite.train.diagnostics import Diagnostics
+from r1lite.train.rollout import make_rollout_func, settings_from_recipe
 
 
 def build_dataset(recipe: Recipe, tokenizer: Any) -> list[dict[str, Any]]:
     """Rendered prompts, each with its example as JSON: the rewards get it whole, whatever its fields."""
-    from r1lite.stages import data
-
     task = recipe.data.make_task()
     return [
         {"prompt": task.render_prompt(e, recipe.data.prompt_format, tokenizer), "example": json.dumps(e)}
@@ -42,16 +50,12 @@ class PeriodicEval(TrainerCallback):
     """
 
     def __init__(self, recipe: Recipe, tokenizer: Any, path: Path, every: int, tracker: Any = None) -> None:
-        from r1lite.stages import data
-
         self.recipe, self.tokenizer, self.path, self.every, self.tracker = recipe, tokenizer, path, every, tracker
         self.examples = data.load_split(recipe.data, "test")[: recipe.grpo.eval_examples]
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if not self.every or state.global_step % self.every or model is None:
             return
-        from r1lite.stages.evaluate import evaluate
-
         was_training = model.training
         model.eval()
         summary, _ = evaluate(
@@ -76,12 +80,11 @@ class PeriodicEval(TrainerCallback):
 def trainer_args(recipe: Recipe, out: Path, on_cuda: bool, backend: str) -> Any:
     from trl import GRPOConfig
 
-    from r1lite.runs.distributed import split_batch, world_size
-    from r1lite.train.models import trainer_defaults
-
     g = recipe.grpo
     # prompts_per_step x num_generations is the global batch of one optimizer step, whatever the processes
-    micro, accumulation = split_batch(g.prompts_per_step * g.num_generations, g.micro_batch_size, world_size())
+    micro, accumulation = distributed.split_batch(
+        g.prompts_per_step * g.num_generations, g.micro_batch_size, distributed.world_size()
+    )
     ours = dict(
         output_dir=str(out / "trainer"),
         max_steps=g.max_steps,
@@ -103,7 +106,7 @@ def trainer_args(recipe: Recipe, out: Path, on_cuda: bool, backend: str) -> Any:
         save_strategy="steps",
         save_steps=g.save_every,
         save_total_limit=2,
-        **trainer_defaults(recipe, on_cuda),
+        **models.trainer_defaults(recipe, on_cuda),
     )
     return build_trl_config(GRPOConfig, ours, g.trl, "grpo")
 
@@ -127,39 +130,24 @@ def build_trainer(
     """A ready GRPOTrainer for the recipe (used by `run` and by the benchmark)."""
     from datasets import Dataset
 
-    from r1lite.runs.tracking import RunMonitor, quiet_library_output
-    from r1lite.tasks.rewards import trl_reward_funcs
-    from r1lite.train.diagnostics import Diagnostics
     from r1lite.train.grpo_trainer import GRPOTrainer
-    from r1lite.train.models import (
-        fp32_masters,
-        keep_fp32_adapters,
-        load_model,
-        load_tokenizer,
-        lora_config,
-        pick_device,
-        resolve_model,
-    )
 
     out = run_dir / "grpo"
-    path = resolve_model(recipe.model.name)
-    tokenizer = load_tokenizer(path, recipe.model.revision)
-    on_cuda = pick_device(recipe.model) == "cuda"
+    path = models.resolve_model(recipe.model.name)
+    tokenizer = models.load_tokenizer(path, recipe.model.revision)
+    on_cuda = models.pick_device(recipe.model) == "cuda"
     backend = recipe.rollout_backend(on_cuda)
-    model = load_model(path, recipe.model, recipe.quantization)
-    peft_config = lora_config(recipe.lora)
+    model = models.load_model(path, recipe.model, recipe.quantization)
+    peft_config = models.lora_config(recipe.lora)
     masters: dict[str, Any] = {}
     if init_adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
         peft_config = None
-        masters = fp32_masters(model)  # the adapter as loaded (and as the warm-up eval scored it), before TRL's cast
+        masters = models.fp32_masters(model)  # the adapter as loaded (as the warm-up eval scored it), before TRL's cast
     rollout_func = None
     if backend == "engine":
-        from r1lite.analyze.plan import planned_merge
-        from r1lite.train.rollout import make_rollout_func, settings_from_recipe
-
         planned = planned_merge(recipe, "grpo_rollout") if on_cuda else None
         rollout_func = make_rollout_func(settings_from_recipe(recipe, planned))
     ui.log(
@@ -181,7 +169,7 @@ def build_trainer(
         dynamic_sampling_rounds=recipe.grpo.dynamic_sampling_rounds if recipe.grpo.dynamic_sampling else 0,
         reward_control=recipe.grpo.reward_control,
     )
-    keep_fp32_adapters(trainer.model, masters)  # TRL stores adapters in bf16 on a quantized base
+    models.keep_fp32_adapters(trainer.model, masters)  # TRL stores adapters in bf16 on a quantized base
     quiet_library_output(trainer)
     trainer.add_callback(
         RunMonitor(
@@ -205,11 +193,8 @@ def build_trainer(
 
 def checkpoint_pusher(recipe: Recipe) -> Any:
     """`tracking.push_to_hub`'s uploader of checkpoints (main process only), after checking the login; else None."""
-    from r1lite.runs.distributed import is_main
-    from r1lite.share.hub import PushCheckpoints, hub_ready
-
     repo = recipe.tracking.push_to_hub
-    if not repo or not is_main():
+    if not repo or not distributed.is_main():
         return None
     user = hub_ready(repo, "tracking.push_to_hub")
     ui.log(f"grpo: each checkpoint goes to a branch of {repo} on the Hugging Face Hub (logged in as {user})")
@@ -229,10 +214,6 @@ def run(
     Continues from the last good checkpoint written for the same settings (more `max_steps` extend a
     finished run); `restart` clears the checkpoints and starts at step 0.
     """
-    from r1lite.runs import resume
-    from r1lite.runs.distributed import is_main, wait_for_everyone
-    from r1lite.share.hub import STOP_WAIT_S
-
     out = run_dir / "grpo"
     pusher = checkpoint_pusher(recipe)  # before any work: a push that cannot work fails first
     key = resume.resume_key(recipe, "grpo", init_adapter)
@@ -249,7 +230,7 @@ def run(
         if pusher:
             pusher.finish(timeout=STOP_WAIT_S)
         raise
-    if is_main():  # one writer for the run directory
+    if distributed.is_main():  # one writer for the run directory
         with atomic_dir(Run(run_dir).adapter("grpo")) as tmp:
             trainer.model.save_pretrained(tmp)
             trainer.processing_class.save_pretrained(tmp)
@@ -257,5 +238,5 @@ def run(
         done = resume.checkpoint_step(checkpoint) if checkpoint else 0  # a rerun that only loaded it
         pusher.push_main(Run(run_dir).adapter("grpo"), max(trainer.state.global_step, done))
         pusher.finish()
-    wait_for_everyone()
+    distributed.wait_for_everyone()
     return Run(run_dir).adapter("grpo")

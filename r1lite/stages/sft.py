@@ -16,15 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from r1lite import ui
+from r1lite.errors import RecipeError
 from r1lite.fileio import atomic_dir, write_text
 from r1lite.recipe.config import Recipe, build_trl_config
+from r1lite.runs import distributed
 from r1lite.runs.rundir import Run
+from r1lite.stages import data
+from r1lite.train import models
 
 
 def build_dataset(recipe: Recipe, tokenizer: Any) -> list[dict[str, str]]:
     """Prompt/completion pairs: the recipe's prompt template and a trace (or the bare answer) after it."""
-    from r1lite.stages import data
-
     task, traces = recipe.data.make_task(), recipe.sft_completions() == "traces"
     rng = random.Random(recipe.seed)
     rows = []
@@ -40,8 +42,6 @@ def build_dataset(recipe: Recipe, tokenizer: Any) -> list[dict[str, str]]:
 
 def check_lengths(rows: list[dict[str, str]], tokenizer: Any, max_length: int) -> None:
     """Say when sft.max_length cuts completions off; stop when it leaves nothing to learn from."""
-    from r1lite.errors import RecipeError
-
     prompts = tokenizer([r["prompt"] for r in rows])["input_ids"]
     full = tokenizer([r["prompt"] + r["completion"] for r in rows])["input_ids"]
     cut = sum(len(f) > max_length for f in full)
@@ -95,31 +95,23 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None, restart: bool = Fals
     from trl import SFTConfig, SFTTrainer
 
     from r1lite.runs import resume
-    from r1lite.runs.distributed import is_main, split_batch, wait_for_everyone, world_size
     from r1lite.runs.tracking import RunMonitor, quiet_library_output
-    from r1lite.train.models import (
-        keep_fp32_adapters,
-        load_model,
-        load_tokenizer,
-        lora_config,
-        pick_device,
-        resolve_model,
-        trainer_defaults,
-    )
 
     cfg, out = recipe.sft, run_dir / "sft"
-    path = resolve_model(recipe.model.name)
-    tokenizer = load_tokenizer(path, recipe.model.revision)
+    path = models.resolve_model(recipe.model.name)
+    tokenizer = models.load_tokenizer(path, recipe.model.revision)
     rows = build_dataset(recipe, tokenizer)
     check_lengths(rows, tokenizer, cfg.max_length)
     # batch_size x grad_accum is the global batch of one optimizer step, whatever the processes
-    micro, accumulation = split_batch(cfg.batch_size * cfg.grad_accum, cfg.batch_size, world_size(), "sft")
-    steps = total_steps(len(rows), micro * world_size(), accumulation, cfg.epochs, cfg.max_steps)
+    micro, accumulation = distributed.split_batch(
+        cfg.batch_size * cfg.grad_accum, cfg.batch_size, distributed.world_size(), "sft"
+    )
+    steps = total_steps(len(rows), micro * distributed.world_size(), accumulation, cfg.epochs, cfg.max_steps)
     checkpoint = resume.continue_from(out, "sft", resume.resume_key(recipe, "sft"), restart, steps)
     what = "traces" if recipe.sft_completions() == "traces" else "answer-only completions"
     ui.log(f"sft: {len(rows)} {what} on {recipe.model.name} ({recipe.quantization.mode}), LoRA r={recipe.lora.r}")
-    model = load_model(path, recipe.model, recipe.quantization)
-    on_cuda = pick_device(recipe.model) == "cuda"
+    model = models.load_model(path, recipe.model, recipe.quantization)
+    on_cuda = models.pick_device(recipe.model) == "cuda"
     ours = dict(
         output_dir=str(out / "trainer"),
         num_train_epochs=cfg.epochs,
@@ -133,7 +125,7 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None, restart: bool = Fals
         save_strategy="steps",  # checkpoints to continue from (r1lite.runs.signals); the last step's too
         save_steps=cfg.save_every,
         save_total_limit=2,
-        **trainer_defaults(recipe, on_cuda),
+        **models.trainer_defaults(recipe, on_cuda),
     )
     args = build_trl_config(SFTConfig, ours, cfg.trl, "sft")
     trainer = SFTTrainer(
@@ -141,17 +133,17 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None, restart: bool = Fals
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        peft_config=lora_config(recipe.lora),
+        peft_config=models.lora_config(recipe.lora),
     )
-    keep_fp32_adapters(trainer.model)  # TRL stores adapters in bf16 on a quantized base
+    models.keep_fp32_adapters(trainer.model)  # TRL stores adapters in bf16 on a quantized base
     quiet_library_output(trainer)
     trainer.add_callback(RunMonitor("sft", out, tracker, total_steps=trainer.args.max_steps))
     trainer.add_callback(carry_token_count(trainer))
     resume.train(trainer, "sft", checkpoint, cfg.max_nonfinite, steps)
-    if is_main():  # one writer for the run directory
+    if distributed.is_main():  # one writer for the run directory
         with atomic_dir(Run(run_dir).adapter("sft")) as tmp:
             trainer.model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
         write_text(out / "sample.txt", rows[0]["prompt"] + rows[0]["completion"] + "\n")
-    wait_for_everyone()
+    distributed.wait_for_everyone()
     return Run(run_dir).adapter("sft")

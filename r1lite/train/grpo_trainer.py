@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from trl import GRPOTrainer as _TRLGRPOTrainer
 
+from r1lite.train.diagnostics import groups_without_signal
+
 
 def shuffle_rewards(rewards_per_func: torch.Tensor, seed: int) -> torch.Tensor:
     """The rows (completions) of a [B, F] reward tensor in a seeded random order: every completion gets some
@@ -76,8 +78,6 @@ class GRPOTrainer(_TRLGRPOTrainer):
     def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> torch.Tensor:
         """TRL's rewards (gathered over processes), shuffled in the control arm, plus r1lite's share of groups
         without reward variance."""
-        from r1lite.train.diagnostics import groups_without_signal
-
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         mode = "train" if self.model.training else "eval"
         if self.reward_control == "shuffle" and mode == "train":

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from r1lite import ui
-from r1lite.errors import ModelError
+from r1lite.errors import ModelError, RecipeError
 from r1lite.fileio import atomic_dir
 from r1lite.recipe.config import LoraConfig, ModelConfig, QuantizationConfig
 from r1lite.runs.distributed import local_rank
@@ -168,8 +168,6 @@ def fit_precision(recipe: Any, hw: Any) -> Any:
     base eval has run. `model.dtype: auto` and the bf16 4-bit compute dtype become fp16 there (TRL
     trains with loss scaling; adapters keep fp32 masters); an explicit `model.dtype: bfloat16` stops.
     """
-    from r1lite.errors import RecipeError
-
     if not hw.cuda or hw.bf16 or recipe.model.device == "cpu":
         return recipe
     card = f"{hw.gpu_name or 'this GPU'} (compute capability {'.'.join(map(str, hw.capability or ()))})"

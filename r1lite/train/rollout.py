@@ -42,7 +42,18 @@ import torch
 
 from r1lite import ui
 from r1lite.analyze.hardware import GIB
+from r1lite.analyze.plan import (
+    Shape,
+    compiles,
+    decode_logits_bytes,
+    graph_pool_bytes,
+    kv_bytes,
+    prompt_tokens_for,
+    rollout_fits,
+    train_step_bytes,
+)
 from r1lite.errors import PrecisionError, R1liteError
+from r1lite.train.models import contiguous_head, cpu_bf16, uses_cuda
 
 
 @dataclass
@@ -171,8 +182,6 @@ def merged_copy(model: Any, dtype: torch.dtype) -> Any:
     """A plain transformers model whose weights equal the (dequantized) base plus the LoRA deltas."""
     from transformers import AutoModelForCausalLM
 
-    from r1lite.train.models import contiguous_head
-
     source = base_model_of(model)
     device = next(source.parameters()).device
     # built on the meta device and then filled: no random init (slow, and it would consume the RNG
@@ -249,15 +258,11 @@ def activation_dtype(runner: Any) -> torch.dtype:
 
 def model_shape(model: Any) -> Any:
     """The planner's `Shape` of a loaded model: every memory estimate here is `r1lite.analyze.plan`'s."""
-    from r1lite.analyze.plan import Shape
-
     return Shape.from_config(base_model_of(model).config)
 
 
 def training_step_bytes(model: Any, micro_batch: int, seq_len: int, grad_ckpt: bool = True) -> int:
     """The training step's own memory for `model`, from the planner's model (`r1lite.analyze.plan.train_step_bytes`)."""
-    from r1lite.analyze.plan import train_step_bytes
-
     shape = model_shape(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     act = _itemsize(activation_dtype(model))
@@ -470,8 +475,6 @@ class RolloutEngine:
         self.compile_failed = False  # a capture failed or disagreed with eager decoding: this engine decodes eagerly
         self.pinned = False  # the GRPO trainer's engine: `release_engines` leaves it to the trainer
         use_grouped_decode_attention(model)
-        from r1lite.train.models import contiguous_head
-
         contiguous_head(base_model_of(model))  # the prefill keeps one position: no per-row copy of a frozen head
         _LIVE.add(self)
 
@@ -490,15 +493,11 @@ class RolloutEngine:
 
     def cache_bytes(self, batch: int, length: int, dtype: torch.dtype, merged: bool) -> int:
         """The static cache in the dtype K/V really take: `dtype` in the merged copy, the embeddings' otherwise."""
-        from r1lite.analyze.plan import kv_bytes
-
         kv_dtype = dtype if merged else activation_dtype(self.model)
         return kv_bytes(model_shape(self.model), batch, length, _itemsize(kv_dtype))
 
     def compiles(self, merged: bool, device: torch.device) -> bool:
         """Whether this path's decode step is captured (`r1lite.analyze.plan.compiles`; a tracing backend always is)."""
-        from r1lite.analyze.plan import compiles
-
         if self.compile_failed:
             return False
         if self.s.compile_backend is not None:
@@ -510,8 +509,6 @@ class RolloutEngine:
     ) -> int:
         """What a rollout allocates: the dense copy if merged (once per engine), the static cache, one step's
         logits, and the captured step's memory pool when it compiles on `device`."""
-        from r1lite.analyze.plan import decode_logits_bytes, graph_pool_bytes
-
         shape = model_shape(self.model)
         copy = param_bytes(self.model, dtype) if merged and self._merged is None else 0
         pool = graph_pool_bytes(shape, batch) if device is not None and self.compiles(merged, device) else 0
@@ -530,8 +527,6 @@ class RolloutEngine:
 
         Either way the chosen path must fit in free memory, or this raises before anything is allocated.
         """
-        from r1lite.analyze.plan import rollout_fits
-
         free = free_bytes(device) if free is None else free
         total = (total_bytes(device) or 0) if total is None else total
         reserve = self.train_reserve()
@@ -827,9 +822,6 @@ def _compute_dtype(model: Any) -> torch.dtype:
 
 def settings_from_recipe(recipe: Any, planned_merge: bool | None = None) -> RolloutSettings:
     """The GRPO engine's settings; `planned_merge` is `r1lite plan`'s decision, logged beside the engine's."""
-    from r1lite.analyze.plan import prompt_tokens_for
-    from r1lite.train.models import cpu_bf16, uses_cuda
-
     g = recipe.grpo
     return RolloutSettings(
         planned_merge=planned_merge,
