@@ -22,6 +22,8 @@ from r1lite.cli.main import app
 from r1lite.fileio import read_json, write_json, write_text
 from r1lite.share import export as ex
 from r1lite.share import hub as hub_module
+from r1lite.share import playground
+from r1lite.share.trained import open_run
 
 runner = CliRunner()
 MAX_NEW = 12  # tokens per answer in `try` tests
@@ -143,8 +145,8 @@ def test_try_streams_the_trained_answer_in_the_runs_prompt_format(tiny, monkeypa
 
     model, run = tiny
     pieces: list[str] = []
-    real = ex.write_stdout
-    monkeypatch.setattr(ex, "write_stdout", lambda text: (pieces.append(text), real(text)))
+    real = playground.write_stdout
+    monkeypatch.setattr(playground, "write_stdout", lambda text: (pieces.append(text), real(text)))
     r = cli("try", str(run), "--nums", "3,5,7", "--target", "22", "--max-new-tokens", str(MAX_NEW))
     assert r.exit_code == 0, r.output
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -167,7 +169,7 @@ def _scripted(monkeypatch, completion: str) -> None:
             echo(completion[half:])
         return completion, 9
 
-    monkeypatch.setattr(ex, "complete", complete)
+    monkeypatch.setattr(playground, "complete", complete)
 
 
 @pytest.mark.parametrize(
@@ -387,7 +389,7 @@ def test_a_4bit_run_merges_into_the_dequantized_weights_it_trained_against(tmp_p
 
     model = build_tiny_model(tmp_path / "model")
     recipe = _recipe(model, tmp_path, "quantization.mode=nf4", "quantization.compute_dtype=float32")
-    run = ex.open_run(_write_run(model, recipe, evaluate=False))
+    run = open_run(_write_run(model, recipe, evaluate=False))
     assert ex.default_dtype(run) == "float32"
     trained = load_for_inference(str(model), recipe.model, recipe.quantization, str(run.adapter))
     ids = torch.tensor([list(range(5, 40))])

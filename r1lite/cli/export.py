@@ -50,6 +50,8 @@ def export(
     """Export the trained model (adapter or merged), with a model card built from the run; check it, share it."""
     from r1lite.share import export as ex
     from r1lite.share import hub
+    from r1lite.share.card import write_card
+    from r1lite.share.trained import open_run
     from r1lite.ui import console
 
     if not merged and (dtype is not None or merge_into != "trained"):
@@ -57,7 +59,7 @@ def export(
     if public and not push_to_hub:
         raise R1liteError("--public goes with --push-to-hub REPO")
     check_writable(out, "--out")
-    trained = ex.open_run(run, adapter)
+    trained = open_run(run, adapter)
     if push_to_hub:
         user = hub.hub_ready(push_to_hub)  # before the merge: a push that cannot work fails first
         console.print(f"[dim]Hugging Face Hub: logged in as {user}[/]")
@@ -67,7 +69,7 @@ def export(
         result = ex.check(trained, out)
         for line in ex.check_lines(result):
             console.print(line, soft_wrap=True)
-        ex.write_card(trained, out, info, result)
+        write_card(trained, out, info, result)
     if push_to_hub:
         url = hub.push(out, push_to_hub, private=not public)
         console.print(f"pushed to {url} ({'public' if public else 'private'})")

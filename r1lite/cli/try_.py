@@ -40,7 +40,8 @@ def try_(
     show_prompt: Annotated[bool, typer.Option("--show-prompt", help="print the prompt the model sees")] = False,
 ) -> None:
     """Stream the trained model's answer to a problem, scored with the task's rewards and their reasons."""
-    from r1lite.share.export import Playground, open_run, read_problem
+    from r1lite.share.playground import Playground, read_problem
+    from r1lite.share.trained import open_run
     from r1lite.ui import console
 
     if compare not in (None, "base"):
@@ -60,7 +61,7 @@ def try_(
 def _loop(play: Any, show_prompt: bool, **options: Any) -> None:
     """Problems typed one per line until a blank line or Ctrl-D; a malformed one is reported and skipped,
     Ctrl-C stops the answer being written."""
-    from r1lite.share.export import read_problem
+    from r1lite.share.playground import read_problem
     from r1lite.ui import console, err_console
 
     example = "3 5 7 -> 22" if play.task.name == "countdown" else "a question"
@@ -83,7 +84,7 @@ def _loop(play: Any, show_prompt: bool, **options: Any) -> None:
 
 def _show(play: Any, problem: Any, show_prompt: bool, compare: bool, **options: Any) -> None:
     """Each answer streamed under its model's name, then one table of scores with a column per model."""
-    from r1lite.share.export import right_answer, write_stdout
+    from r1lite.share.playground import right_answer, write_stdout
     from r1lite.ui import console
 
     console.print(f"[bold]problem:[/] {problem.text}", markup=True, soft_wrap=True)
