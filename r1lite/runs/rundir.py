@@ -130,12 +130,15 @@ class Run:
         """The settings an out-of-memory stop of this run said fit (for --auto-fit; none otherwise)."""
         return read_json_or_empty(self.oom_file).get("settings", {})
 
+    def stage_dir(self, stage: str) -> Path:
+        """A training stage's folder (sft, grpo): its trainer checkpoints, metrics.jsonl and adapter."""
+        return self.root / stage
+
     def adapter(self, stage: str) -> Path:
-        """Where a training stage (sft, grpo) writes its adapter."""
-        return self.root / stage / "adapter"
+        return self.stage_dir(stage) / "adapter"
 
     def metrics_file(self, stage: str) -> Path:
-        return self.root / stage / "metrics.jsonl"
+        return self.stage_dir(stage) / "metrics.jsonl"
 
     def eval_file(self, label: str, rows: bool = False) -> Path:
         """An eval's summary (`eval/<label>.json`) or its rows, one per problem (`.jsonl`)."""

@@ -132,7 +132,7 @@ def build_trainer(
 
     from r1lite.train.grpo_trainer import GRPOTrainer
 
-    out = run_dir / "grpo"
+    out = Run(run_dir).stage_dir("grpo")
     path = models.resolve_model(recipe.model.name)
     tokenizer = models.load_tokenizer(path, recipe.model.revision)
     on_cuda = models.pick_device(recipe.model) == "cuda"
@@ -214,7 +214,7 @@ def run(
     Continues from the last good checkpoint written for the same settings (more `max_steps` extend a
     finished run); `restart` clears the checkpoints and starts at step 0.
     """
-    out = run_dir / "grpo"
+    out = Run(run_dir).stage_dir("grpo")
     pusher = checkpoint_pusher(recipe)  # before any work: a push that cannot work fails first
     key = resume.resume_key(recipe, "grpo", init_adapter)
     checkpoint = resume.continue_from(out, "grpo", key, restart, recipe.grpo.max_steps)

@@ -97,7 +97,7 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None, restart: bool = Fals
     from r1lite.runs import resume
     from r1lite.runs.tracking import RunMonitor, quiet_library_output
 
-    cfg, out = recipe.sft, run_dir / "sft"
+    cfg, out = recipe.sft, Run(run_dir).stage_dir("sft")
     path = models.resolve_model(recipe.model.name)
     tokenizer = models.load_tokenizer(path, recipe.model.revision)
     rows = build_dataset(recipe, tokenizer)
