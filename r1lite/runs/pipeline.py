@@ -31,13 +31,12 @@ from r1lite.fileio import read_json, read_json_or_empty, write_json
 from r1lite.recipe.config import Recipe, check_backends, check_trl_sections
 from r1lite.recipe.load import resolve
 from r1lite.runs import distributed
-from r1lite.runs.distributed import is_main, wait_for_everyone, world_size
 from r1lite.runs.rundir import CHANGES, Run, enabled_stages, fingerprints, samples_base
 from r1lite.runs.signals import current, graceful, guard
 from r1lite.runs.tracking import Tracker, open_tracker
 from r1lite.share.hub import hub_ready
 from r1lite.stages import data, evaluate, grpo, sft
-from r1lite.train.models import fit_precision, pick_device
+from r1lite.train import models
 
 
 def prepare(recipe: Recipe, auto_fit: bool = False) -> Recipe:
@@ -49,8 +48,8 @@ def prepare(recipe: Recipe, auto_fit: bool = False) -> Recipe:
     if auto_fit:  # after running out of memory: the settings the plan then said fit (r1lite.runs.signals)
         recipe = _with_oom_settings(recipe)
     recipe = _fit(recipe, auto_fit)
-    pick_device(recipe.model)
-    recipe = fit_precision(recipe, hardware.probe())
+    models.pick_device(recipe.model)
+    recipe = models.fit_precision(recipe, hardware.probe())
     check_trl_sections(recipe)
     check_backends(recipe)
     distributed.start(recipe.distributed.timeout_minutes)
@@ -76,9 +75,9 @@ def _fit(recipe: Recipe, auto_fit: bool) -> Recipe:
         ui.log(f"plan: the shape of {recipe.model.name} is unknown, so its memory was not checked")
         return recipe
     if not auto_fit:  # each process's share of the batch under --gpus N
-        plan.check_fits(recipe, card, world_size())
+        plan.check_fits(recipe, card, distributed.world_size())
         return recipe
-    recipe, changes = plan.auto_fit(recipe, card, gpus=world_size())
+    recipe, changes = plan.auto_fit(recipe, card, gpus=distributed.world_size())
     if changes:  # shown even with --quiet: the run differs from the recipe (config.yaml records it)
         ui.console.print("--auto-fit for " + card.name + ": " + ", ".join(f"{k}={v}" for k, v in changes.items()))
     return recipe
@@ -101,11 +100,11 @@ def stage_dir(recipe: Recipe) -> Run:
     """For a stage run on its own (`r1lite sft|grpo|eval`): the data ready and the recipe written into the run
     directory, by the main process while the others wait."""
     run_dir = Run.of(recipe)
-    if is_main():
+    if distributed.is_main():
         data.run(recipe.data)
         run_dir.root.mkdir(parents=True, exist_ok=True)
         run_dir.write_config(recipe)
-    wait_for_everyone()
+    distributed.wait_for_everyone()
     return run_dir
 
 
@@ -114,7 +113,9 @@ def stage(recipe: Recipe, name: str) -> Iterator[tuple[Run, Any]]:
     """A training stage on its own: its run directory (`stage_dir`), the run's W&B tracker, signals stopping it at
     a step's end, and running out of memory or disk as one line."""
     run_dir = stage_dir(recipe)
-    tracker = open_tracker(recipe, run_dir.root) if is_main() else Tracker()  # one W&B run, from the main process
+    tracker = (
+        open_tracker(recipe, run_dir.root) if distributed.is_main() else Tracker()
+    )  # one W&B run, from the main process
     try:
         with graceful(name), guard(recipe, name, run_dir.root):
             yield run_dir, tracker
@@ -133,11 +134,13 @@ def run(
     """
     recipe = prepare(recipe, auto_fit)
     run_dir = Run.of(recipe)
-    push = recipe.grpo.enabled and recipe.tracking.push_to_hub and is_main()
+    push = recipe.grpo.enabled and recipe.tracking.push_to_hub and distributed.is_main()
     if push and not run_dir.done("grpo", fingerprints(recipe)["grpo"]):  # fail before hours of other stages
         hub_ready(recipe.tracking.push_to_hub, "tracking.push_to_hub")
     run_dir.root.mkdir(parents=True, exist_ok=True)
-    tracker = open_tracker(recipe, run_dir.root) if is_main() else Tracker()  # one W&B run, from the main process
+    tracker = (
+        open_tracker(recipe, run_dir.root) if distributed.is_main() else Tracker()
+    )  # one W&B run, from the main process
     try:
         with graceful("the run"):
             return _run(recipe, run_dir, restart, grpo_callbacks, tracker)
@@ -146,7 +149,7 @@ def run(
 
 
 def _run(recipe: Recipe, run_dir: Run, restart: bool, grpo_callbacks: list | None, tracker: Any) -> dict[str, Any]:
-    main = is_main()  # with several processes, only the main one writes the run directory
+    main = distributed.is_main()  # with several processes, only the main one writes the run directory
     if main:
         run_dir.write_config(recipe)
         write_json(run_dir.hardware_file, describe())
@@ -181,7 +184,7 @@ def _run(recipe: Recipe, run_dir: Run, restart: bool, grpo_callbacks: list | Non
         if main and name != "data" and (copied := run_dir.reuse(name, fps[name])) is not None:
             state[name] = copied
             run_dir.record(state)
-        wait_for_everyone()
+        distributed.wait_for_everyone()
         if name != "data" and run_dir.done(name, fps[name]):  # copied from another run
             state[name] = run_dir.state()[name]
             continue
@@ -192,7 +195,7 @@ def _run(recipe: Recipe, run_dir: Run, restart: bool, grpo_callbacks: list | Non
             with guard(recipe, name, root):
                 actions[name]()
         free_memory()
-        wait_for_everyone()
+        distributed.wait_for_everyone()
         state[name] = {
             "fingerprint": fps[name],
             "seconds": round(time.monotonic() - start, 1),

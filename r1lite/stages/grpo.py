@@ -27,7 +27,7 @@ from r1lite.runs.rundir import Run
 from r1lite.runs.tracking import RunMonitor, quiet_library_output
 from r1lite.share.hub import STOP_WAIT_S, PushCheckpoints, hub_ready
 from r1lite.stages import data
-from r1lite.stages.evaluate import evaluate
+from r1lite.stages import evaluate as evaluate_stage
 from r1lite.tasks.rewards import trl_reward_funcs
 from r1lite.train import models
 from r1lite.train.diagnostics import Diagnostics
@@ -58,7 +58,7 @@ class PeriodicEval(TrainerCallback):
             return
         was_training = model.training
         model.eval()
-        summary, _ = evaluate(
+        summary, _ = evaluate_stage.evaluate(
             model,
             self.tokenizer,
             self.examples,
