@@ -209,7 +209,9 @@ def problem_label(row: dict[str, Any], task: Task) -> str:
     """An eval row's problem in a markdown cell: the task's own label or, for a task with the default one (the question
     cut at 100 characters, for live views), the question to 160, which gets a reasoning-gym puzzle past its preamble."""
     if type(task).label is not Task.label:
-        return of_row(task, "label", row).replace("|", "¦")
+        label = of_row(task, "label", row)
+        if label is not None:
+            return str(label).replace("|", "¦")
     text = " ".join(str(row.get("question", "")).split()).replace("|", "¦")
     return text if len(text) <= 160 else text[:159] + "…"
 

@@ -124,7 +124,7 @@ def stage(recipe: Recipe, name: str) -> Iterator[tuple[Run, Any]]:
 
 
 def run(
-    recipe: Recipe, restart: bool = False, auto_fit: bool = False, grpo_callbacks: list | None = None
+    recipe: Recipe, restart: bool = False, grpo_callbacks: list | None = None, *, auto_fit: bool = False
 ) -> dict[str, Any]:
     """Prepare the recipe, then run every stage that is not already done; returns the summary (summary.json).
 

@@ -174,19 +174,19 @@ class Run:
             return enabled_stages(SimpleNamespace(**{k: SimpleNamespace(enabled=bool(v)) for k, v in on.items()}))
 
     def trained_adapter(self, recipe: Recipe | None = None) -> Path | None:
-        """The run's model: the adapter of the last training stage its recipe runs that has written one."""
+        """The run's model: the adapter of the last training stage its recipe runs that has written one, else of
+        the last that has (a stage run on its own, `r1lite sft`, under a profile that turns SFT off)."""
         recipe = recipe or self.recipe()
-        for stage in ("grpo", "sft"):
-            if getattr(recipe, stage).enabled and is_adapter(self.adapter(stage)):
-                return self.adapter(stage)
-        return None
+        written = [s for s in ("grpo", "sft") if is_adapter(self.adapter(s))]
+        ran = [s for s in written if getattr(recipe, s).enabled]
+        return self.adapter((ran or written)[0]) if written else None
 
     @cached_property
     def task(self) -> Task | None:
         """The run's task (None when its config.yaml no longer loads: a task file moved, a key renamed)."""
         try:
             return self.recipe().data.make_task()
-        except R1liteError:
+        except (R1liteError, OSError):
             return None
 
     # -- stage records ------------------------------------------------------------------------------------------
@@ -197,9 +197,9 @@ class Run:
         write_json(self.state_file, state)
 
     def done(self, stage: str, fp: str, state: dict[str, Any] | None = None) -> bool:
-        """Recorded with fingerprint `fp`, and its outputs are still here."""
+        """Recorded with fingerprint `fp`, and its output (an eval's summary, a stage's adapter) is still here."""
         state = self.state() if state is None else state
-        return state.get(stage, {}).get("fingerprint") == fp and all(p.exists() for p in self.artifacts(stage))
+        return state.get(stage, {}).get("fingerprint") == fp and all(p.exists() for p in self.artifacts(stage)[:1])
 
     def finished(self, recipe: Recipe) -> bool:
         """The summary exists and every stage the recipe runs is recorded with its current fingerprint."""
@@ -228,6 +228,8 @@ class Run:
         for other in self.neighbours():
             record = other.state().get(stage, {})
             if not other.artifacts(stage) or not other.done(stage, fp):
+                continue
+            if not all(p.exists() for p in other.artifacts(stage)):
                 continue
             for source, target in zip(other.artifacts(stage), self.artifacts(stage), strict=True):
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -260,7 +262,7 @@ class Run:
         pairs = list(zip(self.eval_rows(before), self.eval_rows(after), strict=False))
         task = self.task
         for i, (first, second) in enumerate(pairs):
-            if task is not None and of_row(task, "key", first) != of_row(task, "key", second):
+            if _problem_key(first, task) != _problem_key(second, task):
                 raise R1liteError(
                     f"{self.root}/eval: {before}.jsonl and {after}.jsonl name different problems at row {i + 1}; "
                     f"rerun both with the run's recipe: `r1lite eval --label base`, `r1lite eval --adapter "
@@ -308,13 +310,18 @@ class Run:
         }
 
 
-def of_row(task: Task, method: str, row: dict[str, Any]) -> Any:
-    """The task's `label` or `key` of an eval row. A row keeps the example's public fields only: when the task's
-    method needs another (a `question` that reads fields `public` leaves out), the question the row keeps."""
+def of_row(task: Task | None, method: str, row: dict[str, Any]) -> Any:
+    """The task's `label` or `key` of an eval row, or None where the task's method cannot read the row (a row
+    keeps the example's public fields only; a task's own code may need others)."""
     try:
-        return getattr(task, method)(row)
-    except KeyError:
-        return getattr(Task(), method)(row)
+        return getattr(task, method)(row) if task is not None else None
+    except Exception:  # a task file's code: whatever it raises, the row's own fields below still decide
+        return None
+
+
+def _problem_key(row: dict[str, Any], task: Task | None) -> tuple[Any, ...]:
+    """What names an eval row's problem: its own fields (in order: the prompt depends on it) and the task's key."""
+    return row.get("nums"), row.get("target"), row.get("question"), of_row(task, "key", row)
 
 
 def list_runs(folder: Path) -> list[Run]:
