@@ -113,12 +113,16 @@ def stage(recipe: Recipe, name: str) -> Iterator[tuple[Run, Any]]:
     """A training stage on its own: its run directory (`stage_dir`), the run's W&B tracker, signals stopping it at
     a step's end, and running out of memory or disk as one line."""
     run_dir = stage_dir(recipe)
-    tracker = (
-        open_tracker(recipe, run_dir.root) if distributed.is_main() else Tracker()
-    )  # one W&B run, from the main process
+    with _tracker(recipe, run_dir) as tracker, graceful(name), guard(recipe, name, run_dir.root):
+        yield run_dir, tracker
+
+
+@contextlib.contextmanager
+def _tracker(recipe: Recipe, run_dir: Run) -> Iterator[Any]:
+    """The run's one W&B run, opened by the main process (the others log nowhere), finished however the block ends."""
+    tracker = open_tracker(recipe, run_dir.root) if distributed.is_main() else Tracker()
     try:
-        with graceful(name), guard(recipe, name, run_dir.root):
-            yield run_dir, tracker
+        yield tracker
     finally:
         tracker.finish()
 
@@ -138,14 +142,8 @@ def run(
     if push and not run_dir.done("grpo", fingerprints(recipe)["grpo"]):  # fail before hours of other stages
         hub_ready(recipe.tracking.push_to_hub, "tracking.push_to_hub")
     run_dir.root.mkdir(parents=True, exist_ok=True)
-    tracker = (
-        open_tracker(recipe, run_dir.root) if distributed.is_main() else Tracker()
-    )  # one W&B run, from the main process
-    try:
-        with graceful("the run"):
-            return _run(recipe, run_dir, restart, grpo_callbacks, tracker)
-    finally:
-        tracker.finish()
+    with _tracker(recipe, run_dir) as tracker, graceful("the run"):
+        return _run(recipe, run_dir, restart, grpo_callbacks, tracker)
 
 
 def _run(recipe: Recipe, run_dir: Run, restart: bool, grpo_callbacks: list | None, tracker: Any) -> dict[str, Any]:

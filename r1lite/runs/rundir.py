@@ -326,4 +326,4 @@ def _problem_key(row: dict[str, Any], task: Task | None) -> tuple[Any, ...]:
 
 def list_runs(folder: Path) -> list[Run]:
     """Every run directory in `folder`, by name."""
-    return [Run(p) for p in sorted(Path(folder).glob("*")) if (p / "config.yaml").is_file()]
+    return [run for run in map(Run, sorted(Path(folder).glob("*"))) if run.config_file.is_file()]
