@@ -157,7 +157,9 @@ def one_grpo_batch(tiny, tmp_path, engine: bool, shift: float = 0.0, is_cap: flo
         recipe = load_recipe(
             "countdown", "cpu", [f"model.name={tiny}", "grpo.max_completion_length=12", "grpo.temperature=1.0"]
         )
-        ours = make_rollout_func(settings_from_recipe(recipe))
+        settings = settings_from_recipe(recipe)
+        settings.sampler = "multinomial"  # transformers' draws under the same seed, so the completions match
+        ours = make_rollout_func(settings)
 
         def rollout(prompts, trainer):
             out = ours(prompts, trainer)
@@ -494,8 +496,10 @@ def test_periodic_eval_adds_no_second_cache(tiny, tmp_path, training_engine, gen
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("masked", [False, True, "tail"])
 def test_grouped_decode_attention_matches_transformers_sdpa(masked):
+    """Same numbers as transformers' SDPA over repeated K/V; with an unwritten, masked tail (a static cache early
+    in a rollout) too, which the CPU step leaves out (rows end at different slots, the last at slot 29)."""
     from types import SimpleNamespace
 
     from transformers.integrations.sdpa_attention import repeat_kv
@@ -506,6 +510,8 @@ def test_grouped_decode_attention_matches_transformers_sdpa(masked):
     module = SimpleNamespace(num_key_value_groups=4, is_causal=True)
     q, k, v = torch.randn(3, 8, 1, 16), torch.randn(3, 2, 40, 16), torch.randn(3, 2, 40, 16)
     mask = (torch.rand(3, 1, 1, 40) > 0.3) if masked else None
+    if masked == "tail":
+        mask = torch.arange(40)[None, None, None, :] < torch.tensor([12, 30, 21])[:, None, None, None]
     ours, _ = grouped_decode_attention(module, q, k, v, mask, scaling=0.25)
     expected = torch.nn.functional.scaled_dot_product_attention(
         q, repeat_kv(k, 4), repeat_kv(v, 4), attn_mask=mask, scale=0.25
@@ -689,3 +695,62 @@ def test_the_fp32_head_folds_half_precision_products_in_fp32(tiny_large):
         ours = last_logits(model, model.lm_head, input_ids=ids)
     torch.testing.assert_close(ours, hidden.float() @ model.lm_head.weight.float().t(), atol=1e-5, rtol=0)
     assert ours.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------------------------
+# The CPU sampler: inverse CDF, one uniform per row
+# ----------------------------------------------------------------------------------------------
+
+
+def test_inverse_cdf_draws_each_token_in_proportion_and_never_a_masked_one():
+    """200k draws from one distribution land within 4 standard errors of each probability; tokens the
+    filters masked (probability 0, at either end and in the middle) are never drawn."""
+    from r1lite.train.rollout import inverse_cdf
+
+    probs = torch.tensor([0.0, 0.1361, 0.2242, 0.0, 0.6094, 0.0303, 0.0])
+    n = 200_000
+    drawn = inverse_cdf(probs.repeat(n, 1), torch.Generator().manual_seed(0))
+    freq = torch.bincount(drawn, minlength=len(probs)).double() / n
+    assert freq[probs == 0].sum() == 0
+    se = (probs.double() * (1 - probs.double()) / n).sqrt()
+    assert ((freq - probs.double()).abs() <= 4 * se + 1e-12).all(), (freq, probs)
+
+
+def test_the_cpu_sampler_is_inverse_cdf_and_multinomial_is_kept_on_request():
+    """auto samples with inverse_cdf off CUDA (same seed, same tokens as calling it), multinomial where asked."""
+    from r1lite.train.rollout import inverse_cdf
+
+    logits = torch.randn(64, 500, generator=torch.Generator().manual_seed(1))
+    probs = torch.softmax(logits, -1)
+    auto, logp = sample(logits, RolloutSettings(), torch.Generator().manual_seed(3))
+    assert auto.tolist() == inverse_cdf(probs, torch.Generator().manual_seed(3)).tolist()
+    torch.testing.assert_close(logp, torch.log_softmax(logits, -1).gather(-1, auto[:, None]).squeeze(-1))
+    multi, _ = sample(logits, RolloutSettings(sampler="multinomial"), torch.Generator().manual_seed(3))
+    expected = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(3)).squeeze(-1)
+    assert multi.tolist() == expected.tolist()
+
+
+def test_a_cpu_decode_step_reads_only_the_written_part_of_the_cache(tiny, monkeypatch):
+    """The static cache is as long as the longest completion; each eager CPU step attends over the slots written
+    so far (one more each step), and the tokens are those of attending over the whole cache."""
+    import r1lite.train.rollout as rollout
+
+    lengths, cut = [], rollout.written_part
+
+    def recording(query, key, value, mask):
+        out = cut(query, key, value, mask)
+        if query.shape[2] == 1:
+            lengths.append(out[0].shape[2])
+        return out
+
+    model, tok = load(tiny)
+    settings = RolloutSettings(max_new_tokens=6, greedy=True, merge="merged", stop_at_eos=False)
+    full = RolloutEngine(model, tok, settings).generate(grouped(tok, 2), 2).completion_ids
+    monkeypatch.setattr(rollout, "written_part", recording)
+    engine = RolloutEngine(model, tok, settings)
+    engine.generate(grouped(tok, 2), 2)
+    per_step = sorted(set(lengths))
+    assert len(per_step) == 5 and per_step[-1] < engine._states[len(grouped(tok, 2))].length
+    assert per_step == list(range(per_step[0], per_step[0] + 5))
+    monkeypatch.setattr(rollout, "written_part", lambda q, k, v, m: (k, v, m))
+    assert RolloutEngine(model, tok, settings).generate(grouped(tok, 2), 2).completion_ids == full

@@ -74,6 +74,9 @@ class RolloutSettings:
     train_grad_ckpt: bool = True
     planned_merge: bool | None = None  # `r1lite plan`'s decision for this stage, logged beside the engine's
     dtype: str | None = None  # the merged copy's dtype (e.g. "bfloat16" for CPU bf16); None: the compute dtype
+    # multinomial: torch.multinomial, the draws of transformers' generate under one seed; inverse_cdf: one
+    # uniform per row (`inverse_cdf`); auto: inverse_cdf on CPU, where multinomial is a third of a decode step
+    sampler: str = "auto"
 
 
 @dataclass
@@ -95,10 +98,10 @@ def sample(
     """Next tokens [B] and their log-probs [B] under log_softmax(logits / temperature).
 
     A row whose logits are not finite (NaN or +inf: fp16 activations that overflowed) gets a non-finite log-prob
-    and an arbitrary token: on CUDA `torch.multinomial` on such a row is a device-side assert that kills the process,
-    so it never sees one, and the engine raises `PrecisionError` at its next sync instead.
+    and an arbitrary token, with no device-side assert (`torch.multinomial` on such a row kills a CUDA process);
+    the engine raises `PrecisionError` at its next sync instead.
     """
-    scaled = logits.float() / s.temperature  # [B, V]
+    scaled = logits.float() if s.temperature == 1.0 else logits.float() / s.temperature  # [B, V]
     logp = torch.log_softmax(scaled, dim=-1)
     if s.greedy:
         tokens = scaled.argmax(dim=-1)
@@ -113,11 +116,28 @@ def sample(
             drop = cum - torch.softmax(sorted_logits, dim=-1) > s.top_p  # keep the token that crosses top_p
             filtered = filtered.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
         probs = torch.softmax(filtered, dim=-1)
-        finite = torch.isfinite(probs).all(dim=-1, keepdim=True)  # [B, 1]; no device sync
-        tokens = torch.multinomial(torch.where(finite, probs, 1.0), 1, generator=generator).squeeze(-1)
+        if s.sampler == "multinomial" or (s.sampler == "auto" and probs.device.type == "cuda"):
+            finite = torch.isfinite(probs.sum(dim=-1, keepdim=True))  # [B, 1]; no device sync
+            tokens = torch.multinomial(torch.where(finite, probs, 1.0), 1, generator=generator).squeeze(-1)
+        else:
+            tokens = inverse_cdf(probs, generator)
     # not finite for a row with NaN or +inf logits (log_softmax spreads them over the row); finite otherwise, as
     # the chosen token has a probability above 0
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of `probs` [B, V], drawn by inverting the row's cumulative distribution.
+
+    Draws B uniforms where `torch.multinomial` draws B x V exponentials on CPU (a third of a 135M model's
+    decode step at 128 rows x 49k tokens). u is in (0, 1], so the chosen token's interval has positive width:
+    a token of probability 0 (masked by top-k/top-p) is never drawn. A non-finite row (softmax of NaN or +inf
+    logits: all NaN) is sampled as uniform, with no check that waits for the device.
+    """
+    finite = torch.isfinite(probs.sum(dim=-1, keepdim=True))  # [B, 1]; NaN anywhere in a row makes its sum NaN
+    cdf = torch.where(finite, probs, 1.0).cumsum(dim=-1)
+    u = 1.0 - torch.rand((probs.shape[0], 1), generator=generator, device=probs.device)
+    return torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
 
 
 def nonfinite_error(dtype: torch.dtype) -> PrecisionError:
@@ -320,6 +340,7 @@ def grouped_decode_attention(
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    key, value, attention_mask = written_part(query, key, value, attention_mask)
     groups = getattr(module, "num_key_value_groups", 1)
     if query.shape[2] != 1 or groups == 1 or dropout:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
@@ -327,6 +348,25 @@ def grouped_decode_attention(
     grouped = query.reshape(batch, heads // groups, groups, dim)  # [B, Hkv, G, D]
     out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask, scale=scaling)
     return out.reshape(batch, heads, 1, value.shape[-1]).transpose(1, 2).contiguous(), None  # [B, 1, Hq, D]
+
+
+def written_part(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """K, V and mask cut after the last cache slot any row attends to, for an eager one-token step on CPU.
+
+    The static cache is as long as the longest completion; early in a rollout most of it is unwritten and
+    masked, yet attention reads all of it (on the CPU demo, over half of a decode step's attention). Masked
+    slots add exactly nothing, so the cut changes no number. Finding the cut reads the mask on the host: free
+    on CPU, a sync per layer on CUDA, and a data-dependent shape under compile, so both keep the whole cache.
+    """
+    if query.shape[2] != 1 or mask is None or mask.dtype != torch.bool or query.device.type != "cpu":
+        return key, value, mask
+    if torch.compiler.is_compiling():
+        return key, value, mask
+    used = mask.flatten(0, -2).any(dim=0).nonzero()  # slots some row attends to
+    end = int(used[-1]) + 1 if len(used) else mask.shape[-1]
+    return key[:, :, :end], value[:, :, :end], mask[..., :end]
 
 
 def use_grouped_decode_attention(model: Any) -> bool:
@@ -751,7 +791,7 @@ class RolloutEngine:
 # Every engine alive, for tests and diagnostics; weak, so it keeps none of them alive.
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 _ENGINES_ATTR = "_r1lite_engines"
-_SAMPLING = ("temperature", "top_p", "top_k", "greedy")  # per call, not part of an engine's identity
+_SAMPLING = ("temperature", "top_p", "top_k", "greedy", "sampler")  # per call, not part of an engine's identity
 
 
 def engine_for(model: Any, tokenizer: Any, settings: RolloutSettings) -> RolloutEngine:
