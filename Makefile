@@ -65,7 +65,8 @@ demo: $(STAMP)
 
 # Does GRPO itself teach the model, and is it the reward that does? The cpu-rl profile beside its control arm
 # (each step's rewards shuffled), one seed: the demo's warm-up (copied when `make demo` ran first), then both
-# arms, then real - control in the declared metric (avg@4) with a paired 95 % interval: ~35-40 min, 5.2 GB.
+# arms (12 GRPO steps each), then real - control in the declared metric (avg@4) with a paired 95 % interval:
+# ~40 min, 5.3 GB on 2 cores.
 demo-rl: $(STAMP)
 	$(VENV)/bin/r1lite sweep recipes/sweeps/demo-rl.yaml --seeds 1 $(ARGS)
 	$(VENV)/bin/r1lite sweep report demo-rl

@@ -31,6 +31,19 @@ def test_rollout_bench_smoke(tmp_path):
     assert result["throughput_ratio"] > 0 and out.is_file()
 
 
+def test_decode_bench_smoke(tmp_path):
+    """bench/decode.py times the three decode variants and the matmul bound on a tiny model (no speed asserted)."""
+    from r1lite.train.tiny import build_tiny_model
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "decode.py"
+    spec = importlib.util.spec_from_file_location("bench_decode", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = build_tiny_model(tmp_path / "m", hidden=64, layers=2)
+    [row] = bench.main(["--model", str(model), "--rows", "16", "--prompt", "8", "--tokens", "6", "--dtypes", "float32"])
+    assert row["dtype"] == "float32" and all(row[k] > 0 for k in ("before_ms", "sampler_ms", "now_ms", "matmuls_ms"))
+
+
 GPU_CHECK = Path(__file__).resolve().parent.parent / "bench" / "gpu_check.py"
 
 

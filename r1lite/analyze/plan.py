@@ -582,10 +582,16 @@ HF_GENERATE_MS_PER_LAYER = {
     "none": (95.4 / 36, f"{_CALIBRATION}: bf16 HF generate at 671 tok/s"),
 }
 TRAIN_MFU = (0.30, "assumed share of the card's dense bf16 TFLOP/s reached by LoRA training steps (not measured)")
-# CPU throughput of SmolLM2-135M in fp32 on 2 cores, scaled by parameter count for other models
-CPU_SOURCE = "make demo on a 2-core AMD EPYC, SmolLM2-135M fp32 (2026-11-29): SFT ~130 tokens/s, eval ~0.2 s/step"
-CPU_TRAIN_S_PER_TOKEN = 1 / 130  # SFT and GRPO training, prompt + completion tokens
-CPU_DECODE_S_PER_STEP = 0.20  # one decode step of a batch of up to 32 rows, the engine on CPU
+# CPU throughput of SmolLM2-135M in bf16 on 2 cores, scaled by parameter count for other models
+CPU_SOURCE = (
+    "SmolLM2-135M in bf16 on a 2-core AMD EPYC with AVX512-BF16 (2026-12-06: bench/decode.py, make demo-rl): "
+    "a decode step 16 ms + 1.1 ms per row, GRPO training ~420 tokens/s, SFT ~270 tokens/s, ~2.3 sampling rounds a "
+    "step with dynamic sampling"
+)
+CPU_DECODE_MS = (16.0, 1.125)  # one decode step of the engine: fixed + per row
+CPU_TRAIN_S_PER_TOKEN = 1 / 420  # GRPO training, prompt + completion tokens (forward + backward)
+CPU_SFT_S_PER_TOKEN = 1 / 270  # SFT (its batches of 4 are padded and small)
+CPU_SAMPLING_ROUNDS = 2.3  # rollouts per GRPO batch with dynamic sampling (measured mean, cpu profiles)
 
 
 # A mean completion length where no run of the recipe has logged one, per task. minrl trains Qwen3-1.7B-Base with
@@ -633,16 +639,32 @@ class TypicalLength:
 
 
 def _cpu_timing(recipe: Any, shape: Shape, rows: int, prompt: int) -> Timing:
+    """Minutes of a CPU run from what the engine and the trainer measured on 2 cores (`CPU_SOURCE`).
+
+    A GRPO batch is sampled once (more rounds with dynamic sampling), scored once more for the old log-probs when
+    it serves several updates (TRL's num_iterations), then trained on once per update; evals decode greedily and,
+    with pass@k, k samples per problem.
+    """
     g, e = recipe.grpo, recipe.eval
     scale = shape.params / SHAPES["smollm2-135m-instruct"].params
-    train_s, decode_s = CPU_TRAIN_S_PER_TOKEN * scale, CPU_DECODE_S_PER_STEP * scale
+    train_s = CPU_TRAIN_S_PER_TOKEN * scale
+
+    def decode_s(batch: int, tokens: int) -> float:
+        return tokens * (CPU_DECODE_MS[0] + CPU_DECODE_MS[1] * batch) / 1000 * scale
+
     seq = prompt + g.max_completion_length
-    step = g.max_completion_length * decode_s * math.ceil(rows / 32) + rows * seq * train_s
+    iterations = g.trl.get("num_iterations", 1)
+    rounds = min(CPU_SAMPLING_ROUNDS, g.dynamic_sampling_rounds) if g.dynamic_sampling else 1
+    sampling = rounds * decode_s(rows, g.max_completion_length) + (rows * seq * train_s / 3 if iterations > 1 else 0)
+    step = sampling / iterations + rows * seq * train_s
     completion = 20 if recipe.sft_completions() == "answers" else 60 if recipe.sft.trace_style == "short" else 150
     sft_tokens = min(prompt + completion, recipe.sft.max_length)
-    sft_s = recipe.sft.examples * recipe.sft.epochs * sft_tokens * train_s if recipe.sft.enabled else 0
-    eval_s = 2 * math.ceil(e.examples / min(e.batch_size, 32)) * e.max_new_tokens * decode_s
-    hours = (step * g.max_steps + sft_s + eval_s) / 3600
+    sft_s = recipe.sft.examples * recipe.sft.epochs * sft_tokens * CPU_SFT_S_PER_TOKEN * scale
+    sft_s = sft_s if recipe.sft.enabled else 0.0
+    one_eval = math.ceil(e.examples / e.batch_size) * decode_s(e.batch_size, e.max_new_tokens)
+    if e.pass_k:
+        one_eval += math.ceil(e.examples * e.pass_k / e.batch_size) * decode_s(e.batch_size, e.max_new_tokens)
+    hours = (step * g.max_steps + sft_s + 2 * one_eval) / 3600
     return Timing(step, hours, 0.0, [f"CPU: {CPU_SOURCE}; scaled by parameter count for other models"])
 
 

@@ -36,7 +36,7 @@ import contextlib
 import inspect
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -76,7 +76,7 @@ class RolloutSettings:
     dtype: str | None = None  # the merged copy's dtype (e.g. "bfloat16" for CPU bf16); None: the compute dtype
     # multinomial: torch.multinomial, the draws of transformers' generate under one seed; inverse_cdf: one
     # uniform per row (`inverse_cdf`); auto: inverse_cdf on CPU, where multinomial is a third of a decode step
-    sampler: str = "auto"
+    sampler: Literal["auto", "multinomial", "inverse_cdf"] = "auto"
 
 
 @dataclass
@@ -357,8 +357,10 @@ def written_part(
 
     The static cache is as long as the longest completion; early in a rollout most of it is unwritten and
     masked, yet attention reads all of it (on the CPU demo, over half of a decode step's attention). Masked
-    slots add exactly nothing, so the cut changes no number. Finding the cut reads the mask on the host: free
-    on CPU, a sync per layer on CUDA, and a data-dependent shape under compile, so both keep the whole cache.
+    slots weigh exactly 0, so only rounding changes: SDPA blocks a shorter K/V differently (1 ulp of bf16, up
+    to ~1e-7 in fp32), which can flip a greedy near-tie (the demo's warm-up eval: 52 of 256 right, was 50).
+    Finding the cut reads the mask on the host: free on CPU, a sync per layer on CUDA, and a data-dependent
+    shape under compile, so both keep the whole cache.
     """
     if query.shape[2] != 1 or mask is None or mask.dtype != torch.bool or query.device.type != "cpu":
         return key, value, mask
@@ -370,7 +372,8 @@ def written_part(
 
 
 def use_grouped_decode_attention(model: Any) -> bool:
-    """Switch a model that uses SDPA to `grouped_decode_attention` (same numbers; others are left alone)."""
+    """Switch a model that uses SDPA to `grouped_decode_attention` (same numbers up to rounding; others are left
+    alone)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
