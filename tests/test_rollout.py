@@ -716,6 +716,17 @@ def test_inverse_cdf_draws_each_token_in_proportion_and_never_a_masked_one():
     assert ((freq - probs.double()).abs() <= 4 * se + 1e-12).all(), (freq, probs)
 
 
+@pytest.mark.parametrize("drawn", [0.0, 1 - 2**-24])
+def test_inverse_cdf_at_the_ends_of_its_uniform_draws_a_token_that_can_be_drawn(monkeypatch, drawn):
+    """u = 1 (torch.rand gave 0) picks the last token with probability > 0, u = 2^-24 the first: never a masked
+    token before, between or after them."""
+    from r1lite.train.rollout import inverse_cdf
+
+    probs = torch.tensor([[0.0, 0.0, 0.3, 0.0, 0.7, 0.0, 0.0]])
+    monkeypatch.setattr(torch, "rand", lambda shape, **_: torch.full(shape, drawn))
+    assert inverse_cdf(probs).tolist() == [4 if drawn == 0.0 else 2]
+
+
 def test_the_cpu_sampler_is_inverse_cdf_and_multinomial_is_kept_on_request():
     """auto samples with inverse_cdf off CUDA (same seed, same tokens as calling it), multinomial where asked."""
     from r1lite.train.rollout import inverse_cdf
@@ -750,7 +761,7 @@ def test_a_cpu_decode_step_reads_only_the_written_part_of_the_cache(tiny, monkey
     engine = RolloutEngine(model, tok, settings)
     engine.generate(grouped(tok, 2), 2)
     per_step = sorted(set(lengths))
-    assert len(per_step) == 5 and per_step[-1] < engine._states[len(grouped(tok, 2))].length
-    assert per_step == list(range(per_step[0], per_step[0] + 5))
+    first = max(len(p) for p in grouped(tok, 2)) + 1  # the prompt's slots and the token being decoded
+    assert per_step == list(range(first, first + 5)) and per_step[-1] < engine._states[len(grouped(tok, 2))].length
     monkeypatch.setattr(rollout, "written_part", lambda q, k, v, m: (k, v, m))
     assert RolloutEngine(model, tok, settings).generate(grouped(tok, 2), 2).completion_ids == full

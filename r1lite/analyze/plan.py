@@ -29,6 +29,7 @@ from r1lite.analyze.report import series
 from r1lite.errors import R1liteError
 from r1lite.runs.distributed import world_size
 from r1lite.runs.rundir import Run
+from r1lite.train.models import cpu_bf16
 
 PROMPT_TOKENS = 160  # a rendered Countdown prompt is ~140 Qwen tokens; chat templates add ~20
 COMPACT_PROMPT_TOKENS = 70  # data.prompt_format=compact, with SmolLM2's default system prompt
@@ -591,6 +592,7 @@ CPU_SOURCE = (
 CPU_DECODE_MS = (16.0, 1.125)  # one decode step of the engine: fixed + per row
 CPU_TRAIN_S_PER_TOKEN = 1 / 420  # GRPO training, prompt + completion tokens (forward + backward)
 CPU_SFT_S_PER_TOKEN = 1 / 270  # SFT (its batches of 4 are padded and small)
+CPU_FP32_SLOWER = 2.1  # a decode step in fp32 / in bf16 (bench/decode.py: 319 / 152 ms), taken for training too
 CPU_SAMPLING_ROUNDS = 2.3  # rollouts per GRPO batch with dynamic sampling (measured mean, cpu profiles)
 
 
@@ -639,7 +641,8 @@ class TypicalLength:
 
 
 def _cpu_timing(recipe: Any, shape: Shape, rows: int, prompt: int) -> Timing:
-    """Minutes of a CPU run from what the engine and the trainer measured on 2 cores (`CPU_SOURCE`).
+    """Seconds per GRPO step and hours of a CPU run from what the engine and the trainer measured on 2 cores
+    (`CPU_SOURCE`, bf16; `CPU_FP32_SLOWER` times that where the run computes in fp32).
 
     A GRPO batch is sampled once (more rounds with dynamic sampling), scored once more for the old log-probs when
     it serves several updates (TRL's num_iterations), then trained on once per update; evals decode greedily and,
@@ -647,6 +650,8 @@ def _cpu_timing(recipe: Any, shape: Shape, rows: int, prompt: int) -> Timing:
     """
     g, e = recipe.grpo, recipe.eval
     scale = shape.params / SHAPES["smollm2-135m-instruct"].params
+    if not cpu_bf16(recipe.model, on_cuda=False):
+        scale *= CPU_FP32_SLOWER
     train_s = CPU_TRAIN_S_PER_TOKEN * scale
 
     def decode_s(batch: int, tokens: int) -> float:
@@ -654,7 +659,7 @@ def _cpu_timing(recipe: Any, shape: Shape, rows: int, prompt: int) -> Timing:
 
     seq = prompt + g.max_completion_length
     iterations = g.trl.get("num_iterations", 1)
-    rounds = min(CPU_SAMPLING_ROUNDS, g.dynamic_sampling_rounds) if g.dynamic_sampling else 1
+    rounds = min(CPU_SAMPLING_ROUNDS, 1 + g.dynamic_sampling_rounds) if g.dynamic_sampling else 1
     sampling = rounds * decode_s(rows, g.max_completion_length) + (rows * seq * train_s / 3 if iterations > 1 else 0)
     step = sampling / iterations + rows * seq * train_s
     completion = 20 if recipe.sft_completions() == "answers" else 60 if recipe.sft.trace_style == "short" else 150

@@ -74,9 +74,9 @@ class RolloutSettings:
     train_grad_ckpt: bool = True
     planned_merge: bool | None = None  # `r1lite plan`'s decision for this stage, logged beside the engine's
     dtype: str | None = None  # the merged copy's dtype (e.g. "bfloat16" for CPU bf16); None: the compute dtype
-    # multinomial: torch.multinomial, the draws of transformers' generate under one seed; inverse_cdf: one
-    # uniform per row (`inverse_cdf`); auto: inverse_cdf on CPU, where multinomial is a third of a decode step
-    sampler: Literal["auto", "multinomial", "inverse_cdf"] = "auto"
+    # auto: `inverse_cdf` on CPU (one uniform per row; multinomial is a third of a CPU decode step), multinomial
+    # on CUDA; multinomial: torch.multinomial everywhere, the draws of transformers' generate under one seed
+    sampler: Literal["auto", "multinomial"] = "auto"
 
 
 @dataclass
@@ -116,7 +116,7 @@ def sample(
             drop = cum - torch.softmax(sorted_logits, dim=-1) > s.top_p  # keep the token that crosses top_p
             filtered = filtered.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
         probs = torch.softmax(filtered, dim=-1)
-        if s.sampler == "multinomial" or (s.sampler == "auto" and probs.device.type == "cuda"):
+        if s.sampler == "multinomial" or probs.device.type != "cpu":
             finite = torch.isfinite(probs.sum(dim=-1, keepdim=True))  # [B, 1]; no device sync
             tokens = torch.multinomial(torch.where(finite, probs, 1.0), 1, generator=generator).squeeze(-1)
         else:
@@ -127,12 +127,13 @@ def sample(
 
 
 def inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row of `probs` [B, V], drawn by inverting the row's cumulative distribution.
+    """One token per row of CPU `probs` [B, V], drawn by inverting the row's cumulative distribution.
 
     Draws B uniforms where `torch.multinomial` draws B x V exponentials on CPU (a third of a 135M model's
-    decode step at 128 rows x 49k tokens). u is in (0, 1], so the chosen token's interval has positive width:
-    a token of probability 0 (masked by top-k/top-p) is never drawn. A non-finite row (softmax of NaN or +inf
-    logits: all NaN) is sampled as uniform, with no check that waits for the device.
+    decode step at 128 rows x 49k tokens). u is in (0, 1] and the CPU's cumsum adds in order, so the sums never
+    decrease and the chosen token's interval has positive width: a token of probability 0 (masked by top-k/top-p)
+    is never drawn. CUDA's parallel cumsum promises neither, which is why CUDA keeps multinomial. A non-finite row
+    (softmax of NaN or +inf logits: all NaN) is sampled as uniform.
     """
     finite = torch.isfinite(probs.sum(dim=-1, keepdim=True))  # [B, 1]; NaN anywhere in a row makes its sum NaN
     cdf = torch.where(finite, probs, 1.0).cumsum(dim=-1)
@@ -899,7 +900,9 @@ def make_rollout_func(settings: RolloutSettings) -> Any:
         mode = "train" if model.training else "eval"
         G = trainer.num_generations if mode == "train" else trainer.num_generations_eval
         with _timer() as elapsed:
-            out = engine.generate(prompt_ids, num_generations=G)
+            out = engine.generate(
+                prompt_ids, num_generations=G, sampling=settings
+            )  # an engine an eval made samples too
         metrics = trainer._metrics[mode]
         metrics["rollout/tokens_per_s"].append(out.stats["tokens"] / max(elapsed(), 1e-9))
         metrics["rollout/merged"].append(float(out.stats["merged"]))
