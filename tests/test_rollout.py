@@ -575,12 +575,14 @@ def test_batch_stop_is_checked_once_every_sync_every_tokens(tiny, monkeypatch):
 # ----------------------------------------------------------------------------------------------
 
 
-def test_nan_logits_are_sampled_without_an_assert():
+@pytest.mark.parametrize("sampler", ["auto", "multinomial"])
+def test_nan_logits_are_sampled_without_an_assert(sampler):
     """On CUDA `torch.multinomial` on a NaN/inf row is a device-side assert that kills the process (on CPU, an
     exception): `sample` never hands it one, and the row's log-prob is not finite, for the engine to report."""
     nan, inf = float("nan"), float("inf")
     logits = torch.tensor([[nan, 1.0, 0.0], [1.0, 2.0, 0.5], [inf, 1.0, 0.0], [-inf, -inf, -inf]])
-    tokens, logps = sample(logits, RolloutSettings(top_p=0.9), torch.Generator().manual_seed(0))
+    settings = RolloutSettings(top_p=0.9, sampler=sampler)
+    tokens, logps = sample(logits, settings, torch.Generator().manual_seed(0))
     assert tokens.shape == (4,) and not logps[[0, 2, 3]].isfinite().any() and logps[1].isfinite()
 
 

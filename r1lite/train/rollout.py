@@ -116,9 +116,10 @@ def sample(
             drop = cum - torch.softmax(sorted_logits, dim=-1) > s.top_p  # keep the token that crosses top_p
             filtered = filtered.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
         probs = torch.softmax(filtered, dim=-1)
+        finite = torch.isfinite(probs.sum(dim=-1, keepdim=True))  # [B, 1]; NaN anywhere makes the sum NaN; no sync
+        probs = torch.where(finite, probs, 1.0)  # a non-finite row is sampled as uniform
         if s.sampler == "multinomial" or probs.device.type != "cpu":
-            finite = torch.isfinite(probs.sum(dim=-1, keepdim=True))  # [B, 1]; no device sync
-            tokens = torch.multinomial(torch.where(finite, probs, 1.0), 1, generator=generator).squeeze(-1)
+            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         else:
             tokens = inverse_cdf(probs, generator)
     # not finite for a row with NaN or +inf logits (log_softmax spreads them over the row); finite otherwise, as
@@ -127,16 +128,15 @@ def sample(
 
 
 def inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row of CPU `probs` [B, V], drawn by inverting the row's cumulative distribution.
+    """One token per row of CPU `probs` [B, V] (finite, not necessarily normalised), drawn by inverting the row's
+    cumulative distribution.
 
     Draws B uniforms where `torch.multinomial` draws B x V exponentials on CPU (a third of a 135M model's
     decode step at 128 rows x 49k tokens). u is in (0, 1] and the CPU's cumsum adds in order, so the sums never
     decrease and the chosen token's interval has positive width: a token of probability 0 (masked by top-k/top-p)
-    is never drawn. CUDA's parallel cumsum promises neither, which is why CUDA keeps multinomial. A non-finite row
-    (softmax of NaN or +inf logits: all NaN) is sampled as uniform.
+    is never drawn. CUDA's parallel cumsum promises neither, which is why CUDA keeps multinomial.
     """
-    finite = torch.isfinite(probs.sum(dim=-1, keepdim=True))  # [B, 1]; NaN anywhere in a row makes its sum NaN
-    cdf = torch.where(finite, probs, 1.0).cumsum(dim=-1)
+    cdf = probs.cumsum(dim=-1)
     u = 1.0 - torch.rand((probs.shape[0], 1), generator=generator, device=probs.device)
     return torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
 
@@ -363,9 +363,8 @@ def written_part(
     Finding the cut reads the mask on the host: free on CPU, a sync per layer on CUDA, and a data-dependent
     shape under compile, so both keep the whole cache.
     """
-    if query.shape[2] != 1 or mask is None or mask.dtype != torch.bool or query.device.type != "cpu":
-        return key, value, mask
-    if torch.compiler.is_compiling():
+    eager_cpu = query.device.type == "cpu" and not torch.compiler.is_compiling()
+    if query.shape[2] != 1 or mask is None or mask.dtype != torch.bool or not eager_cpu:
         return key, value, mask
     used = mask.flatten(0, -2).any(dim=0).nonzero()  # slots some row attends to
     end = int(used[-1]) + 1 if len(used) else mask.shape[-1]
@@ -900,9 +899,8 @@ def make_rollout_func(settings: RolloutSettings) -> Any:
         mode = "train" if model.training else "eval"
         G = trainer.num_generations if mode == "train" else trainer.num_generations_eval
         with _timer() as elapsed:
-            out = engine.generate(
-                prompt_ids, num_generations=G, sampling=settings
-            )  # an engine an eval made samples too
+            # its own sampling settings: the engine may be one an eval made (greedy), reused for its buffers
+            out = engine.generate(prompt_ids, num_generations=G, sampling=settings)
         metrics = trainer._metrics[mode]
         metrics["rollout/tokens_per_s"].append(out.stats["tokens"] / max(elapsed(), 1e-9))
         metrics["rollout/merged"].append(float(out.stats["merged"]))
