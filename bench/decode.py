@@ -35,17 +35,19 @@ def model_and_tokenizer(name: str) -> tuple[Any, Any]:
 
 def ms_per_step(model: Any, tok: Any, args: argparse.Namespace, dtype: str, sampler: str, cut: bool) -> float:
     """Milliseconds per decode step of one rollout (the second of two: the first builds the engine's buffers)."""
-    import r1lite.train.rollout as rollout
+    from r1lite.train.rollout import attention
+    from r1lite.train.rollout.engine import RolloutSettings
+    from r1lite.train.rollout.registry import engine_for, release_engines
 
-    written_part = rollout.written_part
+    written_part = attention.written_part
     if not cut:
-        rollout.written_part = lambda q, k, v, m: (k, v, m)
+        attention.written_part = lambda q, k, v, m: (k, v, m)
     try:
-        rollout.release_engines(model)
-        settings = rollout.RolloutSettings(
+        release_engines(model)
+        settings = RolloutSettings(
             max_new_tokens=args.tokens, dtype=dtype, merge="merged", compile=False, stop_at_eos=False, sampler=sampler
         )
-        engine = rollout.engine_for(model, tok, settings)
+        engine = engine_for(model, tok, settings)
         prompt = tok("Make 72 from [79, 55, 96] with + - * /, each number once. " * 8)["input_ids"][: args.prompt]
         rows = [prompt] * args.rows
         generator = torch.Generator().manual_seed(0)
@@ -54,7 +56,7 @@ def ms_per_step(model: Any, tok: Any, args: argparse.Namespace, dtype: str, samp
         out = engine.generate(rows, num_generations=8, generator=generator)
         return (time.perf_counter() - start) * 1000 / max(len(c) for c in out.completion_ids)
     finally:
-        rollout.written_part = written_part
+        attention.written_part = written_part
 
 
 def matmul_ms(model: Any, rows: int, dtype: torch.dtype, repeats: int = 5) -> float:

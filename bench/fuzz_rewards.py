@@ -72,7 +72,7 @@ def tasks_and_examples(seed: int) -> list[tuple[Any, list[dict[str, Any]]]]:
     """Countdown and the reasoning-gym tasks, each with a few real examples to score against."""
     import itertools
 
-    from r1lite.tasks import load_task
+    from r1lite.tasks.registry import load_task
 
     out = []
     for spec in ("countdown", *RG_TASKS):

@@ -49,8 +49,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from r1lite.analyze.hardware import GIB  # noqa: E402
 from r1lite.fileio import write_json  # noqa: E402
+from r1lite.plan.hardware import GIB  # noqa: E402
 
 PROFILES = ("gpu-16gb", "gpu-16gb-qwen3", "gpu-24gb")  # the project's target card, the consumer anchor, 24 GB
 PARTS = ("env", "tests", "rollout", "profiles")
@@ -231,7 +231,7 @@ def run_profile_part(profile: str, args: argparse.Namespace, work: Path, limit_s
 def judge_fit(peak_allocated: int, context: int, card_gib: float) -> bool:
     """A run fits its card when its peak allocated bytes, with the planner's allocator slack, and the CUDA context
     its process holds fit the card's memory (the rule `r1lite plan` applies to its own figures)."""
-    from r1lite.analyze.plan import ALLOCATOR_SLACK
+    from r1lite.plan.memory import ALLOCATOR_SLACK
 
     return peak_allocated * (1 + ALLOCATOR_SLACK) + context <= card_gib * GIB
 
@@ -266,7 +266,7 @@ def capped(card: Any) -> Any:
     """The process limited to what the plan gives it on `card`: the card less the plan's CUDA context."""
     import torch
 
-    from r1lite.analyze.plan import CUDA_CONTEXT_GIB
+    from r1lite.plan.memory import CUDA_CONTEXT_GIB
 
     if not torch.cuda.is_available():
         yield None
@@ -282,7 +282,7 @@ def capped(card: Any) -> Any:
 
 
 def _free() -> None:
-    from r1lite.runs.pipeline import free_memory
+    from r1lite.orchestrate.pipeline import free_memory
 
     free_memory()
 
@@ -434,7 +434,10 @@ def measure_stages(recipe: Any, meter: Meter) -> tuple[dict[str, int | None], GR
 
 def run_profile(profile: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """One profile through base eval, SFT and GRPO under its card's memory, measured beside the plan."""
-    from r1lite.analyze.plan import CUDA_CONTEXT_GIB, Shape, card_for_profile, make_plan, shape_for
+    from r1lite.plan.hardware import card_for_profile
+    from r1lite.plan.memory import CUDA_CONTEXT_GIB
+    from r1lite.plan.planner import make_plan, shape_for
+    from r1lite.plan.shapes import Shape
     from r1lite.recipe.load import load_recipe
 
     card = card_for_profile(profile)
@@ -503,7 +506,7 @@ def _this_gpu_card() -> Any:
     """This GPU from the card table (for step-time plans), or None on CPU."""
     import torch
 
-    from r1lite.analyze.plan import detected_card
+    from r1lite.plan.hardware import detected_card
 
     return detected_card() if torch.cuda.is_available() else None
 

@@ -276,7 +276,7 @@ def bootstrap(x: np.ndarray, resamples: int = 10_000) -> list[float]:
 
 # -- modes ------------------------------------------------------------------------------------------------------
 R1LITE_RENDER = (  # run only by --check-prompt, in a subprocess: r1lite's own rendering of the same example
-    "import json, sys; from r1lite.tasks import load_task; from r1lite.train.models import load_tokenizer; "
+    "import json, sys; from r1lite.tasks.registry import load_task; from r1lite.train.models import load_tokenizer; "
     "print(load_task('countdown').render_prompt(json.loads(sys.argv[1]), sys.argv[3], load_tokenizer(sys.argv[2])),"
     " end='')"
 )

@@ -26,12 +26,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--set", dest="sets", action="append", default=[])
     args = p.parse_args(argv)
 
-    from r1lite.analyze.plan import GIB, make_plan
+    from r1lite.plan.memory import GIB
+    from r1lite.plan.planner import make_plan
     from r1lite.recipe.load import load_recipe
     from r1lite.stages import data
     from r1lite.stages.grpo import build_trainer
     from r1lite.train.memtrack import PeakTensorBytes
-    from r1lite.train.rollout import engine_tensors
+    from r1lite.train.rollout.registry import engine_tensors
 
     no_eos = 'grpo.trl={"generation_kwargs": {"eos_token_id": null, "suppress_tokens": null}}'
     recipe = load_recipe(args.recipe, args.profile, [*args.sets, no_eos, "tracking.wandb=disabled"])

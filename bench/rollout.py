@@ -31,7 +31,7 @@ import torch
 
 def qwen2_config(name: str) -> dict[str, Any]:
     """A Qwen2 config's fields for a shape from r1lite's planner table (one copy of the published shapes)."""
-    from r1lite.analyze.plan import SHAPES as PLAN_SHAPES
+    from r1lite.plan.shapes import SHAPES as PLAN_SHAPES
 
     s = PLAN_SHAPES[f"qwen/{name}"]
     return dict(
@@ -103,9 +103,11 @@ def run_backend(backend: str, model_dir: Path, args: argparse.Namespace) -> dict
 
     from r1lite.recipe.config import LoraConfig, ModelConfig, QuantizationConfig
     from r1lite.runs.tracking import quiet_library_output
+    from r1lite.stages.grpo_rollout import make_rollout_func
     from r1lite.train.grpo_trainer import GRPOTrainer
     from r1lite.train.models import keep_fp32_adapters, load_model, load_tokenizer, lora_config
-    from r1lite.train.rollout import RolloutSettings, make_rollout_func, release_engines
+    from r1lite.train.rollout.engine import RolloutSettings
+    from r1lite.train.rollout.registry import release_engines
 
     cuda = torch.cuda.is_available()
     model_cfg = ModelConfig(name=str(model_dir), gradient_checkpointing=args.grad_ckpt)

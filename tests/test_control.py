@@ -10,11 +10,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from r1lite.analyze.sweep_report import build_sweep_report, collect, control_table, headline
 from r1lite.cli.main import app
 from r1lite.errors import RecipeError
 from r1lite.fileio import read_jsonl, write_json, write_jsonl
+from r1lite.orchestrate.sweep import Sweep
 from r1lite.recipe.load import load_recipe
-from r1lite.runs.sweep import Sweep, build_sweep_report, collect, control_table, headline
 from r1lite.train.grpo_trainer import shuffle_rewards
 
 runner = CliRunner()
@@ -164,7 +165,7 @@ def test_a_sweep_run_in_parts_reports_every_seed(tmp_path):
 def test_a_run_samples_the_evals_its_claims_compare_and_pairs_both_metrics(tmp_path, monkeypatch, tiny):
     """With a warm-up before GRPO the base eval stays greedy (GRPO is judged against the warm-up); the warm-up and
     final evals sample, and the summary holds both metrics' paired changes, the declared one named."""
-    from r1lite.runs import pipeline
+    from r1lite.orchestrate import pipeline
 
     monkeypatch.chdir(tmp_path)
     sets = [

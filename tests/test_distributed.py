@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from r1lite.cli.main import app
 from r1lite.errors import RecipeError
 from r1lite.fileio import read_jsonl
+from r1lite.machine.distributed import CONFIGS, split_batch
 from r1lite.recipe.config import check_backends
 from r1lite.recipe.load import load_recipe
-from r1lite.runs.distributed import CONFIGS, split_batch
 
 runner = CliRunner()
 

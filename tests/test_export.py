@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from r1lite.cli.main import app
 from r1lite.fileio import read_json, write_json, write_text
+from r1lite.runs import hub as hub_module
 from r1lite.share import export as ex
-from r1lite.share import hub as hub_module
 from r1lite.share import playground
 from r1lite.share.trained import open_run
 
@@ -80,7 +80,7 @@ def _random_adapter(model: Path, recipe, out: Path, seed: int = 1) -> Path:
 
 def _write_run(model: Path, recipe, evaluate: bool = True) -> Path:
     from r1lite.analyze.environment import describe
-    from r1lite.runs.pipeline import write_summary
+    from r1lite.orchestrate.pipeline import write_summary
     from r1lite.runs.rundir import STAGES, Run
     from r1lite.stages import data, evaluate
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from r1lite.analyze.hardware import Hardware
 from r1lite.cli.main import app
 from r1lite.errors import R1liteError, RecipeError
+from r1lite.plan.hardware import Hardware
 from r1lite.recipe.load import load_recipe
 
 runner = CliRunner()
@@ -61,8 +61,8 @@ def test_each_process_loads_its_4bit_model_onto_its_own_gpu(monkeypatch):
 def test_the_gpu_is_pinned_before_the_first_cuda_call_and_the_group_opens_with_the_timeout(monkeypatch):
     """Rank 1 of 2: set_device(1) comes before the hardware probe (the first CUDA call), and r1lite opens the
     process group itself, with the recipe's timeout, before any stage runs."""
-    from r1lite.analyze import hardware, plan
-    from r1lite.runs import distributed
+    from r1lite.machine import distributed
+    from r1lite.plan import hardware
     from r1lite.stages import evaluate as evaluate_stage
 
     events: list[str] = []
@@ -77,7 +77,7 @@ def test_the_gpu_is_pinned_before_the_first_cuda_call_and_the_group_opens_with_t
         return RTX_4080
 
     monkeypatch.setattr(hardware, "probe", probe)
-    monkeypatch.setattr(plan, "detected_card", lambda vram_gib=None: (probe(), plan.card_by_name("16"))[1])
+    monkeypatch.setattr(hardware, "detected_card", lambda vram_gib=None: (probe(), hardware.card_by_name("16"))[1])
     monkeypatch.setattr(distributed, "start", lambda minutes: events.append(f"start {minutes:g}"))
     monkeypatch.setattr(distributed, "wait_for_everyone", lambda: None)
     monkeypatch.setattr(evaluate_stage, "run", lambda *a, **k: events.append("eval") or {})
@@ -96,7 +96,7 @@ def test_the_process_group_gets_the_timeout(monkeypatch):
 
     from accelerate import PartialState
 
-    from r1lite.runs import distributed
+    from r1lite.machine import distributed
 
     seen = {}
 
@@ -118,7 +118,7 @@ def test_the_process_group_gets_the_timeout(monkeypatch):
 
 
 def test_evals_are_split_over_the_processes_in_order(monkeypatch):
-    from r1lite.runs import distributed
+    from r1lite.machine import distributed
 
     items = list(range(10))
     monkeypatch.setenv("WORLD_SIZE", "3")
@@ -138,7 +138,8 @@ def test_evals_are_split_over_the_processes_in_order(monkeypatch):
 
 
 def test_no_bf16_card_trains_in_fp16(monkeypatch):
-    from r1lite.train.models import fit_precision, trainer_defaults
+    from r1lite.machine.precision import fit_precision
+    from r1lite.train.models import trainer_defaults
 
     recipe = load_recipe("countdown", "gpu-16gb")
     fitted = fit_precision(recipe, T4)
@@ -154,12 +155,12 @@ def test_no_bf16_card_trains_in_fp16(monkeypatch):
 
 def test_a_t4_run_is_set_to_fp16_before_the_base_eval(monkeypatch):
     """`r1lite run` on a T4 prepares an fp16 recipe before any stage (TrainingArguments would refuse bf16 later)."""
-    from r1lite.analyze import hardware, plan
-    from r1lite.runs import pipeline
+    from r1lite.orchestrate import pipeline
+    from r1lite.plan import hardware
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(hardware, "probe", lambda: T4)
-    monkeypatch.setattr(plan, "detected_card", lambda vram_gib=None: plan.Card("Tesla T4", 14.7))
+    monkeypatch.setattr(hardware, "detected_card", lambda vram_gib=None: hardware.Card("Tesla T4", 14.7))
     seen, prepare = {}, pipeline.prepare
 
     def prepared(recipe, auto_fit=False):
@@ -188,7 +189,7 @@ def tiny(tmp_path_factory):
 def _engine(tiny: str, backend, merge: str = "unmerged"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from r1lite.train.rollout import RolloutEngine, RolloutSettings
+    from r1lite.train.rollout.engine import RolloutEngine, RolloutSettings
 
     model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(tiny)
@@ -247,7 +248,7 @@ def test_a_capture_that_agrees_is_trusted(tiny):
 
 
 def test_auto_compiles_only_the_paths_a_gpu_has_proven(monkeypatch):
-    from r1lite.analyze import plan
+    from r1lite.plan import memory as plan
 
     for merged in (True, False):
         assert plan.compiles("auto", merged, on_cuda=True) is False  # nothing measured on a GPU yet
@@ -261,7 +262,7 @@ def test_auto_compiles_only_the_paths_a_gpu_has_proven(monkeypatch):
 
 
 def test_a_cuda_error_left_by_a_capture_stops_with_the_setting(monkeypatch):
-    from r1lite.train.rollout import _synchronize
+    from r1lite.train.rollout.capture import synchronize as _synchronize
 
     def broken(device=None):
         raise RuntimeError("CUDA error: operation failed due to a previous error during capture")

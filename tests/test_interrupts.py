@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from r1lite.cli.main import app
 from r1lite.fileio import read_json, read_jsonl
-from r1lite.runs import resume, signals
+from r1lite.runs import failures, resume, signals
 
 runner = CliRunner()
 TIMING = {"elapsed_s", "step_time", "tokens_per_s", "rollout_tokens_per_s", "train_runtime", "train_samples_per_second",
@@ -183,17 +183,20 @@ def test_the_second_signal_stops_at_once(monkeypatch):
 def test_running_out_of_memory_keeps_the_checkpoint_and_auto_fit_continues(tiny, monkeypatch):
     """The settings named and saved are the real planner's (nothing stubbed but the card): they fit a card with 15 %
     less memory where the run's own do not, and --auto-fit writes them into config.yaml and continues."""
-    from r1lite.analyze import plan
+    from r1lite.plan import hardware
+    from r1lite.plan import planner as plan
+    from r1lite.plan.hardware import Card
+    from r1lite.plan.memory import HEADROOM
     from r1lite.recipe.load import load_recipe, read_yaml
     from r1lite.train.grpo_trainer import GRPOTrainer
 
     sets = overrides(tiny, "oom", "grpo.save_every=2", "sft.enabled=false")
     recipe = load_recipe("countdown", "cpu", sets)
-    peak = plan.make_plan(recipe, plan.Card("any", 80.0), verdicts=False).peak_gib
-    card = plan.Card("test card", peak * 1.2)  # the run fits it, but not with room on 15 % less: the plan must act
-    smaller = plan.Card(card.name, card.gib * 0.85)
-    assert not plan.make_plan(recipe, smaller, verdicts=False).fits(headroom=plan.HEADROOM)
-    monkeypatch.setattr(plan, "detected_card", lambda vram_gib=None: card)
+    peak = plan.make_plan(recipe, Card("any", 80.0), verdicts=False).peak_gib
+    card = Card("test card", peak * 1.2)  # the run fits it, but not with room on 15 % less: the plan must act
+    smaller = Card(card.name, card.gib * 0.85)
+    assert not plan.make_plan(recipe, smaller, verdicts=False).fits(headroom=HEADROOM)
+    monkeypatch.setattr(hardware, "detected_card", lambda vram_gib=None: card)
     generate, calls = GRPOTrainer._generate, []
 
     def oom_at_step_3(self, prompts):
@@ -214,7 +217,7 @@ def test_running_out_of_memory_keeps_the_checkpoint_and_auto_fit_continues(tiny,
     assert "out of GPU memory during grpo" in result.output and "the last checkpoint is kept" in result.output
     assert f"these fit with more room: {named} (or rerun with --auto-fit" in result.output
     fitted = load_recipe("countdown", "cpu", [*sets, *(f"{k}={v}" for k, v in fix.items())])
-    assert plan.make_plan(fitted, smaller, verdicts=False).fits(headroom=plan.HEADROOM)  # what the plan promised
+    assert plan.make_plan(fitted, smaller, verdicts=False).fits(headroom=HEADROOM)  # what the plan promised
 
     args = ["run", "countdown", "-p", "cpu", "--auto-fit", *[x for s in sets for x in ("--set", s)]]
     again = runner.invoke(app, args)
@@ -297,7 +300,7 @@ def test_a_full_disk_stops_with_the_path_and_replaces_no_good_file(tmp_path, mon
 
     monkeypatch.setattr(os, "replace", full)
     why = r"could not write .*summary\.json: the disk is full \(\d+ MiB free"
-    with pytest.raises(resume.R1liteError, match=why), signals.guard(None, "eval"):
+    with pytest.raises(resume.R1liteError, match=why), failures.guard(None, "eval"):
         write_json(target, {"good": False})
     assert read_json(target) == {"good": True}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind

@@ -1,5 +1,6 @@
-"""The package's shape: no import circle, one module that knows a run directory's file names, a README tree
-that matches the code."""
+"""The package's shape: no import circle (counting every import, wherever it is written), packages that import
+only downwards, no module over ~500 lines, one module that knows a run directory's file names, and an architecture
+page that matches the code."""
 
 from __future__ import annotations
 
@@ -9,9 +10,25 @@ import re
 import tokenize
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "r1lite"
 RUN_FILES = ("config.yaml", "stages.json", "summary.json", "hardware.json", "oom.json", "sweep.json")
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+# The one-way walk: a package imports its own level and the levels below, never above. Within a level, packages
+# may import each other as long as no module circle results (the circle test).
+LAYERS = (
+    ("r1lite", "r1lite.errors", "r1lite.fileio", "r1lite.ui", "r1lite.stats"),  # core: no r1lite imports to speak of
+    ("r1lite.tasks", "r1lite.machine"),  # what a problem is; this machine's processes and precision
+    ("r1lite.recipe",),  # what a run is asked to do
+    ("r1lite.plan",),  # shapes, bytes and seconds, before anything loads
+    ("r1lite.train", "r1lite.runs"),  # what the stages train and decode with; a run's directory and its lifecycle
+    ("r1lite.stages",),  # one module per pipeline stage
+    ("r1lite.analyze", "r1lite.orchestrate", "r1lite.share"),  # what uses the stages: reports, pipeline, export
+    ("r1lite.cli", "r1lite.__main__"),  # parses and calls one library function
+)
 
 
 def _module(path: Path) -> str:
@@ -23,25 +40,32 @@ def _modules() -> dict[str, Path]:
     return {_module(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def _top_level_imports(path: Path, modules: set[str]) -> set[str]:
-    """The r1lite modules a module imports when it is imported (not those its functions import later)."""
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """Every r1lite module `path` imports, at its top or inside a function: an import is an edge wherever it is
+    written (only `if TYPE_CHECKING:` blocks, which never run, are left out)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped = {
+        id(sub)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for stmt in node.body
+        for sub in ast.walk(stmt)
+    }
     found: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+    for node in ast.walk(tree):
+        if id(node) in skipped:
             continue
-        for sub in ast.walk(node) if isinstance(node, ast.If | ast.Try) else [node]:
-            if isinstance(sub, ast.Import):
-                found |= {a.name for a in sub.names}
-            elif isinstance(sub, ast.ImportFrom) and sub.module and sub.level == 0:
-                found.add(sub.module)
-                found |= {f"{sub.module}.{a.name}" for a in sub.names}
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
     return {m for m in found if m in modules}
 
 
 def import_graph() -> dict[str, set[str]]:
     modules = _modules()
-    graph = {name: _top_level_imports(path, set(modules)) for name, path in modules.items()}
+    graph = {name: imports_of(path, set(modules)) for name, path in modules.items()}
     for name in graph:  # importing a.b.c runs a/__init__ and a/b/__init__ first
         graph[name] |= {p for p in _parents(name) if p in graph and p != name}
     return graph
@@ -75,15 +99,50 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def layer_of(module: str) -> int:
+    """The level of a module's package in LAYERS (a module of the core is its own package)."""
+    for level, packages in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in packages if p != "r1lite") or module in packages:
+            return level
+    raise AssertionError(f"{module} is in no layer of tests/test_layout.py: add its package to LAYERS")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Imports from a lower layer into a higher one (package __init__ edges excluded: they are the package)."""
+    return sorted(
+        f"{a} -> {b}"
+        for a, targets in graph.items()
+        for b in targets
+        if b not in _parents(a) and b != "r1lite" and layer_of(b) > layer_of(a)
+    )
+
+
 def test_no_import_circle_between_r1lites_modules():
     assert find_cycle(import_graph()) is None
 
 
-def test_the_circle_finder_finds_a_circle():
+def test_packages_import_only_their_own_layer_and_the_layers_below():
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_checks_see_a_circle_and_an_upward_import_hidden_in_a_function(tmp_path):
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    hidden = tmp_path / "fileio.py"  # fileio with an import of the run directory inside a function
+    hidden.write_text((PACKAGE / "fileio.py").read_text() + "\n\ndef f():\n    from r1lite.runs.rundir import Run\n")
     graph = import_graph()
-    graph["r1lite.fileio"] = {*graph["r1lite.fileio"], "r1lite.runs.rundir"}  # rundir imports fileio
-    assert find_cycle(graph) is not None
+    graph["r1lite.fileio"] = imports_of(hidden, set(graph))
+    assert "r1lite.runs.rundir" in graph["r1lite.fileio"]
+    assert find_cycle(graph) is not None  # rundir imports fileio
+    assert "r1lite.fileio -> r1lite.runs.rundir" in upward_imports(graph)
+    typed = tmp_path / "typed.py"  # what only a type checker reads is not an import
+    typed.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from r1lite.runs.rundir import Run\n")
+    assert imports_of(typed, set(graph)) == set()
+
+
+@pytest.mark.parametrize("name", sorted(_modules()))
+def test_no_module_holds_more_than_about_500_lines(name):
+    lines = len(_modules()[name].read_text(encoding="utf-8").splitlines())
+    assert lines <= 520, f"{name} has {lines} lines: split it by idea"
 
 
 def _path_literals(path: Path) -> list[tuple[int, str]]:
@@ -113,10 +172,9 @@ def test_a_run_directorys_file_names_live_in_one_module():
     assert {v for _, v in _path_literals(owner)} >= {"config.yaml", "stages.json", "summary.json", "hardware.json"}
 
 
-def test_the_readmes_architecture_tree_names_every_module():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Architecture") :]
-    tree = section[section.index("```") + 3 :]
+def test_the_architecture_page_names_every_module_and_every_layer():
+    page = ARCHITECTURE.read_text(encoding="utf-8")
+    tree = page[page.index("```") + 3 :]
     tree = tree[: tree.index("```")]
     named = set(re.findall(r"([a-z_]+\.py|[a-z_]+/)", tree))
     packages = {p.parent for p in PACKAGE.rglob("__init__.py")}
@@ -126,3 +184,6 @@ def test_the_readmes_architecture_tree_names_every_module():
     assert missing == []
     gone = sorted(n for n in named if n.endswith(".py") and n not in files and n != "__init__.py")
     assert gone == []
+    for packages in LAYERS[1:]:  # the page says the order the test enforces
+        for package in packages:
+            assert f"{package.removeprefix('r1lite.')}/" in page or package == "r1lite.__main__", package

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from r1lite.cli.main import app
 from r1lite.fileio import read_json, read_jsonl
+from r1lite.orchestrate import pipeline
 from r1lite.recipe.load import load_recipe
-from r1lite.runs import pipeline
 from r1lite.runs.rundir import STAGES, Run
 from r1lite.stages.evaluate import pass_at_k
 
@@ -271,7 +271,8 @@ def test_stages_leave_no_model_or_engine_behind(tiny_model, monkeypatch):
 
     from r1lite.stages import evaluate as evaluate_stage
     from r1lite.stages import grpo, sft
-    from r1lite.train import models, rollout
+    from r1lite.train import models
+    from r1lite.train.rollout import engine as rollout
 
     loaded: list[weakref.ref] = []
     load = models.load_model
@@ -284,7 +285,7 @@ def test_stages_leave_no_model_or_engine_behind(tiny_model, monkeypatch):
     def nothing_left(stage: str) -> None:
         alive = [r for r in loaded if r() is not None]
         assert not alive, f"{len(alive)} model(s) of earlier stages still alive when {stage} starts"
-        assert len(rollout._LIVE) == 0, f"{len(rollout._LIVE)} rollout engine(s) alive when {stage} starts"
+        assert len(rollout.LIVE) == 0, f"{len(rollout.LIVE)} rollout engine(s) alive when {stage} starts"
 
     def checked(stage: str, run):
         def wrapper(*args, **kwargs):

@@ -9,20 +9,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from r1lite.analyze.plan import (
-    CARDS,
-    CUDA_CONTEXT_GIB,
-    GIB,
-    HEADROOM,
-    Card,
-    auto_fit,
-    card_by_name,
-    card_for_profile,
-    make_plan,
-    shape_for,
-)
 from r1lite.cli.main import app
 from r1lite.errors import R1liteError
+from r1lite.plan.hardware import CARDS, Card, card_by_name, card_for_profile
+from r1lite.plan.memory import CUDA_CONTEXT_GIB, GIB, HEADROOM
+from r1lite.plan.planner import auto_fit, make_plan, shape_for
 from r1lite.recipe.load import load_recipe, profiles_of
 
 runner = CliRunner()
@@ -69,7 +60,7 @@ def test_plan_predicts_a_cpu_grpo_step_of_a_tiny_model(tmp_path):
     from r1lite.stages import data
     from r1lite.stages.grpo import build_trainer
     from r1lite.train.memtrack import PeakTensorBytes
-    from r1lite.train.rollout import engine_tensors
+    from r1lite.train.rollout.registry import engine_tensors
     from r1lite.train.tiny import build_tiny_model
 
     model_dir = build_tiny_model(tmp_path / "m", hidden=256, layers=4)
@@ -124,7 +115,7 @@ def test_every_gpu_profile_fits_its_card_with_headroom(recipe, profile):
 
 
 def test_another_tasks_prompt_length_is_estimated_from_its_prompts():
-    from r1lite.analyze.plan import prompt_tokens_for
+    from r1lite.plan.planner import prompt_tokens_for
 
     assert prompt_tokens_for(load_recipe("countdown")) == 160
     three = prompt_tokens_for(load_recipe("knights_knaves", "gpu-16gb"))
@@ -200,9 +191,9 @@ def test_auto_fit_changes_only_memory_knobs_and_fits_with_headroom():
 
 
 def fake_card(monkeypatch, gib: float) -> None:
-    from r1lite.analyze import plan
+    from r1lite.plan import hardware
 
-    monkeypatch.setattr(plan, "detected_card", lambda vram_gib=None: Card(f"test card {gib} GiB", gib))
+    monkeypatch.setattr(hardware, "detected_card", lambda vram_gib=None: Card(f"test card {gib} GiB", gib))
 
 
 def test_a_run_that_cannot_fit_is_refused_before_any_model_loads(monkeypatch, tmp_path):
@@ -224,8 +215,10 @@ def test_a_run_that_cannot_fit_is_refused_before_any_model_loads(monkeypatch, tm
 def test_engine_reserve_is_the_plans_training_step():
     """The rollout engine keeps free, beside its buffers, what the plan's GRPO training step adds to a loaded policy:
     that stage's activations and backward working set, adapter gradients and Adam moments (not the adapter)."""
-    from r1lite.analyze.plan import Shape, lora_bytes
-    from r1lite.train.rollout import RolloutEngine, settings_from_recipe
+    from r1lite.plan.memory import lora_bytes
+    from r1lite.plan.shapes import Shape
+    from r1lite.stages.grpo_rollout import settings_from_recipe
+    from r1lite.train.rollout.engine import RolloutEngine
     from r1lite.train.tiny import build_tokenizer
 
     recipe = load_recipe("countdown", "gpu-12gb")
@@ -276,8 +269,11 @@ def test_plan_and_engine_take_the_same_merge_decision_on_every_card(recipe, prof
     plan does, for the GRPO rollout (beside the training step) and for an eval stage (nothing beside it)."""
     import torch
 
-    from r1lite.analyze.plan import CARDS, GIB, prompt_tokens_for
-    from r1lite.train.rollout import RolloutEngine, RolloutMemoryError, RolloutSettings, settings_from_recipe
+    from r1lite.plan.hardware import CARDS
+    from r1lite.plan.memory import GIB
+    from r1lite.plan.planner import prompt_tokens_for
+    from r1lite.stages.grpo_rollout import settings_from_recipe
+    from r1lite.train.rollout.engine import RolloutEngine, RolloutMemoryError, RolloutSettings
     from r1lite.train.tiny import build_tokenizer
 
     r = load_recipe(recipe, profile, [])
@@ -336,9 +332,9 @@ def test_geforce_cards_are_planned_at_their_fp32_accumulate_rate():
 
 def test_one_card_table_and_one_matcher_for_sizes_models_and_device_names(monkeypatch):
     """`r1lite plan --gpu`, the cost report and the detected GPU find cards in one table through one matcher."""
-    from r1lite.analyze import hardware, plan
     from r1lite.analyze.cost import price_for
-    from r1lite.analyze.hardware import find_card
+    from r1lite.plan import hardware
+    from r1lite.plan.hardware import find_card
 
     for card in CARDS:
         assert find_card(f"NVIDIA GeForce {card.model}") is card, card  # a device name holds the card's model
@@ -350,7 +346,7 @@ def test_one_card_table_and_one_matcher_for_sizes_models_and_device_names(monkey
     assert card_by_name("16") is find_card("16gb") and card_by_name("4090") is find_card("NVIDIA GeForce RTX 4090")
     real = hardware.Hardware(True, "NVIDIA GeForce RTX 4090", 23.5, 23.0)
     monkeypatch.setattr(hardware, "probe", lambda: real)
-    detected = plan.detected_card()
+    detected = hardware.detected_card()
     assert (detected.tflops, detected.usd_per_hour, detected.gib) == (165.2, 0.35, 23.5)
     from r1lite.cli.doctor import _card_line
 

@@ -95,7 +95,7 @@ def test_sweep_parallel_2_runs_two_runs_at_once_each_with_a_share_of_the_cores(t
     import os
     import time
 
-    from r1lite.runs import sweep
+    from r1lite.orchestrate import sweep
 
     launched, run_local = {}, sweep.run_local
 

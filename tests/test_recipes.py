@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from r1lite.analyze.hardware import Hardware, pick_profile
 from r1lite.errors import RecipeError
+from r1lite.plan.hardware import Hardware, pick_profile
 from r1lite.recipe.load import load_recipe, to_yaml
 
 

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from r1lite.analyze.cost import cost_for_run, price_for, run_cost
-from r1lite.analyze.report import GROUPS, allocate, before_after, build_report, group_of, series
+from r1lite.analyze.report import GROUPS, allocate, before_after, build_report, group_of
 from r1lite.cli.main import app
 from r1lite.errors import R1liteError
 from r1lite.fileio import read_json, read_jsonl, write_json
@@ -94,12 +94,12 @@ def test_report_matches_metrics(tiny_run):
     assert any(f"| {r['nums']} → {r['target']} |" in md and r["reason"] in md for r in base_rows)
     # the tiny random model never stops: every completion is cut at max_completion_length
     assert "| truncated | 1 | 3 |" in md and "raise grpo.max_completion_length" in md
-    assert series(run_dir, "grpo", "search_rate")[0] == [1, 2, 3]  # behaviour curves, via weight-0 rewards
+    assert Run(run_dir).series("grpo", "search_rate")[0] == [1, 2, 3]  # behaviour curves, via weight-0 rewards
     final = read_json(run_dir / "eval/final.json")
     assert f"| accuracy | {read_json(run_dir / 'eval/base.json')['accuracy']:.1%} | {final['accuracy']:.1%} |" in md
     rows = [r for r in read_jsonl(run_dir / "grpo/metrics.jsonl") if "reward" in r]
-    assert series(run_dir, "grpo", "reward") == ([r["step"] for r in rows], [r["reward"] for r in rows])
-    assert series(run_dir, "grpo", "accuracy")[0] == [1, 2, 3]  # logged every step via a weight-0 reward
+    assert Run(run_dir).series("grpo", "reward") == ([r["step"] for r in rows], [r["reward"] for r in rows])
+    assert Run(run_dir).series("grpo", "accuracy")[0] == [1, 2, 3]  # logged every step via a weight-0 reward
     assert "TinyZero reported" in md and "## Resolved recipe" in md
 
 

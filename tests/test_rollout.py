@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from r1lite.train.rollout import RolloutEngine, RolloutSettings, sample
+from r1lite.train.rollout.engine import RolloutEngine, RolloutSettings
+from r1lite.train.rollout.sampling import sample
 
 PROMPTS = [
     "Using the numbers [3, 5, 2], create",
@@ -146,8 +147,8 @@ def one_grpo_batch(tiny, tmp_path, engine: bool, shift: float = 0.0, is_cap: flo
     from trl import GRPOConfig
 
     from r1lite.recipe.load import load_recipe
+    from r1lite.stages.grpo_rollout import make_rollout_func, settings_from_recipe
     from r1lite.train.grpo_trainer import GRPOTrainer
-    from r1lite.train.rollout import make_rollout_func, settings_from_recipe
 
     def length_reward(completions, **_):
         return [float(len(c)) for c in completions]
@@ -323,11 +324,11 @@ def test_cache_costs_what_the_engine_plans_for(tiny, merge):
 
 @pytest.mark.parametrize("merge", ["unmerged", "merged"])
 def test_every_path_is_checked_against_free_memory_before_allocating(tiny, merge):
-    from r1lite.train.rollout import RolloutMemoryError
+    from r1lite.train.rollout.engine import RolloutMemoryError
 
     model, tok = load_qlora(tiny)
     engine = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=8, merge=merge))
-    from r1lite.analyze.plan import ALLOCATOR_SLACK
+    from r1lite.plan.memory import ALLOCATOR_SLACK
 
     tensors = engine.rollout_bytes(6, 256, torch.bfloat16, merge == "merged") + engine.train_reserve()
     need = math.ceil(tensors * (1 + ALLOCATOR_SLACK))  # what `plan.rollout_fits` asks for, without headroom
@@ -364,7 +365,7 @@ def test_merge_decision_leaves_room_for_the_training_step(tiny):
 
 
 def test_training_step_estimate_grows_with_the_micro_batch_and_checkpointing():
-    from r1lite.train.rollout import training_step_bytes
+    from r1lite.train.rollout.engine import training_step_bytes
 
     model = qwen3b_on_meta()
     small, big = (training_step_bytes(model, m, 1280) for m in (1, 16))
@@ -443,7 +444,7 @@ def test_a_loaded_model_trains_its_kept_logits_without_copying_the_head(tiny):
 
 
 def base_model_of_runner(runner):
-    from r1lite.train.rollout import base_model_of
+    from r1lite.train.rollout.merged import base_model_of
 
     return base_model_of(runner)
 
@@ -457,7 +458,8 @@ def test_periodic_eval_adds_no_second_cache(tiny, tmp_path, training_engine, gen
     from r1lite.recipe.load import load_recipe
     from r1lite.stages import data
     from r1lite.stages.grpo import PeriodicEval
-    from r1lite.train.rollout import engine_for, live_engines, settings_from_recipe
+    from r1lite.stages.grpo_rollout import settings_from_recipe
+    from r1lite.train.rollout.registry import engine_for, live_engines
 
     recipe = load_recipe(
         "countdown",
@@ -504,7 +506,7 @@ def test_grouped_decode_attention_matches_transformers_sdpa(masked):
 
     from transformers.integrations.sdpa_attention import repeat_kv
 
-    from r1lite.train.rollout import grouped_decode_attention
+    from r1lite.train.rollout.attention import grouped_decode_attention
 
     torch.manual_seed(0)
     module = SimpleNamespace(num_key_value_groups=4, is_causal=True)
@@ -602,7 +604,7 @@ def test_nan_logits_stop_the_rollout_with_the_setting_to_change(tiny, device, gr
 
 
 def test_the_nan_error_names_bf16_or_fp32_for_an_fp16_policy():
-    from r1lite.train.rollout import nonfinite_error
+    from r1lite.train.rollout.sampling import nonfinite_error
 
     message = str(nonfinite_error(torch.float16))
     assert "float16" in message and "model.dtype=bfloat16" in message and "model.dtype=float32" in message
@@ -621,7 +623,7 @@ def test_the_merged_copy_never_holds_a_second_head(tiny, device):
     `tie_weights()`, which neither the engine's memory estimate nor the plan counts. It must allocate exactly
     what a tied model holds, at every moment."""
     from r1lite.train.memtrack import PeakTensorBytes
-    from r1lite.train.rollout import merged_copy, param_bytes
+    from r1lite.train.rollout.merged import merged_copy, param_bytes
 
     model, _ = load(tiny, device=device)  # fp32 like the copy: no conversion temporaries, so the peak is exact
     assert model.config.tie_word_embeddings
@@ -688,7 +690,7 @@ def test_the_fp32_head_folds_half_precision_products_in_fp32(tiny_large):
     """`last_logits` with a head (what the engine uses on CUDA) gives an fp32 head's logits; on CPU it upcasts."""
     from transformers import AutoModelForCausalLM
 
-    from r1lite.train.rollout import last_logits
+    from r1lite.train.rollout.attention import last_logits
 
     model = AutoModelForCausalLM.from_pretrained(tiny_large, dtype=torch.bfloat16).eval()
     ids = torch.tensor([[1, 5, 9, 2]])
@@ -707,7 +709,7 @@ def test_the_fp32_head_folds_half_precision_products_in_fp32(tiny_large):
 def test_inverse_cdf_draws_each_token_in_proportion_and_never_a_masked_one():
     """200k draws from one distribution land within 4 standard errors of each probability; tokens the
     filters masked (probability 0, at either end and in the middle) are never drawn."""
-    from r1lite.train.rollout import inverse_cdf
+    from r1lite.train.rollout.sampling import inverse_cdf
 
     probs = torch.tensor([0.0, 0.1361, 0.2242, 0.0, 0.6094, 0.0303, 0.0])
     n = 200_000
@@ -722,7 +724,7 @@ def test_inverse_cdf_draws_each_token_in_proportion_and_never_a_masked_one():
 def test_inverse_cdf_at_the_ends_of_its_uniform_draws_a_token_that_can_be_drawn(monkeypatch, drawn):
     """u = 1 (torch.rand gave 0) picks the last token with probability > 0, u = 2^-24 the first: never a masked
     token before, between or after them."""
-    from r1lite.train.rollout import inverse_cdf
+    from r1lite.train.rollout.sampling import inverse_cdf
 
     probs = torch.tensor([[0.0, 0.0, 0.3, 0.0, 0.7, 0.0, 0.0]])
     monkeypatch.setattr(torch, "rand", lambda shape, **_: torch.full(shape, drawn))
@@ -731,7 +733,7 @@ def test_inverse_cdf_at_the_ends_of_its_uniform_draws_a_token_that_can_be_drawn(
 
 def test_the_cpu_sampler_is_inverse_cdf_and_multinomial_is_kept_on_request():
     """auto samples with inverse_cdf off CUDA (same seed, same tokens as calling it), multinomial where asked."""
-    from r1lite.train.rollout import inverse_cdf
+    from r1lite.train.rollout.sampling import inverse_cdf
 
     logits = torch.randn(64, 500, generator=torch.Generator().manual_seed(1))
     probs = torch.softmax(logits, -1)
@@ -746,7 +748,7 @@ def test_the_cpu_sampler_is_inverse_cdf_and_multinomial_is_kept_on_request():
 def test_a_cpu_decode_step_reads_only_the_written_part_of_the_cache(tiny, monkeypatch):
     """The static cache is as long as the longest completion; each eager CPU step attends over the slots written
     so far (one more each step), and the tokens are those of attending over the whole cache."""
-    import r1lite.train.rollout as rollout
+    from r1lite.train.rollout import attention as rollout
 
     lengths, cut = [], rollout.written_part
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r1lite.analyze.stats import detectable_difference, interval, nested_interval, paired_difference
+from r1lite.stats import detectable_difference, interval, nested_interval, paired_difference
 
 
 def test_an_interval_around_a_known_share_covers_it_at_about_the_stated_rate():
@@ -69,7 +69,7 @@ def test_the_estimate_sits_inside_its_interval(values):
 
 def test_a_difference_between_configs_with_several_seeds():
     """Config A fixes 20 more of 256 problems than config B in every seed: found, about +7.8 pt; equal configs: not."""
-    from r1lite.analyze.stats import paired_runs_difference
+    from r1lite.stats import paired_runs_difference
 
     base = [1.0] * 40 + [0.0] * 216
     better = [1.0] * 60 + [0.0] * 196

@@ -1,5 +1,5 @@
-"""Sweeps (r1lite.runs.sweep): seeds that mean something, a grid of ordinary runs that shares its data and warm-ups,
-reruns that skip and continue, SLURM through submitit's local executor, and statistics with known answers."""
+"""Sweeps (r1lite.orchestrate.sweep): seeds that mean something, a grid of ordinary runs that shares its data and
+warm-ups, reruns that skip and continue, SLURM through submitit's local executor, and statistics with known answers."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from r1lite.analyze.sweep_report import build_sweep_report, collect, statistics_table
 from r1lite.cli.main import app
 from r1lite.errors import RecipeError
 from r1lite.fileio import read_json, write_json, write_jsonl
-from r1lite.runs.sweep import Sweep, build_sweep_report, collect, launch, statistics_table
+from r1lite.orchestrate.sweep import Sweep, launch
 
 runner = CliRunner()
 

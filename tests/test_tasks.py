@@ -17,7 +17,8 @@ from r1lite.cli.main import app
 from r1lite.errors import R1liteError
 from r1lite.fileio import read_json, read_jsonl
 from r1lite.recipe.load import load_recipe, resolve
-from r1lite.tasks import Task, TaskError, load_task, task_class
+from r1lite.tasks import Task, TaskError
+from r1lite.tasks.registry import load_task, task_class
 from r1lite.tasks.rg import VERIFIED
 
 runner = CliRunner()

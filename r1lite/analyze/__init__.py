@@ -1,1 +1,1 @@
-"""Numbers about runs before and after: the memory and time plan, cards and prices, cost, statistics, reports."""
+"""Numbers about finished runs: reports of a run and of a sweep, cost, the environment a run ran in."""

@@ -3,7 +3,7 @@
     >>> price_for("NVIDIA GeForce RTX 4090")        # (0.35, 'RTX 4090')
     >>> run_cost({"sft": 600.0, "grpo": 7200.0}, gpus=1, hourly_usd=0.35)
 
-Prices are editable defaults in the one card table (`r1lite.analyze.hardware.CARDS`, each with its source and date):
+Prices are editable defaults in the one card table (`r1lite.plan.hardware.CARDS`, each with its source and date):
 typical on-demand community-cloud rates per GPU-hour, checked on PRICES_DATE. Rates move; set
 `cost.gpu_hourly_usd` in the recipe to use your own.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from r1lite.analyze.hardware import PRICES_DATE, find_card
+from r1lite.plan.hardware import PRICES_DATE, find_card
 
 TINYZERO_CLAIM_USD = 30.0  # "under $30" of GPU rent (TinyZero README)
 

@@ -7,7 +7,7 @@ import os
 import platform
 from typing import Any
 
-from r1lite.analyze import hardware
+from r1lite.plan import hardware
 
 PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "wandb", "r1lite")
 

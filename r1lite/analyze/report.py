@@ -1,7 +1,7 @@
 """Reports: curves and tables from a run directory, as `report.md` + a self-contained `report.html`.
 
     >>> build_report(Path("runs/countdown-cpu"))      # -> runs/countdown-cpu/report.html
-    >>> series(run_dir, "grpo", "reward")              # ([1, 2, ...], [0.1, 0.2, ...]) straight from metrics.jsonl
+    >>> Run(run_dir).series("grpo", "reward")          # ([1, 2, ...], [0.1, 0.2, ...]) straight from metrics.jsonl
 
 Everything is read from what the run directory holds (`r1lite.runs.rundir.Run`), so a report can be rebuilt
 at any time, also for an unfinished run.
@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from r1lite.analyze.cost import cost_for_run
-from r1lite.fileio import read_json_or_empty, read_jsonl, write_text
+from r1lite.fileio import read_json_or_empty, write_text
 from r1lite.runs.rundir import CHANGES, Run, of_row
-from r1lite.stages.evaluate import METRICS, summary_change_lines
+from r1lite.runs.summary import METRICS, summary_change_lines
 from r1lite.tasks import Task
 
 CURVES = [
@@ -31,17 +31,6 @@ CURVES = [
     ("kl", "KL to reference"),
     ("heldout_accuracy", "held-out accuracy"),
 ]
-
-
-def metrics(run_dir: Path, stage: str) -> list[dict[str, Any]]:
-    path = Run(run_dir).metrics_file(stage)
-    return read_jsonl(path) if path.is_file() else []
-
-
-def series(run_dir: Path, stage: str, key: str) -> tuple[list[int], list[float]]:
-    """Steps and values of one metric, in logged order (a resumed run keeps its repeated steps)."""
-    rows = [r for r in metrics(run_dir, stage) if key in r]
-    return [r["step"] for r in rows], [float(r[key]) for r in rows]
 
 
 def pyplot() -> Any:
@@ -60,7 +49,7 @@ def plot_curves(run_dirs: list[Path], out: Path, stage: str = "grpo") -> Path | 
 
     plt = pyplot()
 
-    keys = [(k, label) for k, label in CURVES if any(series(d, stage, k)[0] for d in run_dirs)]
+    keys = [(k, label) for k, label in CURVES if any(Run(d).series(stage, k)[0] for d in run_dirs)]
     if not keys:
         return None
     cols = min(3, len(keys))
@@ -68,7 +57,7 @@ def plot_curves(run_dirs: list[Path], out: Path, stage: str = "grpo") -> Path | 
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, (key, label) in zip(axes.flat, keys, strict=False):
         for d in run_dirs:
-            steps, values = series(d, stage, key)
+            steps, values = Run(d).series(stage, key)
             if steps:
                 ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=d.name)
         ax.set_title(label)
@@ -101,12 +90,12 @@ def plot_behaviour(run_dir: Path, out: Path) -> Path | None:
 
     plt = pyplot()
 
-    keys = [(k, label) for k, label in BEHAVIOUR if series(run_dir, "grpo", k)[0]]
+    keys = [(k, label) for k, label in BEHAVIOUR if Run(run_dir).series("grpo", k)[0]]
     if not keys:
         return None
     fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.0), squeeze=False)
     for ax, (key, label) in zip(axes.flat, keys, strict=True):
-        steps, values = series(run_dir, "grpo", key)
+        steps, values = Run(run_dir).series("grpo", key)
         ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, color="tab:purple")
         ax.set_title(label, fontsize=9)
         if key != "completion_length":  # shares
@@ -124,7 +113,7 @@ def plot_behaviour(run_dir: Path, out: Path) -> Path | None:
 def diagnostics_raised(run_dir: Path) -> dict[str, tuple[int, int, str]]:
     """Each diagnostic that held at some GRPO step: (first step, steps held, latest message)."""
     raised: dict[str, tuple[int, int, str]] = {}
-    for row in metrics(run_dir, "grpo"):
+    for row in Run(run_dir).metrics("grpo"):
         for name, message in (row.get("diagnostics") or {}).items():
             first, held, _ = raised.get(name, (row["step"], 0, ""))
             raised[name] = (first, held + 1, message)
@@ -235,7 +224,7 @@ def plot_sft(run_dir: Path, out: Path) -> Path | None:
 
     plt = pyplot()
 
-    steps, loss = series(run_dir, "sft", "loss")
+    steps, loss = Run(run_dir).series("sft", "loss")
     if not steps:
         return None
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -340,7 +329,7 @@ def build_report(run_dir: Path) -> Path:
         md += ["| diagnostic | first step | steps | latest message |", "|---|---|---|---|"]
         md += [f"| {name} | {first} | {held} | {msg} |" for name, (first, held, msg) in raised.items()]
     else:
-        md.append("No GRPO diagnostic was raised." if metrics(run_dir, "grpo") else "No GRPO metrics yet.")
+        md.append("No GRPO diagnostic was raised." if Run(run_dir).metrics("grpo") else "No GRPO metrics yet.")
     md.append("")
     md += ["## Cost", "", "| stage | wall time | GPU-hours | USD |", "|---|---|---|---|"]
     for stage, row in [*cost["stages"].items(), ("**total**", cost["total"])]:
@@ -369,11 +358,11 @@ def build_report(run_dir: Path) -> Path:
         "",
     ]
     write_text(run_dir / "report.md", "\n".join(md))
-    write_text(run_dir / "report.html", _html(run_dir.name, "\n".join(md), plots))
+    write_text(run_dir / "report.html", html_page(run_dir.name, "\n".join(md), plots))
     return run_dir / "report.html"
 
 
-def _html(title: str, markdown: str, plots: list[Path]) -> str:
+def html_page(title: str, markdown: str, plots: list[Path]) -> str:
     """A small markdown subset to HTML, with the PNGs embedded so the file stands alone."""
     images = {f"plots/{p.name}": base64.b64encode(p.read_bytes()).decode() for p in plots}
     out, in_code, in_table = [], False, False

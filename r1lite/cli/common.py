@@ -23,7 +23,7 @@ def resolve_recipe(name: str, profile: str | None, overrides: list[str] | None, 
     from r1lite.recipe.load import load_recipe, profiles_of
 
     if profile is None and detect:
-        from r1lite.analyze.hardware import detect_profile
+        from r1lite.plan.hardware import detect_profile
 
         available = profiles_of(name)
         if available:

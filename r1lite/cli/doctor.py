@@ -79,7 +79,7 @@ def checks() -> list[tuple[str, bool, str, str]]:
 
 def _card_line(gpu_name: str | None) -> str:
     """How `r1lite plan` and the cost report see this GPU: its row of the card table, or that it has none."""
-    from r1lite.analyze.hardware import find_card
+    from r1lite.plan.hardware import find_card
 
     card = find_card(gpu_name)
     if card is None:

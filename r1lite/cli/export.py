@@ -48,8 +48,8 @@ def export(
     public: Annotated[bool, typer.Option("--public", help="with --push-to-hub: make a new repo public")] = False,
 ) -> None:
     """Export the trained model (adapter or merged), with a model card built from the run; check it, share it."""
+    from r1lite.runs import hub
     from r1lite.share import export as ex
-    from r1lite.share import hub
     from r1lite.share.card import write_card
     from r1lite.share.trained import open_run
     from r1lite.ui import console

@@ -67,7 +67,7 @@ def _register() -> None:
 
 @app.callback()
 def _root(quiet: Annotated[bool, typer.Option("--quiet", "-q", help="plain, minimal output")] = False) -> None:
-    from r1lite.runs.distributed import is_main
+    from r1lite.machine.distributed import is_main
     from r1lite.ui import is_live, set_quiet
 
     set_quiet(quiet or not is_main())  # one process of several speaks

@@ -20,16 +20,18 @@ def plan(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Will the recipe fit, how long will it take, what will it cost: before any model is downloaded or loaded."""
-    from r1lite.analyze.plan import Card, card_by_name, card_for_profile, make_plan
     from r1lite.cli.common import resolve_recipe
     from r1lite.errors import R1liteError
+    from r1lite.plan.hardware import Card, card_by_name, card_for_profile
+    from r1lite.plan.planner import make_plan
+    from r1lite.runs.rundir import Run
 
     if gpu and vram is not None:
         raise R1liteError("give --gpu or --vram, not both")
     r = resolve_recipe(recipe, profile, set_, detect=False)
     card = card_by_name(gpu) if gpu else Card(f"{vram:g} GiB card", vram) if vram is not None else None
     card = card or card_for_profile(r.profile)
-    p = make_plan(r, card, gpus)
+    p = make_plan(r, card, gpus, measured_length=Run.of(r).mean_completion_length())
     if as_json:
         print(json.dumps(p.as_dict()))
         return
@@ -39,7 +41,7 @@ def plan(
 def _print(p) -> None:
     from rich.table import Table
 
-    from r1lite.analyze.plan import ALLOCATOR_SLACK, CUDA_CONTEXT_GIB, HEADROOM
+    from r1lite.plan.memory import ALLOCATOR_SLACK, CUDA_CONTEXT_GIB, HEADROOM
     from r1lite.ui import console
 
     d = p.as_dict()

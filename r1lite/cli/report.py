@@ -58,9 +58,9 @@ def compare(
     is a mean over its seeds with a 95 % interval, and the difference is paired on the held-out problems.
     """
     from r1lite.analyze.report import GROUPS, before_after, plot_curves
-    from r1lite.analyze.stats import nested_interval, paired_runs_difference
     from r1lite.runs.rundir import Run
-    from r1lite.stages.evaluate import METRICS
+    from r1lite.runs.summary import METRICS
+    from r1lite.stats import nested_interval, paired_runs_difference
 
     sides = [[Run.open(r) for r in _runs(pattern)] for pattern in (a, b)]
     names = [s[0].name if len(s) == 1 else f"{s[0].name} +{len(s) - 1}" for s in sides]

@@ -38,7 +38,7 @@ def score(
     (an entry of the generator plus the completion).
     """
     from r1lite.fileio import check_writable, write_jsonl
-    from r1lite.tasks import load_task
+    from r1lite.tasks.registry import load_task
     from r1lite.tasks.rewards import rewards_for
 
     if out:

@@ -37,7 +37,8 @@ def sweep(
     baseline: Annotated[str | None, typer.Option(help="with `report`: the config others are compared with")] = None,
 ) -> None:
     """Run a sweep (finished runs are skipped, interrupted ones continue), or `r1lite sweep report S`."""
-    from r1lite.runs.sweep import Sweep, build_sweep_report, collect, headline, launch, plan_rows
+    from r1lite.analyze.sweep_report import build_sweep_report, collect, headline
+    from r1lite.orchestrate.sweep import Sweep, launch, plan_rows
     from r1lite.ui import console
 
     if target == "report":

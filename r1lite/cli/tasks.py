@@ -19,7 +19,7 @@ app = typer.Typer(
 @app.command("list")
 def list_() -> None:
     """Built-in tasks and every reasoning-gym generator (rg:<name>), with whether r1lite has verified it."""
-    from r1lite.tasks import BUILTIN, task_class
+    from r1lite.tasks.registry import BUILTIN, task_class
 
     table = Table("task", "source", "verified", "description")
     for name in BUILTIN:

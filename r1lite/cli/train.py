@@ -34,7 +34,7 @@ AutoFitOpt = Annotated[
 
 def _recipe(name: str, profile: str | None, set_: list[str] | None, wandb: str | None = None, auto_fit: bool = False):
     """The recipe the flags name, prepared for this machine (`pipeline.prepare`) before any real work."""
-    from r1lite.runs import pipeline
+    from r1lite.orchestrate import pipeline
 
     sets = [*(set_ or []), *([f"tracking.wandb={wandb}"] if wandb else [])]
     return pipeline.prepare(resolve_recipe(name, profile, sets), auto_fit)
@@ -46,8 +46,8 @@ def _launch(argv: list[str], recipe: Any, gpus: int, dry_run: bool) -> None:
     import shutil
     import sys
 
+    from r1lite.machine.distributed import launch_command, show, split_batch
     from r1lite.recipe.config import check_backends
-    from r1lite.runs.distributed import launch_command, show, split_batch
     from r1lite.ui import console, is_live
 
     check_backends(recipe)
@@ -73,7 +73,7 @@ def _launch(argv: list[str], recipe: Any, gpus: int, dry_run: bool) -> None:
 
 def _say(path: Path) -> None:
     """Print a stage's output path once, from the main process."""
-    from r1lite.runs.distributed import is_main
+    from r1lite.machine.distributed import is_main
 
     if is_main():
         print(path)
@@ -93,7 +93,7 @@ def _interrupted(stage: str) -> None:
 @contextlib.contextmanager
 def _stage(recipe: Any, name: str) -> Iterator[tuple[Any, Any]]:
     """`pipeline.stage`, with a second Ctrl-C as exit code 130."""
-    from r1lite.runs import pipeline
+    from r1lite.orchestrate import pipeline
 
     try:
         with pipeline.stage(recipe, name) as (run_dir, tracker):
@@ -114,9 +114,9 @@ def run(
 ) -> None:
     """Run the whole pipeline: data -> base eval -> SFT -> GRPO -> final eval, printing before/after."""
     from r1lite.analyze.cost import cost_line
-    from r1lite.runs import pipeline
-    from r1lite.runs.distributed import is_main, world_size
-    from r1lite.stages.evaluate import comparison_table, summary_change_lines
+    from r1lite.machine.distributed import is_main, world_size
+    from r1lite.orchestrate import pipeline
+    from r1lite.runs.summary import comparison_table, summary_change_lines
     from r1lite.ui import console
 
     if gpus is not None and world_size() == 1:  # not yet launched: become `accelerate launch ... r1lite run`
@@ -193,10 +193,10 @@ def eval_(
     auto_fit: AutoFitOpt = False,
 ) -> None:
     """Evaluate a model (+ adapter) on the test split: accuracy, pass@k, format, length, search."""
-    from r1lite.runs import pipeline
-    from r1lite.runs.distributed import is_main
+    from r1lite.machine.distributed import is_main
+    from r1lite.orchestrate import pipeline
+    from r1lite.runs.summary import change_lines, comparison_table
     from r1lite.stages import evaluate as stage
-    from r1lite.stages.evaluate import change_lines, comparison_table
     from r1lite.ui import console
 
     r = _recipe(recipe, profile, [*(set_ or []), *([f"model.name={model}"] if model else [])], auto_fit=auto_fit)

@@ -15,8 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from r1lite.errors import RecipeError, closest_name, first_problem
-from r1lite.runs.distributed import world_size
-from r1lite.tasks import TaskError, load_task, task_class
+from r1lite.machine.distributed import world_size
+from r1lite.tasks import TaskError
+from r1lite.tasks.registry import load_task, task_class
 from r1lite.tasks.rewards import reward_names
 
 

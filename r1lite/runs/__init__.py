@@ -1,1 +1,1 @@
-"""Runs: the run directory (`rundir.Run`), the pipeline that fills it, resuming, signals, processes, sweeps."""
+"""A run while it runs: its directory (`rundir.Run`), stopping and resuming, failures as one line, W&B, the Hub."""

@@ -21,8 +21,8 @@ from transformers import TrainerCallback
 from r1lite import ui
 from r1lite.errors import R1liteError
 from r1lite.fileio import fingerprint, read_json_or_empty, read_jsonl, sha256_file, write_json, write_jsonl
+from r1lite.machine import distributed
 from r1lite.recipe.config import EFFECTS
-from r1lite.runs import distributed
 from r1lite.runs.signals import StopAtStepEnd, current, synced
 
 

@@ -27,13 +27,14 @@ from types import SimpleNamespace
 from typing import Any
 
 from r1lite import ui
-from r1lite.analyze.stats import paired_difference
 from r1lite.errors import R1liteError
 from r1lite.fileio import atomic_dir, atomic_path, fingerprint, read_json_or_empty, read_jsonl, write_json, write_text
+from r1lite.machine.precision import cpu_bf16, uses_cuda
 from r1lite.recipe.config import Recipe
 from r1lite.recipe.load import read_yaml, resolve, to_yaml
+from r1lite.stats import paired_difference
 from r1lite.tasks import Task
-from r1lite.train.models import cpu_bf16, is_adapter, uses_cuda
+from r1lite.train.models import is_adapter
 
 STAGES = ("data", "eval_base", "sft", "eval_warmup", "grpo", "eval_final")
 EVALS = {"eval_base": "base", "eval_warmup": "warmup", "eval_final": "final"}  # eval stage -> its files' label
@@ -139,6 +140,25 @@ class Run:
 
     def metrics_file(self, stage: str) -> Path:
         return self.stage_dir(stage) / "metrics.jsonl"
+
+    def metrics(self, stage: str) -> list[dict[str, Any]]:
+        """A training stage's logged lines (`<stage>/metrics.jsonl`), in order; none before it logged."""
+        path = self.metrics_file(stage)
+        return read_jsonl(path) if path.is_file() else []
+
+    def series(self, stage: str, key: str) -> tuple[list[int], list[float]]:
+        """Steps and values of one metric, in logged order (a resumed run keeps its repeated steps)."""
+        rows = [r for r in self.metrics(stage) if key in r]
+        return [r["step"] for r in rows], [float(r[key]) for r in rows]
+
+    def mean_completion_length(self) -> tuple[int, str] | None:
+        """The mean completion length its GRPO stage logged (TRL's completions/mean_length) with where it comes from,
+        for `r1lite plan` to time a run at; None before GRPO logged a step."""
+        _, lengths = self.series("grpo", "completion_length")
+        if not lengths:
+            return None
+        mean = round(sum(lengths) / len(lengths))
+        return mean, f"measured: mean over {len(lengths)} logged GRPO steps of {self.root}"
 
     def eval_file(self, label: str, rows: bool = False) -> Path:
         """An eval's summary (`eval/<label>.json`) or its rows, one per problem (`.jsonl`)."""

@@ -1,9 +1,8 @@
-"""Stopping well: a signal ends a stage at its next safe point, running out of memory or disk ends it in one line.
+"""Stopping well: a signal (SIGTERM, Ctrl-C) ends a stage at its next safe point, with what it needs to continue.
 
     >>> with graceful("grpo") as stop:                      # SIGTERM / SIGINT: finish the step, then stop
     ...     trainer.add_callback(StopAtStepEnd(stop))       # saves a checkpoint and ends training at the step's end
     ...     stop.check("grpo", trainer.state.global_step)   # raises Interrupted (exit 143 / 130) if a signal came
-    >>> with guard(recipe, "grpo", run_dir): ...            # out of memory: exit 3 with settings that fit
 
 Cheap GPU hours are interruptible: spot instances get a SIGTERM and a short notice, SLURM sends one
 before a job's time limit. Every stage takes the first signal as "stop at the next safe point" (the
@@ -15,24 +14,18 @@ once. Nothing is ever half-written: every file r1lite writes is written atomical
 from __future__ import annotations
 
 import contextlib
-import errno
-import shutil
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
 from r1lite import ui
-from r1lite.analyze import plan
 from r1lite.errors import R1liteError
-from r1lite.fileio import write_json
-from r1lite.runs.distributed import world_size
-from r1lite.runs.rundir import Run
+from r1lite.machine.distributed import world_size
 
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
@@ -46,12 +39,6 @@ class Interrupted(R1liteError):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.exit_code = code
-
-
-class OutOfMemory(R1liteError):
-    """The device ran out of memory; the last checkpoint is kept and the message names settings that fit."""
-
-    exit_code = 3
 
 
 @dataclass
@@ -148,63 +135,3 @@ class StopAtStepEnd(TrainerCallback):
                 self.stop.signum = signal.SIGTERM
             control.should_save = True
             control.should_training_stop = True
-
-
-@contextlib.contextmanager
-def guard(recipe: Any, stage: str, run_dir: Path | None = None) -> Iterator[None]:
-    """Turn running out of device memory or disk into one line with what to do (exit 3 and 2)."""
-    import torch
-
-    try:
-        yield
-    except torch.OutOfMemoryError:
-        raise out_of_memory(recipe, stage, run_dir) from None
-    except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-        raise disk_full(e) from None
-    except RuntimeError as e:  # torch.save (checkpoints) reports a full disk as a failed write
-        if "write" not in str(e).lower() or shutil.disk_usage(run_dir or ".").free > 64 * 2**20:
-            raise
-        raise disk_full(OSError(errno.ENOSPC, str(e), str(run_dir or "."))) from None
-
-
-def out_of_memory(recipe: Any, stage: str, run_dir: Path | None) -> OutOfMemory:
-    """The measured peak beside the plan's, and the settings the plan says fit with more room; saved for --auto-fit."""
-    peak = _measured_peak_gib()
-    card = plan.detected_card()
-    planned, fix = None, {}
-    if card is not None:
-        with contextlib.suppress(R1liteError):
-            predicted = plan.make_plan(recipe, card, gpus=world_size(), verdicts=False)
-            planned = predicted.peak_gib
-            # the plan underestimated this run: ask it for settings that fit a card with 15 % less memory
-            smaller = plan.Card(card.name, card.gib * 0.85)
-            _, fix = plan.auto_fit(recipe, smaller, gpus=world_size())
-    if run_dir is not None and fix:
-        write_json(Run(run_dir).oom_file, {"stage": stage, "settings": fix})
-    measured = f"measured peak {peak:.1f} GiB" if peak is not None else "peak not measured"
-    versus = f" vs the plan's {planned:.1f} GiB" if planned is not None else ""
-    settings = " ".join(f"--set {k}={v}" for k, v in fix.items())
-    todo = (
-        f"; these fit with more room: {settings} (or rerun with --auto-fit to apply them and continue)"
-        if settings
-        else "; lower grpo.micro_batch_size, eval.batch_size or grpo.max_completion_length"
-    )
-    return OutOfMemory(f"out of GPU memory during {stage} ({measured}{versus}); the last checkpoint is kept{todo}")
-
-
-def _measured_peak_gib() -> float | None:
-    import torch
-
-    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-
-
-def disk_full(err: OSError) -> R1liteError:
-    where = Path(err.filename or ".")
-    target = where if where.exists() else where.parent if where.parent.exists() else Path(".")
-    free = shutil.disk_usage(target).free / 2**20
-    return R1liteError(
-        f"could not write {err.filename or 'a file'}: the disk is full ({free:.0f} MiB free there); no finished file "
-        "was replaced. Free some space and run the same command again to continue"
-    )

@@ -12,8 +12,8 @@ from r1lite.analyze.environment import versions
 from r1lite.analyze.report import format_metric
 from r1lite.fileio import read_json_or_empty, write_text
 from r1lite.recipe.config import Recipe
+from r1lite.runs.summary import METRICS, change_lines
 from r1lite.share.trained import TrainedRun
-from r1lite.stages.evaluate import METRICS, change_lines
 from r1lite.tasks import Example, Task
 
 HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # the offline default's origin

@@ -26,10 +26,10 @@ from r1lite.errors import R1liteError
 from r1lite.fileio import atomic_dir, ordinary_permissions, read_json, read_json_or_empty, write_json, write_text
 from r1lite.recipe.config import Recipe
 from r1lite.runs.rundir import Run
+from r1lite.runs.summary import change_lines
 from r1lite.share.card import model_card
 from r1lite.share.trained import TrainedRun
 from r1lite.stages import data, evaluate
-from r1lite.stages.evaluate import change_lines
 from r1lite.train import models
 from r1lite.train.models import load_tokenizer, resolve_model
 

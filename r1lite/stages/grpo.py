@@ -19,19 +19,23 @@ from typing import Any
 from transformers import TrainerCallback
 
 from r1lite import ui
-from r1lite.analyze.plan import planned_merge
+from r1lite.errors import R1liteError
 from r1lite.fileio import append_jsonl, atomic_dir
+from r1lite.machine import distributed
+from r1lite.plan import hardware
+from r1lite.plan.planner import make_plan
 from r1lite.recipe.config import Recipe, build_trl_config
-from r1lite.runs import distributed, resume
+from r1lite.runs import resume
+from r1lite.runs.hub import STOP_WAIT_S, PushCheckpoints, hub_ready
 from r1lite.runs.rundir import Run
 from r1lite.runs.tracking import RunMonitor, quiet_library_output
-from r1lite.share.hub import STOP_WAIT_S, PushCheckpoints, hub_ready
 from r1lite.stages import data
 from r1lite.stages import evaluate as evaluate_stage
+from r1lite.stages.grpo_rollout import make_rollout_func, settings_from_recipe
 from r1lite.tasks.rewards import trl_reward_funcs
 from r1lite.train import models
 from r1lite.train.diagnostics import Diagnostics
-from r1lite.train.rollout import make_rollout_func, settings_from_recipe
+from r1lite.train.grpo_trainer import GRPOTrainer
 
 
 def build_dataset(recipe: Recipe, tokenizer: Any) -> list[dict[str, Any]]:
@@ -120,6 +124,18 @@ def reward_plan(recipe: Recipe) -> list[tuple[str, float]]:
     return plan + [(name, 0.0) for name in (recipe.eval.reward, *LOGGED) if name not in dict(plan)]
 
 
+def planned_merge(recipe: Recipe, stage: str) -> bool | None:
+    """The plan's merge decision for `stage` on this machine's card (None without CUDA or for an unknown model),
+    logged beside the engine's own."""
+    card = hardware.detected_card()
+    if card is None:
+        return None
+    try:
+        return make_plan(recipe, card, distributed.world_size(), verdicts=False).merge.get(stage)
+    except R1liteError:
+        return None
+
+
 def build_trainer(
     recipe: Recipe,
     run_dir: Path,
@@ -129,8 +145,6 @@ def build_trainer(
 ) -> Any:
     """A ready GRPOTrainer for the recipe (used by `run` and by the benchmark)."""
     from datasets import Dataset
-
-    from r1lite.train.grpo_trainer import GRPOTrainer
 
     out = Run(run_dir).stage_dir("grpo")
     path = models.resolve_model(recipe.model.name)

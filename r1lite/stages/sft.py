@@ -18,9 +18,11 @@ from typing import Any
 from r1lite import ui
 from r1lite.errors import RecipeError
 from r1lite.fileio import atomic_dir, write_text
+from r1lite.machine import distributed
 from r1lite.recipe.config import Recipe, build_trl_config
-from r1lite.runs import distributed
+from r1lite.runs import resume
 from r1lite.runs.rundir import Run
+from r1lite.runs.tracking import RunMonitor, quiet_library_output
 from r1lite.stages import data
 from r1lite.train import models
 
@@ -93,9 +95,6 @@ def run(recipe: Recipe, run_dir: Path, tracker: Any = None, restart: bool = Fals
     """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
-
-    from r1lite.runs import resume
-    from r1lite.runs.tracking import RunMonitor, quiet_library_output
 
     cfg, out = recipe.sft, Run(run_dir).stage_dir("sft")
     path = models.resolve_model(recipe.model.name)

@@ -1,5 +1,6 @@
 """Tasks: what r1lite trains on. A task is its data, its prompt and its reward, in one module.
 
+    >>> from r1lite.tasks.registry import load_task
     >>> task = load_task("countdown")                 # built in (r1lite/tasks/countdown.py)
     >>> task = load_task("rg:knights_knaves")         # any reasoning-gym generator
     >>> task = load_task("my_task.py")                # your own: a file with one Task subclass
@@ -17,20 +18,13 @@ block, de-duplicated train/test splits, answer-only warm-up completions. Setting
 
 from __future__ import annotations
 
-import difflib
-import functools
-import importlib
-import importlib.util
-import inspect
 import random
-import sys
 from collections.abc import Callable, Hashable, Iterator
-from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from r1lite.errors import DataError, R1liteError, first_problem
+from r1lite.errors import DataError, R1liteError
 
 Example = dict[str, Any]
 RewardFn = Callable[[str, Example], tuple[float, str]]
@@ -47,7 +41,6 @@ BASE_PREAMBLE = (
     "The assistant first thinks about the reasoning process in the mind and then provides the user "
     "with the answer.\nUser: "
 )
-BUILTIN = ("countdown",)
 
 
 class TaskError(R1liteError):
@@ -247,99 +240,3 @@ class Task:
 
 def _short(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-# ----------------------------------------------------------------------------------------------
-# Resolving a recipe's `data.task` to a Task class
-# ----------------------------------------------------------------------------------------------
-
-
-def _from_module(module: Any, origin: str) -> type[Task]:
-    found = [
-        obj
-        for obj in vars(module).values()
-        if inspect.isclass(obj) and issubclass(obj, Task) and obj is not Task and obj.__module__ == module.__name__
-    ]
-    if len(found) != 1:
-        what = (
-            "no Task subclass"
-            if not found
-            else f"{len(found)} Task subclasses ({', '.join(c.__name__ for c in found)})"
-        )
-        raise TaskError(
-            f"{origin} defines {what}; a task file defines exactly one class that subclasses r1lite.tasks.Task"
-        )
-    cls = found[0]
-    if not cls.name:
-        raise TaskError(
-            f"{origin}: {cls.__name__} needs a `name` (the recipe key of its settings, e.g. name = 'my_task')"
-        )
-    return cls
-
-
-def _load_file(path: Path) -> Any:
-    name = f"r1lite_task_{path.stem}_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise TaskError(f"cannot import {path} as Python")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pydantic look their module up
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:
-        del sys.modules[name]
-        raise TaskError(f"{path} failed to import: {type(e).__name__}: {e}") from None
-    return module
-
-
-@functools.lru_cache(maxsize=64)
-def _file_task(path: Path, mtime: float, spec: str) -> type[Task]:
-    """Imported once per file version (a path relative to another folder is another file)."""
-    return _from_module(_load_file(path), spec)
-
-
-def task_class(spec: str) -> type[Task]:
-    """The Task class for `countdown`, `rg:<name>`, `path/to/file.py` (from the working dir) or `package.module`."""
-    if spec == "countdown":
-        from r1lite.tasks.countdown import Countdown
-
-        return Countdown
-    if spec.startswith("rg:"):
-        from r1lite.tasks.rg import reasoning_gym_task
-
-        return reasoning_gym_task(spec[3:])
-    if spec.endswith(".py"):
-        path = Path(spec).resolve()
-        if not path.is_file():
-            raise TaskError(f"task file {spec} does not exist (paths are relative to the working directory)")
-        return _file_task(path, path.stat().st_mtime, spec)
-    return _module_task(spec)
-
-
-@functools.lru_cache(maxsize=64)
-def _module_task(spec: str) -> type[Task]:
-    if "." in spec:
-        try:
-            module = importlib.import_module(spec)
-        except ImportError as e:
-            raise TaskError(f"cannot import task module {spec}: {e}") from None
-        return _from_module(module, spec)
-    close = difflib.get_close_matches(spec, BUILTIN, n=1)
-    hint = (
-        f"did you mean '{close[0]}'?"
-        if close
-        else "use countdown, rg:<name> (r1lite tasks list), a .py file or a module"
-    )
-    raise TaskError(f"unknown task '{spec}'; {hint}")
-
-
-def load_task(spec: str, settings: BaseModel | dict[str, Any] | None = None) -> Task:
-    """An instance of the task `spec` with its settings validated."""
-    cls = task_class(spec)
-    try:
-        task = cls(settings)
-    except ValidationError as e:  # a recipe validates settings first; this is for code and the CLI
-        loc, _, msg = first_problem(e)
-        raise TaskError(f"task {spec}: {'.'.join(loc) + ': ' if loc else ''}{msg}") from None
-    task.spec = spec
-    return task

@@ -19,7 +19,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from r1lite.errors import R1liteError
-from r1lite.tasks import RewardFn, Task, load_task
+from r1lite.tasks import RewardFn, Task
+from r1lite.tasks.registry import load_task
 
 _REGISTRY: dict[str, RewardFn] = {}
 

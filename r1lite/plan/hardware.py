@@ -3,17 +3,18 @@ knows: one card table, with memory, speed and rental price, and one matcher for 
 
     >>> find_card("NVIDIA GeForce RTX 4090").usd_per_hour     # a device name, as CUDA reports it
     >>> card_by_name("16"), card_by_name("H200")                # a size or a model, as `r1lite plan --gpu` takes it
+    >>> detected_card()                                         # this machine's GPU as the table knows it, or None
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from r1lite.errors import R1liteError
-from r1lite.runs.distributed import pin_device
+from r1lite.machine.distributed import pin_device
+from r1lite.plan.memory import GIB
 
-GIB = 2**30  # the one definition r1lite's planner, cost, rollout and benchmarks use
 PRICES_DATE = "2026-11"  # when the table's rental prices were last checked
 
 
@@ -163,3 +164,24 @@ def pick_profile(available: list[str], hw: Hardware) -> str | None:
 
 def detect_profile(available: list[str]) -> str | None:
     return pick_profile(available, probe())
+
+
+def card_for_profile(profile: str | None) -> Card | None:
+    """The card a `gpu-<N>gb` profile (or a variant of it, `gpu-<N>gb-<what>`) is named for."""
+    m = re.fullmatch(r"gpu-(\d+)gb(-[\w.-]+)?", profile or "")
+    return card_by_name(m.group(1)) if m else None
+
+
+def detected_card(vram_gib: float | None = None) -> Card | None:
+    """The card this machine has (None without CUDA), or one of `vram_gib`."""
+    if vram_gib is not None:
+        return Card(f"{vram_gib:g} GiB card", vram_gib)
+    hw = probe()
+    if not hw.cuda:
+        return None
+    known = find_card(hw.gpu_name)
+    return (
+        replace(known, name=hw.gpu_name or known.name, gib=hw.gpu_total_gib)
+        if known
+        else Card(hw.gpu_name or "GPU", hw.gpu_total_gib)
+    )

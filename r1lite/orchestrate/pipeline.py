@@ -23,18 +23,20 @@ from typing import Any
 import torch
 
 from r1lite import ui
-from r1lite.analyze import hardware, plan
 from r1lite.analyze.cost import cost_for_run
 from r1lite.analyze.environment import describe
 from r1lite.errors import R1liteError
 from r1lite.fileio import read_json, read_json_or_empty, write_json
+from r1lite.machine import distributed
+from r1lite.machine.precision import fit_precision
+from r1lite.plan import hardware, planner
 from r1lite.recipe.config import Recipe, check_backends, check_trl_sections
 from r1lite.recipe.load import resolve
-from r1lite.runs import distributed
+from r1lite.runs.failures import guard
+from r1lite.runs.hub import hub_ready
 from r1lite.runs.rundir import CHANGES, Run, enabled_stages, fingerprints, samples_base
-from r1lite.runs.signals import current, graceful, guard
+from r1lite.runs.signals import current, graceful
 from r1lite.runs.tracking import Tracker, open_tracker
-from r1lite.share.hub import hub_ready
 from r1lite.stages import data, evaluate, grpo, sft
 from r1lite.train import models
 
@@ -49,7 +51,7 @@ def prepare(recipe: Recipe, auto_fit: bool = False) -> Recipe:
         recipe = _with_oom_settings(recipe)
     recipe = _fit(recipe, auto_fit)
     models.pick_device(recipe.model)
-    recipe = models.fit_precision(recipe, hardware.probe())
+    recipe = fit_precision(recipe, hardware.probe())
     check_trl_sections(recipe)
     check_backends(recipe)
     distributed.start(recipe.distributed.timeout_minutes)
@@ -66,18 +68,18 @@ def _with_oom_settings(recipe: Recipe) -> Recipe:
 
 def _fit(recipe: Recipe, auto_fit: bool) -> Recipe:
     """Refuse a GPU run `r1lite plan` says cannot fit this machine's card, or (auto_fit) adjust it to fit."""
-    card = plan.detected_card()
+    card = hardware.detected_card()
     if card is None or recipe.model.device == "cpu":
         return recipe  # host memory is not planned
     try:
-        plan.shape_for(recipe.model.name)
+        planner.shape_for(recipe.model.name)
     except R1liteError:
         ui.log(f"plan: the shape of {recipe.model.name} is unknown, so its memory was not checked")
         return recipe
     if not auto_fit:  # each process's share of the batch under --gpus N
-        plan.check_fits(recipe, card, distributed.world_size())
+        planner.check_fits(recipe, card, distributed.world_size())
         return recipe
-    recipe, changes = plan.auto_fit(recipe, card, gpus=distributed.world_size())
+    recipe, changes = planner.auto_fit(recipe, card, gpus=distributed.world_size())
     if changes:  # shown even with --quiet: the run differs from the recipe (config.yaml records it)
         ui.console.print("--auto-fit for " + card.name + ": " + ", ".join(f"{k}={v}" for k, v in changes.items()))
     return recipe
