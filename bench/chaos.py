@@ -34,8 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from r1lite.fileio import read_json, read_json_or_empty  # noqa: E402
+from r1lite.runs.tracking import TIMING_METRICS  # noqa: E402
 
-TIMING = ("elapsed_s", "step_time", "tokens_per_s", "rollout_tokens_per_s", "seconds")
+TIMING = TIMING_METRICS
 PASS_KILLS = 6  # kills per pass before a launch is left to finish (a pass starts from nothing)
 
 

@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 from r1lite.fileio import write_json  # noqa: E402
 from r1lite.plan.hardware import GIB  # noqa: E402
 
-PROFILES = ("gpu-16gb", "gpu-16gb-qwen3", "gpu-24gb")  # the project's target card, the consumer anchor, 24 GB
+PROFILES = ("gpu-16gb", "gpu-24gb", "gpu-16gb-qwen2.5-3b")  # the consumer default on 16 and 24 GB; TinyZero's 3B
 PARTS = ("env", "tests", "rollout", "profiles")
 # Seconds a part took in the CPU dry run (2-core AMD EPYC, 2026-12-06, nothing else running: env 0.4 s, a profile
 # 11-12 s in a process of its own, tiny shapes at 16 tokens). On a GPU they are scaled by GPU_SCALE: a profile runs

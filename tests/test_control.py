@@ -21,14 +21,17 @@ from r1lite.train.grpo_trainer import shuffle_rewards
 runner = CliRunner()
 
 
-def test_the_control_permutes_whole_rows_and_keeps_the_multiset():
-    rewards = torch.arange(48, dtype=torch.float32).reshape(16, 3)  # 16 completions x 3 reward functions
-    shuffled = shuffle_rewards(rewards, seed=7)
+def test_the_control_permutes_each_groups_rewards_among_its_own_completions():
+    """Each group of G completions keeps its multiset of rewards (so its mean, its spread, its advantages and whether
+    it has any signal); only which completion earned which is lost. Rows move whole (every reward function)."""
+    rewards = torch.arange(48, dtype=torch.float32).reshape(16, 3)  # 4 groups of 4 completions x 3 reward functions
+    shuffled = shuffle_rewards(rewards, group=4, seed=7)
     assert not torch.equal(shuffled, rewards)  # completions get other completions' rewards
-    rows = sorted(tuple(r.tolist()) for r in shuffled)
-    assert rows == sorted(tuple(r.tolist()) for r in rewards)  # the same rewards, each row whole
-    assert torch.equal(shuffle_rewards(rewards, seed=7), shuffled)  # seeded: a resumed run shuffles alike
-    assert not torch.equal(shuffle_rewards(rewards, seed=8), shuffled)
+    for g in range(4):
+        mine, theirs = rewards[4 * g : 4 * g + 4], shuffled[4 * g : 4 * g + 4]
+        assert sorted(map(tuple, theirs.tolist())) == sorted(map(tuple, mine.tolist()))  # the group's own, whole
+    assert torch.equal(shuffle_rewards(rewards, group=4, seed=7), shuffled)  # seeded: a resumed run shuffles alike
+    assert not torch.equal(shuffle_rewards(rewards, group=4, seed=8), shuffled)
 
 
 @pytest.fixture(scope="module")
@@ -39,40 +42,29 @@ def tiny(tmp_path_factory):
 
 
 def score_rewards(tiny: str, tmp_path: Path, control: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the rewards the trainer trains on, the completions' own rewards) for one scored batch."""
-    from datasets import Dataset
+    """(the rewards the trainer trains on, the completions' own rewards) for one scored batch of 2 groups of 4."""
+    from grpo_setup import grpo_trainer, tiny_policy
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import GRPOConfig
-
-    from r1lite.train.grpo_trainer import GRPOTrainer
 
     own = lambda completions, **_: [float(len(c)) for c in completions]  # noqa: E731
-    args = GRPOConfig(
-        output_dir=str(tmp_path / control), per_device_train_batch_size=8, num_generations=4, max_completion_length=8,
-        report_to=[], use_cpu=True, beta=0.0, seed=3,
-    )  # fmt: skip
-    trainer = GRPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32),
-        reward_funcs=own,
-        args=args,
-        train_dataset=Dataset.from_list([{"prompt": f"{i} + {i} ="} for i in range(8)]),
-        processing_class=AutoTokenizer.from_pretrained(tiny),
-        peft_config=LoraConfig(r=4, target_modules="all-linear"),
-        reward_control=control,
-    )
-    trainer.model.train()
+    model, tok = tiny_policy(tiny)
+    rows = [{"prompt": f"{i} + {i} ="} for i in range(8)]
+    lora = LoraConfig(r=4, target_modules="all-linear")
+    trainer = grpo_trainer(model, tok, tmp_path / control, own, rows, 8, 4, peft_config=lora, reward_control=control)
     completions = [f"completion number {'x' * i}" for i in range(8)]
     inputs = [{"prompt": "p"} for _ in completions]
     trained = trainer._calculate_rewards(inputs, ["p"] * 8, completions, [[1]] * 8)
     return trained[:, 0], torch.tensor(own(completions))
 
 
-def test_the_control_arm_trains_on_the_batchs_rewards_in_another_order(tiny, tmp_path):
+def test_the_control_arm_trains_on_each_groups_rewards_in_another_order(tiny, tmp_path):
     real, truth = score_rewards(tiny, tmp_path, "none")
     assert torch.equal(real, truth)
     control, truth = score_rewards(tiny, tmp_path, "shuffle")
-    assert not torch.equal(control, truth) and torch.equal(control.sort().values, truth.sort().values)
+    assert not torch.equal(control, truth)
+    for g in range(2):
+        group = slice(4 * g, 4 * g + 4)
+        assert torch.equal(control[group].sort().values, truth[group].sort().values)
 
 
 def test_the_sampled_metric_needs_samples_and_is_named_avg_at_k():

@@ -10,7 +10,7 @@ from r1lite.train.diagnostics import CHECKS, Diagnostics
 
 HEALTHY = {
     "reward": 0.3,
-    "completions_clipped_ratio": 0.05,
+    "truncated_rate": 0.05,
     "frac_reward_zero_std": 0.2,
     "groups_no_signal": 0.2,
     "entropy": 0.8,
@@ -36,7 +36,7 @@ def test_a_healthy_run_raises_nothing():
 @pytest.mark.parametrize(
     ("name", "steps", "fix"),
     [
-        ("truncated", [{**HEALTHY, "completions_clipped_ratio": 0.82}], "raise grpo.max_completion_length"),
+        ("truncated", [{**HEALTHY, "truncated_rate": 0.82}], "raise grpo.max_completion_length"),
         ("no_signal", [{**HEALTHY, "groups_no_signal": 0.9}], "raise grpo.num_generations"),
         ("entropy_collapse", [{**HEALTHY, "entropy": 0.02}], "lower grpo.learning_rate"),
         ("logprob_gap", [{**HEALTHY, "rollout_logprob_gap": 0.3}], "grpo.rollout_merge=unmerged"),
@@ -60,7 +60,7 @@ def test_each_check_names_the_problem_and_the_fix(name, steps, fix):
 
 def test_truncation_message_quotes_the_numbers():
     watch = Diagnostics(load_recipe("countdown", "gpu-16gb", ["grpo.max_completion_length=256"]))
-    [finding] = watch.update({**HEALTHY, "completions_clipped_ratio": 0.82})
+    [finding] = watch.update({**HEALTHY, "truncated_rate": 0.82})
     assert finding.message.startswith("82% of completions hit max_completion_length=256")
 
 

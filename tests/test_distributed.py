@@ -35,7 +35,7 @@ def test_dry_run_prints_the_accelerate_command_and_the_split():
     assert result.exit_code == 0, result.output
     assert f"accelerate launch --config_file {CONFIGS / 'ddp.yaml'} --num_processes 2 -m r1lite" in result.output
     assert "run countdown --profile gpu-24gb" in result.output
-    assert "GRPO 8 completions x 8 accumulation steps (128 per optimizer step over 2 processes)" in result.output
+    assert "GRPO 4 completions x 16 accumulation steps (128 per optimizer step over 2 processes)" in result.output
     zero = runner.invoke(
         app,
         ["run", "countdown", "-p", "gpu-80gb", "--gpus", "4", "--dry-run", "--set", "distributed.strategy=zero3"],

@@ -23,42 +23,16 @@ def kind_reward(completions, kind, **_):
     return [0.5 if k == "flat" else zlib.crc32(c.encode()) % 97 / 97 for c, k in zip(completions, kind, strict=True)]
 
 
-def trainer(tiny: str, tmp_path, rounds: int, prompts: list[tuple[str, str]]):
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import GRPOConfig
-
-    from r1lite.train.grpo_trainer import GRPOTrainer
-
-    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(tiny)
-    args = GRPOConfig(
-        output_dir=str(tmp_path / "t"),
-        per_device_train_batch_size=16,
-        num_generations=4,
-        max_completion_length=8,
-        temperature=1.0,
-        report_to=[],
-        use_cpu=True,
-        beta=0.0,
-        loss_type="dr_grpo",
-        scale_rewards="none",
-        seed=3,
-    )
-    data = Dataset.from_list([{"prompt": p, "kind": k} for p, k in prompts])
+def trainer(tiny: str, tmp_path, rounds: int, prompts: list[tuple[str, str]], control: str = "none"):
+    from grpo_setup import grpo_trainer, tiny_policy
     from peft import LoraConfig
 
-    t = GRPOTrainer(
-        model=model,
-        reward_funcs=kind_reward,
-        args=args,
-        train_dataset=data,
-        processing_class=tok,
-        peft_config=LoraConfig(r=4, target_modules="all-linear"),
-        dynamic_sampling_rounds=rounds,
-    )
-    t.model.train()
-    return t, tok
+    model, tok = tiny_policy(tiny)
+    rows = [{"prompt": p, "kind": k} for p, k in prompts]
+    config = dict(scale_rewards="none")
+    lora = LoraConfig(r=4, target_modules="all-linear")
+    extras = dict(peft_config=lora, dynamic_sampling_rounds=rounds, reward_control=control)
+    return grpo_trainer(model, tok, tmp_path, kind_reward, rows, 16, 4, config, **extras), tok
 
 
 def kinds_of(out, tok) -> list[str]:
@@ -77,8 +51,30 @@ def test_groups_without_signal_are_replaced_and_each_completion_keeps_its_exampl
     advantages = out["advantages"].view(4, 4)
     assert (advantages.abs().sum(dim=1) > 0).all()  # every group teaches something
     assert out["num_items_in_batch"] == out["completion_mask"].sum()
-    kept = t._metrics["train"]["r1lite/dynamic_sampling/kept"]
+    metrics = t._metrics["train"]
+    kept = metrics["r1lite/dynamic_sampling/kept"]
     assert len(kept) == 1 and 0 < kept[0] < 1
+    # the step logs the groups it trains on, not every group it drew: no flat group's 0.5 in the mean reward
+    rewards = [kind_reward([tok.decode(ids, skip_special_tokens=True)], ["varied"])[0] for ids in out["completion_ids"]]
+    assert metrics["rewards/kind_reward/mean"] == [pytest.approx(sum(rewards) / 16, abs=1e-6)]
+    assert metrics["r1lite/groups_no_signal"] == [0.0]
+    drawn = metrics["r1lite/dynamic_sampling/rounds"][0] * 4
+    assert metrics["r1lite/dynamic_sampling/discarded"] == [drawn - 4]  # groups drawn but not trained on
+
+
+def test_the_control_arm_keeps_the_same_groups_as_the_real_arm(tiny, tmp_path):
+    """Rewards permuted within each group keep each group's signal: on the same draws, the control's no-signal flags
+    and the groups dynamic sampling keeps are the real arm's."""
+    pool = [(FLAT, "flat")] * 20 + [(VARIED, "varied")] * 20
+    chosen = {}
+    for arm in ("none", "shuffle"):
+        t, _ = trainer(tiny, tmp_path / arm, rounds=8, prompts=pool, control=arm)
+        batch = [t.train_dataset[i] for i in (0, 1, 20, 21) for _ in range(4)]
+        torch.manual_seed(0)
+        out = t._generate_and_score_completions(batch)
+        chosen[arm] = (out["prompt_ids"].tolist(), out["completion_ids"].tolist(), list(t._signal))
+        chosen[arm] += (t._metrics["train"]["r1lite/dynamic_sampling/kept"],)
+    assert chosen["shuffle"] == chosen["none"]
 
 
 def test_without_dynamic_sampling_the_batch_is_what_was_drawn(tiny, tmp_path):

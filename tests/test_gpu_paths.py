@@ -292,5 +292,5 @@ def test_the_grpo_config_a_recipe_builds(sets, loss, scaling):
     recipe = load_recipe("countdown", "gpu-16gb", sets)
     args = trainer_args(recipe, Path("out"), on_cuda=False, backend="engine")
     assert (args.loss_type, args.scale_rewards) == (loss, scaling)
-    assert (args.beta, args.num_generations, args.max_completion_length) == (0.0, 8, 1024)
+    assert (args.beta, args.num_generations, args.max_completion_length) == (0.0, 8, 512)
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 64  # 8 prompts x 8

@@ -143,12 +143,10 @@ def one_grpo_batch(tiny, tmp_path, engine: bool, shift: float = 0.0, is_cap: flo
 
     `shift` is added to every log-prob the engine reports, to model a sampler that disagrees with the trainer.
     """
-    from datasets import Dataset
-    from trl import GRPOConfig
+    from grpo_setup import grpo_trainer
 
     from r1lite.recipe.load import load_recipe
     from r1lite.stages.grpo_rollout import make_rollout_func, settings_from_recipe
-    from r1lite.train.grpo_trainer import GRPOTrainer
 
     def length_reward(completions, **_):
         return [float(len(c)) for c in completions]
@@ -166,30 +164,11 @@ def one_grpo_batch(tiny, tmp_path, engine: bool, shift: float = 0.0, is_cap: flo
             out = ours(prompts, trainer)
             return {**out, "logprobs": [[lp + shift for lp in row] for row in out["logprobs"]]}
 
-    data = Dataset.from_list([{"prompt": p} for p in PROMPTS[:2]])
     model, tok = load(tiny, lora=True)
-    args = GRPOConfig(
-        output_dir=str(tmp_path / "t"),
-        per_device_train_batch_size=4,
-        num_generations=2,
-        max_completion_length=12,
-        temperature=1.0,
-        report_to=[],
-        use_cpu=True,
-        beta=0.0,
-        loss_type="dr_grpo",
-        logging_steps=1,
-    )
-    t = GRPOTrainer(
-        model=model,
-        reward_funcs=length_reward,
-        args=args,
-        train_dataset=data,
-        processing_class=tok,
-        rollout_func=rollout,
-        is_cap=is_cap,
-    )
-    t.model.train()
+    rows = [{"prompt": p} for p in PROMPTS[:2]]
+    config = dict(per_device_train_batch_size=4, max_completion_length=12, seed=42, scale_rewards="group")
+    t = grpo_trainer(model, tok, tmp_path, length_reward, rows, 4, 2, config, rollout_func=rollout, is_cap=is_cap)
+    data = t.train_dataset
     torch.manual_seed(1234)
     inputs = t._generate_and_score_completions([data[0], data[0], data[1], data[1]])
     t.current_gradient_accumulation_steps = 1  # set by the training loop, which we bypass here
@@ -238,19 +217,30 @@ def test_engine_trainer_mismatch_is_logged_and_corrected(tiny, tmp_path, shift, 
         assert metrics["rollout/is_clipped"] == [1.0]
 
 
-def test_buffers_are_reused_and_merged_weights_follow_the_adapter(tiny):
-    """Consecutive rollouts (new prompts, new prompt lengths, an updated adapter) reuse one state and stay exact."""
-    model, tok = load(tiny, lora=True)
+@pytest.mark.parametrize("nf4", [False, True])
+def test_released_buffers_are_rebuilt_and_the_merged_weights_equal_a_fresh_merge(tiny, nf4):
+    """Between rollouts the engine gives its cache and merged copy back (storage size 0); the next rollout, after an
+    optimizer step on the adapter, rebuilds them from the base and the adapter as it now is: the same weights a
+    fresh merge gives, the same tokens as transformers' generate, the same objects (a captured step stays valid)."""
+    from r1lite.train.rollout.buffers import held_bytes
+    from r1lite.train.rollout.merged import merged_copy
+
+    model, tok = load(tiny, lora=True, nf4=nf4)
     engine = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=12, greedy=True, merge="merged"))
     first = engine.generate(grouped(tok, 2), 2)
-    state = engine._states[6]
+    state, copy = engine._states[6], engine._merged
+    assert held_bytes(engine.held()) > 0
+    assert engine.release() > 0 and held_bytes(engine.held()) == 0
     with torch.no_grad():  # an optimizer step on the adapter
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.mul_(-3.0)
     prompts = [tok("Try 9 - 3 = 6").input_ids] * 2 + [tok("We need 24").input_ids] * 2 + [tok("x").input_ids] * 2
     second = engine.generate(prompts, 2)
-    assert engine._states[6] is state  # same cache, mask and merged copy: a captured graph stays valid
+    assert engine._states[6] is state and engine._merged is copy
+    fresh = merged_copy(model, torch.float32).state_dict()
+    for name, tensor in copy.state_dict().items():
+        assert torch.equal(tensor, fresh[name]), name
     for prompt, completion in zip(second.prompt_ids, second.completion_ids, strict=True):
         assert completion == reference(model, tok, prompt, 12)
     assert first.completion_ids != second.completion_ids
@@ -330,7 +320,7 @@ def test_every_path_is_checked_against_free_memory_before_allocating(tiny, merge
     engine = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=8, merge=merge))
     from r1lite.plan.memory import ALLOCATOR_SLACK
 
-    tensors = engine.rollout_bytes(6, 256, torch.bfloat16, merge == "merged") + engine.train_reserve()
+    tensors = engine.rollout_bytes(6, 256, torch.bfloat16, merge == "merged") + engine.reserve()
     need = math.ceil(tensors * (1 + ALLOCATOR_SLACK))  # what `plan.rollout_fits` asks for, without headroom
     assert engine.choose_merge(6, 256, torch.bfloat16, torch.device("cpu"), free=need) == (merge == "merged")
     with pytest.raises(RolloutMemoryError, match=r"lower grpo\.prompts_per_step"):
@@ -349,30 +339,24 @@ def qwen3b_on_meta(lora_r: int = 32):
         return get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules="all-linear"))
 
 
-def test_merge_decision_leaves_room_for_the_training_step(tiny):
-    """With memory for the merged copy + 5 GiB, a 16 x 1,280-token training micro-batch does not fit beside it."""
+def test_merge_decision_reserves_the_optimizer_state_not_the_activations(tiny):
+    """Rollout and training time-share the card: a merged copy needs room beside the optimizer state that lives
+    through the step (gradients and Adam moments of the adapter), not beside a micro-batch's activations."""
+    from r1lite.plan.memory import ALLOCATOR_SLACK, optimizer_state_bytes
+
     model = qwen3b_on_meta()
     _, tok = load(tiny)
-
-    def decide(micro: int, seq: int) -> bool:
-        settings = RolloutSettings(max_new_tokens=1024, train_micro_batch=micro, train_seq_len=seq)
-        engine = RolloutEngine(model, tok, settings)
-        free = engine.rollout_bytes(64, 1280, torch.bfloat16, merged=True) + 5 * 2**30
-        return engine.choose_merge(64, 1280, torch.bfloat16, torch.device("meta"), free=free)
-
-    assert decide(micro=1, seq=256) is True
-    assert decide(micro=16, seq=1280) is False
-
-
-def test_training_step_estimate_grows_with_the_micro_batch_and_checkpointing():
-    from r1lite.train.rollout.engine import training_step_bytes
-
-    model = qwen3b_on_meta()
-    small, big = (training_step_bytes(model, m, 1280) for m in (1, 16))
-    assert big > 6 * 2**30 > small  # 16 x 1,280 tokens of a 3B model: several GiB of activations
-    assert training_step_bytes(model, 4, 1280, grad_ckpt=False) > 4 * training_step_bytes(model, 4, 1280)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert small > 16 * trainable  # fp32 masters, gradients and both Adam moments
+    need = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=1024)).rollout_bytes(64, 1280, torch.bfloat16, True)
+
+    def decide(train: bool, free: int) -> bool:
+        engine = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=1024, train=train))
+        return engine.choose_merge(64, 1280, torch.bfloat16, torch.device("meta"), free=free, total=8 * 2**30)
+
+    with_optimizer = math.ceil((need + optimizer_state_bytes(trainable)) * (1 + ALLOCATOR_SLACK)) + 2**30
+    assert decide(train=True, free=with_optimizer) is True  # 1 GiB: the headroom a card keeps (10 %, at least 1)
+    assert decide(train=True, free=with_optimizer - 2**27) is False
+    assert decide(train=False, free=with_optimizer - 2**27) is True  # an eval has no optimizer state
 
 
 @pytest.mark.parametrize("merge", ["unmerged", "merged"])
@@ -563,7 +547,7 @@ def test_batch_stop_is_checked_once_every_sync_every_tokens(tiny, monkeypatch):
 
     def counting(self, state, device):
         step = build(self, state, device)
-        return lambda tok_, pos: (calls.append(1), step(tok_, pos))[1]
+        return lambda *args: (calls.append(1), step(*args))[1]
 
     monkeypatch.setattr(RolloutEngine, "_decode_step", counting)
     engine = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=64, greedy=True, sync_every=16))
@@ -745,27 +729,96 @@ def test_the_cpu_sampler_is_inverse_cdf_and_multinomial_is_kept_on_request():
     assert multi.tolist() == expected.tolist()
 
 
-def test_a_cpu_decode_step_reads_only_the_written_part_of_the_cache(tiny, monkeypatch):
-    """The static cache is as long as the longest completion; each eager CPU step attends over the slots written
-    so far (one more each step), and the tokens are those of attending over the whole cache."""
-    from r1lite.train.rollout import attention as rollout
+def ending_early(monkeypatch, tok):
+    """Rows end at different steps, decided by each row's own logits (so by its content, wherever it sits in the
+    batch): EOS wherever the greedy choice is a multiple of 7."""
+    from r1lite.train.rollout import engine as engine_module
 
-    lengths, cut = [], rollout.written_part
+    real = engine_module.last_logits
 
-    def recording(query, key, value, mask):
-        out = cut(query, key, value, mask)
-        if query.shape[2] == 1:
-            lengths.append(out[0].shape[2])
+    def logits(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out[out.argmax(-1) % 7 == 0, tok.eos_token_id] = 1e4
         return out
 
-    model, tok = load(tiny)
-    settings = RolloutSettings(max_new_tokens=6, greedy=True, merge="merged", stop_at_eos=False)
-    full = RolloutEngine(model, tok, settings).generate(grouped(tok, 2), 2).completion_ids
-    monkeypatch.setattr(rollout, "written_part", recording)
-    engine = RolloutEngine(model, tok, settings)
-    engine.generate(grouped(tok, 2), 2)
-    per_step = sorted(set(lengths))
-    first = max(len(p) for p in grouped(tok, 2)) + 1  # the prompt's slots and the token being decoded
-    assert per_step == list(range(first, first + 5)) and per_step[-1] < engine._states[len(grouped(tok, 2))].length
-    monkeypatch.setattr(rollout, "written_part", lambda q, k, v, m: (k, v, m))
-    assert RolloutEngine(model, tok, settings).generate(grouped(tok, 2), 2).completion_ids == full
+    monkeypatch.setattr(engine_module, "last_logits", logits)
+
+
+def record_windows(monkeypatch) -> list[tuple[int, int]]:
+    """(rows, slots) of every decode step, as the cache's window hands them to attention."""
+    seen, build = [], RolloutEngine._decode_step
+
+    def recording_step(engine, state, device):
+        step = build(engine, state, device)
+
+        def recorded(*args):
+            seen.append((state.cache.window.rows, state.cache.window.length))
+            return step(*args)
+
+        return recorded
+
+    monkeypatch.setattr(RolloutEngine, "_decode_step", recording_step)
+    return seen
+
+
+@pytest.mark.parametrize("path", ["eager", "captured"])
+def test_a_step_reads_the_written_slots_of_the_live_rows_and_tokens_equal_full_attention(tiny, monkeypatch, path):
+    """Each decode step attends over the slots written so far, and rows that produced EOS leave the batch; the
+    tokens are those of attending over the whole cache with every row kept. `captured`: the CUDA code path on CPU,
+    a captured step (traced by aot_eager) whose window and rows are rounded up to buckets, synced every 16 tokens."""
+    model, tok = load(tiny, lora=True)
+    ending_early(monkeypatch, tok)
+    prompts = [tok(f"Using the numbers [{i}, {i + 3}, {2 * i}], create").input_ids for i in range(16)]
+    full = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=40, greedy=True, window="full", compact=False))
+    expected = full.generate(prompts, 1).completion_ids
+    assert len({len(c) for c in expected}) > 3  # rows end at several different steps
+    forced = dict(compile=True, compile_backend="aot_eager", sync_every=16) if path == "captured" else {}
+    engine = RolloutEngine(model, tok, RolloutSettings(max_new_tokens=40, greedy=True, **forced))
+    windows = record_windows(monkeypatch)
+    out = engine.generate(prompts, 1)
+    assert out.completion_ids == expected
+    assert out.stats["compiled"] == (path == "captured")
+    prompt, steps = max(len(p) for p in prompts), max(len(c) for c in expected)
+
+    if path == "eager":  # exactly the written slots: the prompt and the tokens so far, one more each step
+        assert [length for _, length in windows] == list(range(prompt + 1, prompt + steps))
+    else:  # one bucket of 256 slots (the whole cache here) while the rows fall to half and a quarter of the batch
+        assert {length for _, length in windows} == {256}
+        assert {rows for rows, _ in windows} <= {16, 8, 4}
+    live = [sum(len(c) > t for c in expected) for t in range(1, steps)]
+    assert [rows for rows, _ in windows][-1] < 16 and all(r >= n for (r, _), n in zip(windows, live, strict=True))
+
+
+def test_during_a_training_step_the_rollouts_cache_and_merged_copy_are_not_held(tiny, tmp_path, monkeypatch):
+    """Rollout and training time-share the device: when the loss of a GRPO step is computed, the engine that
+    rolled the batch out holds no storage (its cache and merged copy went back to the allocator), and the next
+    step's rollout rebuilds them."""
+    from r1lite.recipe.load import load_recipe
+    from r1lite.stages import data, grpo
+    from r1lite.train.grpo_trainer import GRPOTrainer
+    from r1lite.train.rollout.buffers import held_bytes
+    from r1lite.train.rollout.registry import engine_tensors
+
+    held, rolled, compute_loss = [], [], GRPOTrainer.compute_loss
+    generate = RolloutEngine.generate
+
+    def measuring(trainer, model, inputs, *args, **kwargs):
+        held.append(held_bytes(engine_tensors(trainer.accelerator.unwrap_model(trainer.model))))
+        return compute_loss(trainer, model, inputs, *args, **kwargs)
+
+    def rolling(engine, *args, **kwargs):
+        out = generate(engine, *args, **kwargs)
+        rolled.append(held_bytes(engine.held()))
+        return out
+
+    monkeypatch.setattr(GRPOTrainer, "compute_loss", measuring)
+    monkeypatch.setattr(RolloutEngine, "generate", rolling)
+    sets = [f"model.name={tiny}", "data.dir=data/t", "data.train_size=16", "data.test_size=4", "sft.enabled=false"]
+    sets += ["grpo.rollout=engine", "grpo.rollout_merge=merged", "grpo.max_steps=2", "grpo.prompts_per_step=2"]
+    sets += ["grpo.num_generations=2", "grpo.micro_batch_size=4", "grpo.max_completion_length=8", "grpo.eval_every=0"]
+    recipe = load_recipe("countdown", "cpu", [*sets, "tracking.wandb=disabled"])
+    data.run(recipe.data)
+    grpo.run(recipe, tmp_path / "run")
+    assert len(held) == 2 and len(rolled) == 2
+    assert all(r > 0 for r in rolled)  # each rollout had its cache and merged copy...
+    assert held == [0, 0]  # ...and no training step did

@@ -29,7 +29,7 @@ CURVES = [
     ("format_rate", "format rate"),
     ("completion_length", "completion length (tokens)"),
     ("kl", "KL to reference"),
-    ("heldout_accuracy", "held-out accuracy"),
+    ("validation_accuracy", "validation accuracy (periodic eval)"),
 ]
 
 

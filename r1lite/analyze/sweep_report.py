@@ -25,7 +25,7 @@ from r1lite.stats import Interval, detectable_difference, nested_interval, paire
 CONTROL_KEY = "grpo.reward_control"
 ARMS = ("none", "shuffle")  # the real arm, the control arm
 
-CURVES = (("reward", "mean reward"), ("heldout_accuracy", "held-out accuracy"), ("completion_length", "length"))
+CURVES = (("reward", "mean reward"), ("validation_accuracy", "validation accuracy"), ("completion_length", "length"))
 
 
 @dataclass
@@ -152,9 +152,9 @@ def control_table(manifest: dict[str, Any], results: list[ConfigResult], metric:
         return []
     label = metric_label(results, metric)
     lines = [
-        f"| config | seeds (real, control) | real arm {label} | control arm {label} | real - control [95 % paired "
-        "interval] |",
-        "|---|---|---|---|---|",
+        f"| config | seeds (real, control) | GRPO steps trained (real, control) | real arm {label} | control arm "
+        f"{label} | real - control [95 % paired interval] |",
+        "|---|---|---|---|---|---|",
     ]
     for real, control in pairs:
         n = min(len(c) for c in [*real.scores(metric), *control.scores(metric)])
@@ -162,10 +162,23 @@ def control_table(manifest: dict[str, Any], results: list[ConfigResult], metric:
         ia, ib, d = nested_interval(a), nested_interval(b), paired_runs_difference(a, b)
         config = real.config.replace("_reward_control-none", "").replace("reward_control-none", "base")
         lines.append(
-            f"| {config} | {len(a)}, {len(b)} | {ia.estimate:.1%} [{ia.low:.1%}, {ia.high:.1%}] | "
+            f"| {config} | {len(a)}, {len(b)} | {_steps(real)}, {_steps(control)} | "
+            f"{ia.estimate:.1%} [{ia.low:.1%}, {ia.high:.1%}] | "
             f"{ib.estimate:.1%} [{ib.low:.1%}, {ib.high:.1%}] | {d.points()}{' *' if d.excludes_zero else ''} |"
         )
     return lines
+
+
+def _steps(result: ConfigResult) -> str:
+    """GRPO steps trained of planned, per seed ("12/12 12/12"): arms compared must have trained alike."""
+    steps = [s.get("grpo_steps") or {} for s in result.summaries]
+    return " ".join(f"{s['trained']}/{s['planned']}" if s else "-" for s in steps)
+
+
+def split_of(results: list[ConfigResult]) -> str:
+    """The split the sweep's final evals scored (test for claims, validation for choices)."""
+    splits = {f.get("split", "test") for r in results for f in r.finals}
+    return ", ".join(sorted(splits)) or "test"
 
 
 def headline(manifest: dict[str, Any], results: list[ConfigResult]) -> list[str]:
@@ -175,7 +188,11 @@ def headline(manifest: dict[str, Any], results: list[ConfigResult]) -> list[str]
     label = metric_label(results, metric)
     if control_pairs(manifest, results):
         table = control_table(manifest, results, metric)
-        return [f"{label} (declared metric), real arm vs control arm (* : the interval excludes zero):", *table]
+        split = split_of(results)
+        return [
+            f"{label} (declared metric) on the {split} split, real arm vs control arm (* : interval excludes 0):",
+            *table,
+        ]
     return statistics_table(results, None, metric)
 
 
@@ -250,9 +267,10 @@ def build_sweep_report(
         md += [
             "## Real arm vs control arm",
             "",
-            "The control arm runs the same GRPO on each step's rewards shuffled across its completions: the same "
-            "rewards, no information about which completion earned them. What the real arm gains over it is what "
-            "the reward taught; what both gain is sharpening or noise.",
+            "The control arm runs the same GRPO on each group's rewards permuted among that group's own completions: "
+            "every group keeps its rewards, its advantages and whether it has any signal, and loses only which "
+            "completion earned which. What the real arm gains over it is what the reward taught; what both gain is "
+            f"sharpening or noise. Final evals on the {split_of(results)} split.",
             "",
         ]
         for metric in metrics:
@@ -271,14 +289,21 @@ def build_sweep_report(
         md += ["## Curves", "", f"![{plot.stem}](plots/{plot.name})", ""]
     labels = [metric_label(results, m) for m in metrics]
     effects = [own_effects(results, m) for m in metrics]
-    heads = [*labels, *(f"GRPO's own effect on {label} [95 %]" for label in labels), "wall time"]
+    heads = [*labels, *(f"GRPO's own effect on {label} [95 %]" for label in labels), "GRPO steps", "wall time"]
     md += ["## Runs", "", f"| run | config | seed | {' | '.join(heads)} |", "|---" * (len(heads) + 3) + "|"]
     for r in results:
         for i, d in enumerate(r.runs):
             seed = manifest["runs"][d.name]["seed"]
             minutes = r.summaries[i]["cost"]["total"]["seconds"] / 60
             values = [sum(r.scores(m)[i]) / len(r.scores(m)[i]) for m in metrics]
-            cells = [*(f"{v:.1%}" for v in values), *(e.get(d.name, "-") for e in effects), f"{minutes:.1f} min"]
+            steps = r.summaries[i].get("grpo_steps") or {}
+            trained = f"{steps['trained']} of {steps['planned']}" if steps else "-"
+            cells = [
+                *(f"{v:.1%}" for v in values),
+                *(e.get(d.name, "-") for e in effects),
+                trained,
+                f"{minutes:.1f} min",
+            ]
             md.append(f"| {d.name} | {r.config} | {seed} | {' | '.join(cells)} |")
     write_text(Path(root) / "report.md", "\n".join(md) + "\n")
     write_text(Path(root) / "report.html", html_page(manifest["name"], "\n".join(md), [plot] if plot else []))

@@ -22,14 +22,17 @@ def plan(
     """Will the recipe fit, how long will it take, what will it cost: before any model is downloaded or loaded."""
     from r1lite.cli.common import resolve_recipe
     from r1lite.errors import R1liteError
-    from r1lite.plan.hardware import Card, card_by_name, card_for_profile
+    from r1lite.plan.hardware import Card, Hardware, card_by_name, card_for_profile, pick_profile
     from r1lite.plan.planner import make_plan
+    from r1lite.recipe.load import profiles_of
     from r1lite.runs.rundir import Run
 
     if gpu and vram is not None:
         raise R1liteError("give --gpu or --vram, not both")
-    r = resolve_recipe(recipe, profile, set_, detect=False)
     card = card_by_name(gpu) if gpu else Card(f"{vram:g} GiB card", vram) if vram is not None else None
+    if profile is None and card is not None:  # the profile `r1lite run` picks on that card
+        profile = pick_profile(profiles_of(recipe), Hardware(True, card.name, card.gib, card.gib))
+    r = resolve_recipe(recipe, profile, set_, detect=card is None)
     card = card or card_for_profile(r.profile)
     p = make_plan(r, card, gpus, measured_length=Run.of(r).mean_completion_length())
     if as_json:

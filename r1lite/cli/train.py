@@ -116,7 +116,7 @@ def run(
     from r1lite.analyze.cost import cost_line
     from r1lite.machine.distributed import is_main, world_size
     from r1lite.orchestrate import pipeline
-    from r1lite.runs.summary import comparison_table, summary_change_lines
+    from r1lite.runs.summary import comparison_table, steps_line, summary_change_lines
     from r1lite.ui import console
 
     if gpus is not None and world_size() == 1:  # not yet launched: become `accelerate launch ... r1lite run`
@@ -139,6 +139,8 @@ def run(
     console.print(comparison_table(result["base"], result["final"], r.data.make_task().name, result.get("warmup")))
     for line in summary_change_lines(result):
         console.print(line, soft_wrap=True)
+    if steps := steps_line(result):
+        console.print(steps)
     console.print(cost_line(result["cost"]))
     console.print(f"report: r1lite report {result['run_dir']}")
 

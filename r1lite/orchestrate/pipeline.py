@@ -54,8 +54,26 @@ def prepare(recipe: Recipe, auto_fit: bool = False) -> Recipe:
     recipe = fit_precision(recipe, hardware.probe())
     check_trl_sections(recipe)
     check_backends(recipe)
+    _warn_time_guard(recipe)
     distributed.start(recipe.distributed.timeout_minutes)
     return recipe
+
+
+def _warn_time_guard(recipe: Recipe) -> None:
+    """Say before any work when grpo.max_minutes would stop GRPO short of its steps, by the plan's step time."""
+    g = recipe.grpo
+    if not (g.enabled and g.max_minutes):
+        return
+    try:
+        plan = planner.make_plan(recipe, hardware.detected_card(), distributed.world_size(), verdicts=False)
+    except R1liteError:  # a model the planner has no shape for: nothing to warn with
+        return
+    if plan.step_seconds and g.max_minutes * 60 < plan.step_seconds * g.max_steps:
+        steps = int(g.max_minutes * 60 // plan.step_seconds)
+        ui.warn(
+            f"grpo.max_minutes={g.max_minutes:g} would stop GRPO after ~{steps} of its {g.max_steps} steps (the "
+            f"plan prices a step at ~{plan.step_seconds:.0f} s here); raise it, or set 0 so the steps end the run"
+        )
 
 
 def _with_oom_settings(recipe: Recipe) -> Recipe:
@@ -226,6 +244,11 @@ def write_summary(recipe: Recipe, run_dir: Run, tracker: Any = None) -> dict[str
         "run_dir": str(run_dir.root),
         **evals,
         "metric": recipe.eval.metric_name(),  # declared in the recipe before the run
+        "grpo_steps": (
+            {"trained": run_dir.trained_steps("grpo"), "planned": recipe.grpo.max_steps}
+            if recipe.grpo.enabled
+            else None
+        ),
         "changes": run_dir.changes(pairs),
         "changes_sampled": run_dir.changes(pairs, "sampled"),
         "stages": state,

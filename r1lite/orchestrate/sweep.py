@@ -163,9 +163,12 @@ class Sweep:
         return fit_precision(load_recipe(self.recipe, self.profile, self.run_sets(run)), _hardware(hardware.probe))
 
     def run_sets(self, run: SweepRun) -> list[str]:
-        """The run's overrides plus where it lives and how W&B groups it (the sweep; the config as job type)."""
+        """The run's overrides plus where it lives and how W&B groups it (the sweep; the config as job type). With a
+        control arm, no time guard: a clock that stopped one arm could stop its pair at another step."""
+        paired = ["grpo.max_minutes=0"] if CONTROL_KEY in self.vary else []
         return [
             *run.sets,
+            *paired,
             f"output_dir={self.root}",
             f"run={run.name}",
             f"tracking.group={self.name}",

@@ -111,18 +111,11 @@ def decode_logits_bytes(shape: Shape, rows: int) -> int:
     return rows * shape.vocab * 4 * 4
 
 
-def train_step_bytes(
-    shape: Shape, trainable: int, micro_batch: int, seq_len: int, grad_ckpt: bool, act_bytes: int
-) -> int:
-    """What the GRPO/SFT training step adds to a loaded policy: adapter gradients, AdamW's two moments and one
-    micro-batch's activations (the adapter itself is resident before the first rollout; its states are not).
-
-    This is the reserve the rollout engine keeps free when it decides whether to merge (`rollout_fits`).
-    """
-    parts = training_activation_parts(
-        shape, micro_batch, seq_len, grad_ckpt, act_bytes, act_bytes, lora_cast_copies=act_bytes == 2
-    )
-    return lora_bytes(trainable) - lora_bytes(trainable, training=False) + sum(parts.values())
+def optimizer_state_bytes(trainable: int) -> int:
+    """What training adds to a loaded adapter and keeps through a GRPO step: its gradients and AdamW's two moments.
+    The rollout's buffers must fit beside it (`rollout_fits`); training's activations need not, as the rollout's
+    buffers are released before they exist."""
+    return lora_bytes(trainable) - lora_bytes(trainable, training=False)
 
 
 def graph_pool_bytes(shape: Shape, rows: int) -> int:

@@ -33,13 +33,13 @@ from r1lite.plan.memory import (
     graph_pool_bytes,
     kv_bytes,
     lora_bytes,
+    optimizer_state_bytes,
     rollout_fits,
-    train_step_bytes,
     training_activation_parts,
     weight_bytes,
 )
 from r1lite.plan.shapes import SHAPES, Shape
-from r1lite.plan.timing import TypicalLength, run_timing, typical_timing
+from r1lite.plan.timing import Timing, TypicalLength, run_timing, typical_timing, with_captured
 
 PROMPT_TOKENS = 160  # a rendered Countdown prompt is ~140 Qwen tokens; chat templates add ~20
 COMPACT_PROMPT_TOKENS = 70  # data.prompt_format=compact, with SmolLM2's default system prompt
@@ -122,6 +122,7 @@ class Plan:
     episodes: int = 0  # prompts x generations x steps
     generated_tokens: int = 0  # at most: every completion at max_completion_length
     typical: TypicalLength | None = None  # the run timed at a measured or cited mean completion length
+    timing: Timing | None = None  # eager and captured both, and which the plan's hours assume
 
     @property
     def peak_gib(self) -> float:
@@ -159,6 +160,13 @@ class Plan:
             "run_hours": None if self.run_hours is None else round(self.run_hours, 2),
             "usd": None if self.usd is None else round(self.usd, 2),
             "cards": self.verdicts,
+            "decode_assumed": None if self.timing is None else self.timing.assumed,
+            "captured": None
+            if self.timing is None or self.timing.captured_step_seconds is None
+            else {
+                "step_seconds": round(self.timing.captured_step_seconds, 1),
+                "run_hours": round(self.timing.captured_run_hours, 2),
+            },
             "timing_sources": self.timing_sources,
             "shape_source": self.shape.source,
         }
@@ -213,7 +221,8 @@ def make_plan(
         return training_activation_parts(shape, micro, length, ckpt, act, compute_bytes, casts, on_cpu, scored)
 
     # The engine's decisions, taken as it takes them (`rollout_fits`, `compiles`): from the free memory of a
-    # loaded policy (its adapter, no optimizer state yet) and each stage's own reserve.
+    # loaded policy (its adapter, no optimizer state yet) and each stage's own reserve (in GRPO the optimizer state,
+    # which lives through the step; training's activations do not meet the rollout's buffers, released before them).
     card_bytes = int(card.gib * GIB) if card else 0
     copy = shape.params * compute_bytes  # the engine's dense copy is in the compute dtype
     adapter = lora_bytes(trainable, adapter_bytes, training=False)
@@ -249,14 +258,12 @@ def make_plan(
     resident = {"weights": weights, "lora_and_adam": lora_train}
     merged: bool | None = None
     rollout_parts: dict[str, int]
-    if backend == "engine":
-        reserve = train_step_bytes(shape, trainable, g.micro_batch_size, seq, recipe.model.gradient_checkpointing, act)
+    if backend == "engine":  # time-shared: the buffers are released before each training step and rebuilt after
+        reserve = optimizer_state_bytes(trainable) if adapter_bytes == 4 else lora_train - adapter
         rollout_parts = engine_parts("grpo_rollout", rows, cache_len, weights + adapter, reserve)
         merged = decisions["grpo_rollout"]
-        held = rollout_parts  # the engine keeps its buffers for the whole run
     else:
         rollout_parts = {"kv_cache": kv_bytes(shape, rows, seq, act) + kv_bytes(shape, rows, seq, act) // shape.layers}
-        held = {}
     stages: dict[str, Stage] = {}
     e = recipe.eval
     eval_len = prompt_tokens + e.max_new_tokens
@@ -273,27 +280,29 @@ def make_plan(
             {**resident, **train_parts(s.batch_size, s.max_length, recipe.model.gradient_checkpointing)}
         )
     if g.enabled:
+        # the step's peak is the larger phase plus what persists (base, adapter, optimizer state)
         stages["grpo_rollout"] = Stage({**resident, **rollout_parts, "logits": decode_logits_bytes(shape, rows)})
-        stages["grpo_train"] = Stage({**resident, **held, **train})
+        stages["grpo_train"] = Stage({**resident, **train})
         if g.eval_every:
-            # greedy eval batches run on the training engine in its rollout's batch shape (stages.eval.generate):
-            # no second cache; TRL's generation makes a cache per eval batch
+            # greedy eval batches run on the training engine in its rollout's batch shape (stages.eval.generate),
+            # on its rebuilt buffers; TRL's generation makes a cache per eval batch
             eval_rows = rows if backend == "engine" else min(e.batch_size, g.eval_examples)
-            stages["grpo_periodic_eval"] = Stage(
-                {
-                    **resident,
-                    **held,
-                    "eval_kv_cache": 0 if backend == "engine" else kv_bytes(shape, eval_rows, seq, act),
-                    "logits": decode_logits_bytes(shape, eval_rows),
-                }
-            )
+            eval_kv = {} if backend == "engine" else {"eval_kv_cache": kv_bytes(shape, eval_rows, seq, act)}
+            own = rollout_parts if backend == "engine" else eval_kv
+            stages["grpo_periodic_eval"] = Stage({**resident, **own, "logits": decode_logits_bytes(shape, eval_rows)})
     episodes = g.prompts_per_step * g.num_generations * g.max_steps if g.enabled else 0
-    timing = run_timing(recipe, shape, card, on_cuda, rows, prompt_tokens, gpus)
+    timing = run_timing(recipe, shape, card, on_cuda, rows, prompt_tokens, gpus, merged, backend)
     typical = (
-        typical_timing(recipe, episodes, shape, card, on_cuda, rows, prompt_tokens, gpus, measured_length)
+        typical_timing(
+            recipe, episodes, shape, card, on_cuda, rows, prompt_tokens, gpus, merged, backend, measured_length
+        )
         if timing and verdicts
         else None
     )
+    if compiled.get("grpo_rollout") and timing is not None:  # a GPU proved the captured step on this path
+        timing = with_captured(timing)
+        if typical is not None:
+            typical.timing = with_captured(typical.timing)
     fits = {}
     if on_cuda and verdicts:  # each card planned on its own: the engine's merge decision depends on the card
         fits = {
@@ -313,6 +322,7 @@ def make_plan(
         run_hours=None if timing is None else timing.run_hours,
         usd=None if timing is None else timing.usd,
         timing_sources=[] if timing is None else timing.sources,
+        timing=timing,
         gpus=gpus,
         verdicts=fits,
         merge=decisions,

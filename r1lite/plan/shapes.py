@@ -26,6 +26,7 @@ class Shape:
     head_dim: int = 0  # 0: hidden // heads
     tied: bool = True
     qkv_bias: bool = False
+    qk_norm: bool = False  # Qwen3 normalises q and k per head (two more norms a layer; their weights are not counted)
     source: str = ""
 
     @property
@@ -77,6 +78,7 @@ class Shape:
             head_dim=get("head_dim") or 0,
             tied=bool(get("tie_word_embeddings", True)),
             qkv_bias=get("model_type") == "qwen2" or bool(get("attention_bias", False)),
+            qk_norm=get("model_type") == "qwen3",
             source=source,
         )
 
@@ -89,7 +91,7 @@ SHAPES: dict[str, Shape] = {
     "qwen/qwen2.5-7b": Shape(152064, 3584, 18944, 28, 28, 4, tied=False, qkv_bias=True, source=_QWEN),
     # Qwen3-1.7B(-Base): 8 KV heads of 128 (4x Qwen2.5-3B's KV cache per token), no q/k/v bias, tied embeddings;
     # q_norm/k_norm (2 x 128 weights a layer) are left out of the count
-    "qwen/qwen3-1.7b": Shape(151936, 2048, 6144, 28, 16, 8, head_dim=128, source=_QWEN),
+    "qwen/qwen3-1.7b": Shape(151936, 2048, 6144, 28, 16, 8, head_dim=128, qk_norm=True, source=_QWEN),
     "smollm2-135m-instruct": Shape(49152, 576, 1536, 30, 9, 3, source="SmolLM2-135M-Instruct config.json"),
 }
 SHAPES["huggingfacetb/smollm2-135m-instruct"] = SHAPES["smollm2-135m-instruct"]

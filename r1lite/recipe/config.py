@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serial
 
 from r1lite.errors import RecipeError, closest_name, first_problem
 from r1lite.machine.distributed import world_size
+from r1lite.machine.precision import uses_cuda
 from r1lite.tasks import TaskError
 from r1lite.tasks.registry import load_task, task_class
 from r1lite.tasks.rewards import reward_names
@@ -39,7 +40,12 @@ class DataConfig(Section):
         "columns (countdown: nums/target; others: question/answer), or 'hf:DATASET' to load from the hub",
     )
     train_size: int = Field(20_000, ge=1, description="training problems")
-    test_size: int = Field(1_024, ge=1, description="held-out problems (TinyZero used 1,024)")
+    test_size: int = Field(
+        1_024, ge=1, description="held-out problems for claims, tuned on by nothing (TinyZero used 1,024)"
+    )
+    validation_size: int = Field(
+        256, ge=0, description="held-out problems for choices: periodic evals, sweeps that pick a setting"
+    )
     seed: int = Field(42, description="seed of the generator and of the import shuffle")
     prompt_format: Literal["base", "qwen-instruct", "chat", "compact"] = Field(
         "base",
@@ -222,8 +228,16 @@ class GRPOConfig(Section):
         description="engine only: truncated importance sampling, each token's loss weighted by "
         "min(pi_train / pi_engine, cap) to correct the engine/trainer mismatch; 0: off (the gap is still logged)",
     )
+    mask_truncated: bool = Field(
+        False,
+        description="leave completions cut at max_completion_length out of the loss (TRL's mask_truncated_completions, "
+        "DAPO's overlong filtering) instead of training on their 0 reward; the truncation rate is logged either way",
+    )
     max_minutes: float = Field(
-        0.0, ge=0, description="stop GRPO after this many minutes of training, at the end of a step (0: no limit)"
+        0.0,
+        ge=0,
+        description="stop GRPO after this many minutes of training, at the end of a step (0: no limit); a sweep with "
+        "a control arm turns it off, so both arms train the same steps",
     )
     dynamic_sampling: bool = Field(
         False,
@@ -290,7 +304,8 @@ EFFECTS: dict[str, dict[str, str]] = {
         "beta": "weights", "loss_type": "weights", "scale_rewards": "weights", "temperature": "weights",
         "top_p": "weights", "top_k": "weights", "max_completion_length": "weights", "rewards": "weights",
         "rollout": "weights", "vllm_mode": "weights", "rollout_is_cap": "weights", "dynamic_sampling": "weights",
-        "dynamic_sampling_rounds": "weights", "reward_control": "weights", "trl": "weights",
+        "dynamic_sampling_rounds": "weights", "reward_control": "weights", "mask_truncated": "weights",
+        "trl": "weights",
         "max_steps": "extends",
         "micro_batch_size": "split", "rollout_merge": "split", "rollout_compile": "split", "max_minutes": "split",
         "eval_every": "split", "eval_examples": "split", "save_every": "split", "log_every": "split",
@@ -326,6 +341,11 @@ class EvalConfig(Section):
     )
     reward: str | None = Field(
         None, description="reward whose 1.0 means correct; default: the task's (countdown: countdown_equation)"
+    )
+    split: Literal["test", "validation"] = Field(
+        "test",
+        description="the split the base, warm-up and final evals score: test for claims (nothing is tuned on it), "
+        "validation for sweeps that choose a setting by looking at accuracy",
     )
 
     @model_validator(mode="after")
@@ -436,6 +456,13 @@ def check_backends(recipe: Recipe) -> None:
         raise RecipeError(
             "the rollout engine needs whole weights in every process and distributed.strategy=zero3 shards them; "
             "use grpo.rollout=auto (TRL's generation gathers them) or vllm"
+        )
+    g = recipe.grpo
+    if recipe.rollout_backend(uses_cuda(recipe.model)) == "engine" and (g.top_k or g.top_p < 1.0):
+        raise RecipeError(
+            "grpo.top_k / grpo.top_p with the rollout engine: its log-probs are of the unfiltered distribution, so "
+            "the importance ratio against the trainer's would be wrong; leave them at 0 / 1.0, or set "
+            "grpo.rollout=trl"
         )
     if recipe.distributed.strategy == "zero3" and recipe.quantization.mode != "none":
         raise RecipeError(

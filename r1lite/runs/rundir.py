@@ -151,6 +151,10 @@ class Run:
         rows = [r for r in self.metrics(stage) if key in r]
         return [r["step"] for r in rows], [float(r[key]) for r in rows]
 
+    def trained_steps(self, stage: str) -> int:
+        """Optimizer steps the stage logged (its last line's step: TRL logs the end of training at the last one)."""
+        return max((int(r["step"]) for r in self.metrics(stage) if "step" in r), default=0)
+
     def mean_completion_length(self) -> tuple[int, str] | None:
         """The mean completion length its GRPO stage logged (TRL's completions/mean_length) with where it comes from,
         for `r1lite plan` to time a run at; None before GRPO logged a step."""

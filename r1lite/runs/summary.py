@@ -54,6 +54,16 @@ def summary_change_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def steps_line(summary: dict[str, Any]) -> str | None:
+    """How many GRPO steps the run trained of those it planned (a time guard may stop it early): arms compared
+    must have trained alike."""
+    steps = summary.get("grpo_steps")
+    if not steps:
+        return None
+    cut = " (stopped early by grpo.max_minutes)" if steps["trained"] < steps["planned"] else ""
+    return f"GRPO: {steps['trained']} of {steps['planned']} steps trained{cut}"
+
+
 def comparison_table(
     before: dict[str, Any], after: dict[str, Any], task: str = "countdown", middle: dict[str, Any] | None = None
 ) -> Any:

@@ -33,6 +33,7 @@ KEY_MAP = {
     "rewards/search_behaviour/mean": "search_rate",
     "rewards/self_check/mean": "self_check_rate",
     "completions/mean_length": "completion_length",
+    "completions/clipped_ratio": "truncated_rate",  # cut at max_completion_length: scored 0 unless masked
     "kl": "kl",
     "learning_rate": "learning_rate",
     "loss": "loss",
@@ -40,11 +41,20 @@ KEY_MAP = {
     "grad_norm": "grad_norm",
     "mean_token_accuracy": "token_accuracy",
     "rollout/tokens_per_s": "rollout_tokens_per_s",
+    "rollout/rebuild_s": "rollout_rebuild_s",  # the merged copy and cache rebuilt before a rollout
     "r1lite/groups_no_signal": "groups_no_signal",
     "r1lite/dynamic_sampling/kept": "groups_kept",
+    "r1lite/dynamic_sampling/discarded": "groups_discarded",
     "r1lite/dynamic_sampling/rounds": "sampling_rounds",
     "num_tokens": "num_tokens",
 }
+
+
+# Metrics that read the wall clock: a resumed or repeated run logs different values for them and the same for the rest
+TIMING_METRICS = frozenset(
+    {"elapsed_s", "step_time", "tokens_per_s", "rollout_tokens_per_s", "rollout_rebuild_s", "train_runtime",
+     "train_samples_per_second", "train_steps_per_second", "seconds"}
+)  # fmt: skip
 
 
 def normalise(logs: dict[str, Any], correct_reward: str = "countdown_equation") -> dict[str, float]:
@@ -178,6 +188,7 @@ def format_line(stage: str, step: int, total: int, m: dict[str, float], eta: flo
         ("accuracy", "acc", ".1%"),
         ("format_rate", "format", ".1%"),
         ("completion_length", "len", ".0f"),
+        ("truncated_rate", "cut", ".0%"),
         ("kl", "kl", ".4f"),
         ("loss", "loss", ".4f"),
         ("learning_rate", "lr", ".2e"),

@@ -1,12 +1,13 @@
-"""Data prep: write `train.jsonl`, `test.jsonl` and `manifest.json` for a task, or reuse them.
+"""Data prep: write `train.jsonl`, `validation.jsonl`, `test.jsonl` and `manifest.json` for a task, or reuse them.
 
     >>> run(DataConfig(train_size=100, test_size=20))                       # -> Path('data/countdown')
     >>> run(DataConfig(task="rg:knights_knaves", train_size=100, test_size=20))
 
 Generated problems come from the task's seeded generator; imported ones (local parquet/JSONL/CSV
 with the task's columns, or `hf:DATASET`) go through the task's `from_row` (Countdown checks each
-with its solver), are de-duplicated, shuffled with the seed and split. Train and test never share
-a problem (the task's `key`). Rerunning with the same parameters and intact files is a no-op; all
+with its solver), are de-duplicated, shuffled with the seed and split. No two splits share a problem (the
+task's `key`). Choices (periodic evals, sweeps that pick a setting) look at `validation`; claims (a run's
+before/after) at `test`, which nothing is tuned on. Rerunning with the same parameters and intact files is a no-op; all
 files are written atomically.
 """
 
@@ -22,8 +23,9 @@ from r1lite import ui
 from r1lite.errors import DataError
 from r1lite.fileio import read_json, read_jsonl, sha256_file, write_json, write_jsonl
 from r1lite.recipe.config import DataConfig
+from r1lite.tasks import split_rows
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
 
 
 def params(cfg: DataConfig) -> dict[str, Any]:
@@ -116,18 +118,24 @@ def _import(cfg: DataConfig, task: Any) -> tuple[dict[str, list[dict[str, Any]]]
             continue
         seen.add(key)
         kept.append(example)
-    if len(kept) <= cfg.test_size:
+    if len(kept) <= cfg.test_size + cfg.validation_size:
         raise DataError(
-            f"{cfg.source}: only {len(kept)} distinct usable problems, not enough for a "
-            f"test split of {cfg.test_size}; lower data.test_size"
+            f"{cfg.source}: only {len(kept)} distinct usable problems, not enough for a test split of "
+            f"{cfg.test_size} and a validation split of {cfg.validation_size}; lower data.test_size or "
+            "data.validation_size"
         )
-    test = kept[: cfg.test_size]
-    return {"test": test, "train": kept[cfg.test_size : cfg.test_size + cfg.train_size]}, stats
+    splits = split_rows(kept, cfg.test_size, cfg.validation_size)
+    splits["train"] = splits["train"][: cfg.train_size]
+    return splits, stats
 
 
 def _generate(cfg: DataConfig, task: Any) -> dict[str, list[dict[str, Any]]]:
     return task.splits(
-        cfg.train_size, cfg.test_size, cfg.seed, progress=lambda items, n: ui.track(items, n, "generating problems")
+        cfg.train_size,
+        cfg.test_size,
+        cfg.seed,
+        progress=lambda items, n: ui.track(items, n, "generating problems"),
+        validation_size=cfg.validation_size,
     )
 
 
@@ -148,7 +156,8 @@ def run(cfg: DataConfig, force: bool = False) -> Path:
         write_jsonl(path, splits[split])
         files[path.name] = {"rows": len(splits[split]), "sha256": sha256_file(path)}
     write_json(root / "manifest.json", {"task": cfg.task, "params": params(cfg), "files": files, "import": stats})
+    rows = {split: files[f"{split}.jsonl"]["rows"] for split in SPLITS}
     ui.log(
-        f"data: wrote {files['train.jsonl']['rows']} train and {files['test.jsonl']['rows']} test problems to {root}"
+        f"data: wrote {rows['train']} train, {rows['validation']} validation and {rows['test']} test problems to {root}"
     )
     return root

@@ -227,7 +227,7 @@ def run(
 
     Every process of a run calls it (each evaluates its share); the main one writes the files.
     """
-    examples = data.load_split(recipe.data, "test")[: recipe.eval.examples]
+    examples = data.load_split(recipe.data, recipe.eval.split)[: recipe.eval.examples]
     path = model_path or resolve_model(recipe.model.name)
     tokenizer = load_tokenizer(path, recipe.model.revision)
     model = load_for_inference(path, recipe.model, recipe.quantization, adapter)
@@ -235,6 +235,7 @@ def run(
     summary, rows = evaluate(model, tokenizer, examples, recipe, desc=f"eval {label}", sample=sample)
     summary = {
         "label": label,
+        "split": recipe.eval.split,
         "model": recipe.model.name,
         "adapter": adapter,
         **summary,

@@ -6,7 +6,7 @@
 TRL's GRPOTrainer does the algorithm (group advantages, clipped policy-gradient loss, logging,
 checkpoints); this module only wires the recipe into it: the dataset of rendered prompts, the
 weighted reward functions, the optional SFT adapter to start from, the rollout backend, and a
-periodic held-out eval. Checkpoints every `grpo.save_every` steps, at the last step and when a signal
+periodic eval on the validation split. Checkpoints every `grpo.save_every` steps, at the last step and when a signal
 stops the run (r1lite.runs.signals) let a rerun continue where it stopped, or extend a finished run.
 """
 
@@ -48,14 +48,15 @@ def build_dataset(recipe: Recipe, tokenizer: Any) -> list[dict[str, Any]]:
 
 
 class PeriodicEval(TrainerCallback):
-    """Greedy accuracy on a held-out slice every `every` steps, logged next to the training metrics.
+    """Greedy accuracy on the validation split every `every` steps, logged next to the training metrics.
 
     Every process evaluates its share (`evaluate` gathers the rows), so none waits at a collective for long.
     """
 
     def __init__(self, recipe: Recipe, tokenizer: Any, path: Path, every: int, tracker: Any = None) -> None:
         self.recipe, self.tokenizer, self.path, self.every, self.tracker = recipe, tokenizer, path, every, tracker
-        self.examples = data.load_split(recipe.data, "test")[: recipe.grpo.eval_examples]
+        # a choice made by watching this curve (when to stop, which setting) must not see the test split
+        self.examples = data.load_split(recipe.data, "validation")[: recipe.grpo.eval_examples]
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if not self.every or state.global_step % self.every or model is None:
@@ -74,11 +75,11 @@ class PeriodicEval(TrainerCallback):
             model.train()
         if not state.is_world_process_zero:  # every process evaluated its share; the main one records it
             return
-        metrics = {f"heldout_{k}": v for k, v in summary.items()}
+        metrics = {f"validation_{k}": v for k, v in summary.items()}
         append_jsonl(self.path, {"stage": "grpo", "step": state.global_step, **metrics})
         if self.tracker is not None:
             self.tracker.log("grpo", metrics, state.global_step)
-        ui.log(f"grpo step {state.global_step}: held-out accuracy {summary['accuracy']:.1%}")
+        ui.log(f"grpo step {state.global_step}: validation accuracy {summary['accuracy']:.1%}")
 
 
 def trainer_args(recipe: Recipe, out: Path, on_cuda: bool, backend: str) -> Any:
@@ -103,6 +104,7 @@ def trainer_args(recipe: Recipe, out: Path, on_cuda: bool, backend: str) -> Any:
         top_p=g.top_p,
         top_k=g.top_k,
         max_completion_length=g.max_completion_length,
+        mask_truncated_completions=g.mask_truncated,
         reward_weights=[w for _, w in reward_plan(recipe)],
         use_vllm=backend == "vllm",
         **({"vllm_mode": g.vllm_mode} if backend == "vllm" else {}),

@@ -4,7 +4,9 @@
 
 TRL calls `rollout_func(prompts, trainer)` for each generation batch and keeps its loss, logging and
 checkpointing; the engine returns prompt and completion ids with the sampler's log-probs, which the trainer
-compares with its own (`rollout/logprob_gap`) and corrects for (r1lite.train.grpo_trainer).
+compares with its own (`rollout/logprob_gap`) and corrects for (r1lite.train.grpo_trainer). After each rollout
+the engine gives its cache and merged copy back (`RolloutEngine.release`); the next rollout rebuilds them from the
+4-bit base and the adapter as it then is (`rollout/rebuild_s`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from typing import Any
 from r1lite import ui
 from r1lite.errors import R1liteError
 from r1lite.machine.precision import cpu_bf16, uses_cuda
-from r1lite.plan.planner import prompt_tokens_for
 from r1lite.train.rollout.engine import RolloutSettings
 from r1lite.train.rollout.registry import engine_for
 
@@ -34,9 +35,7 @@ def settings_from_recipe(recipe: Any, planned_merge: bool | None = None) -> Roll
         top_k=g.top_k,
         merge=g.rollout_merge,
         compile=g.rollout_compile,
-        train_micro_batch=g.micro_batch_size,
-        train_seq_len=prompt_tokens_for(recipe) + g.max_completion_length,
-        train_grad_ckpt=recipe.model.gradient_checkpointing,
+        train=True,
     )
 
 
@@ -58,8 +57,10 @@ def make_rollout_func(settings: RolloutSettings) -> Any:
         with _timer() as elapsed:
             # its own sampling settings: the engine may be one an eval made (greedy), reused for its buffers
             out = engine.generate(prompt_ids, num_generations=G, sampling=settings)
+        engine.release()  # rollout and training time-share the device: scoring and training never hold the buffers
         metrics = trainer._metrics[mode]
         metrics["rollout/tokens_per_s"].append(out.stats["tokens"] / max(elapsed(), 1e-9))
+        metrics["rollout/rebuild_s"].append(out.stats["rebuild_s"])
         metrics["rollout/merged"].append(float(out.stats["merged"]))
         metrics["rollout/compiled"].append(float(out.stats["compiled"]))
         choice = f"{out.stats['choice']}; decode step {'captured' if out.stats['compiled'] else 'eager'}"

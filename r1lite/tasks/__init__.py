@@ -72,6 +72,12 @@ def last_answer(text: str) -> str | None:
         found, pos = text[start + 8 : end], end + 9
 
 
+def split_rows(rows: list[Example], test_size: int, validation_size: int) -> dict[str, list[Example]]:
+    """Test first (it never moves when the other sizes change), then validation, then train."""
+    cut = test_size + validation_size
+    return {"test": rows[:test_size], "validation": rows[test_size:cut], "train": rows[cut:]}
+
+
 class Task:
     """The interface a task implements; subclass it and override what your task needs."""
 
@@ -111,9 +117,12 @@ class Task:
         """Identity of a problem: equal keys are duplicates and never land in both splits."""
         return self.question(example)
 
-    def splits(self, train_size: int, test_size: int, seed: int, progress: Callable = lambda x, n: x) -> dict:
-        """Distinct problems, the test split first so it does not depend on train_size."""
-        total, seen, rows, draws = train_size + test_size, set(), [], 0
+    def splits(
+        self, train_size: int, test_size: int, seed: int, progress: Callable = lambda x, n: x, validation_size: int = 0
+    ) -> dict:
+        """Distinct problems, the test split first so it depends on neither the train nor the validation size, then
+        the validation split, then train."""
+        total, seen, rows, draws = train_size + validation_size + test_size, set(), [], 0
         limit = 20 * total + 1_000
         bar = iter(progress(range(total), total))  # advanced once per kept problem
         for ex in self.stream(seed):
@@ -133,7 +142,7 @@ class Task:
                 break
         for _ in bar:  # let the progress bar finish
             pass
-        return {"test": rows[:test_size], "train": rows[test_size:]}
+        return split_rows(rows, test_size, validation_size)
 
     def from_row(self, row: dict[str, Any]) -> Example | None:
         """An imported row as an example; None drops it (counted as `rejected_as`); ExampleError: bad layout."""

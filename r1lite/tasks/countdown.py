@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from r1lite.errors import DataError
-from r1lite.tasks import Example, ExampleError, RewardFn, Task, last_answer
+from r1lite.tasks import Example, ExampleError, RewardFn, Task, last_answer, split_rows
 from r1lite.tasks.arith import ExpressionError, evaluate
 
 Value = int | Fraction
@@ -433,9 +433,11 @@ class Countdown(Task):
             num_counts=s.num_counts, num_range=(s.num_min, s.num_max), target_range=(s.target_min, s.target_max)
         )
 
-    def splits(self, train_size: int, test_size: int, seed: int, progress: Any = lambda x, n: x) -> dict:
+    def splits(
+        self, train_size: int, test_size: int, seed: int, progress: Any = lambda x, n: x, validation_size: int = 0
+    ) -> dict:
         kw = self._generator_args()
-        total, chunk = test_size + train_size, 256
+        total, chunk = test_size + validation_size + train_size, 256
         rows: list[Example] = []
         seen: set = set()
         # chunks keep the progress bar moving; each chunk has its own seed, so output is deterministic
@@ -443,7 +445,7 @@ class Countdown(Task):
             part = generate(min(chunk, total - i), seed=seed * 1_000_003 + i, exclude=seen, **kw)
             seen.update(example_key(r["nums"], r["target"]) for r in part)
             rows.extend(part)
-        return {"test": rows[:test_size], "train": rows[test_size:]}
+        return split_rows(rows, test_size, validation_size)
 
     def sample(self, rng: random.Random) -> Example:
         return generate(1, seed=rng.randrange(2**31), **self._generator_args())[0]

@@ -1,7 +1,7 @@
 """What is going wrong in a GRPO run, named with its likely cause and the setting to change.
 
     >>> watch = Diagnostics(recipe)
-    >>> watch.update({"completions_clipped_ratio": 0.82, ...})        # one logged step, our metric names
+    >>> watch.update({"truncated_rate": 0.82, ...})        # one logged step, our metric names
     [Finding(name='truncated', message='82 % of completions hit max_completion_length=256: ...')]
     >>> watch.active                                                    # what still holds at the latest step
 
@@ -34,7 +34,7 @@ Check = Callable[[Metrics, list[Metrics], Any], str | None]
 
 
 def _truncated(m: Metrics, _h: list[Metrics], recipe: Any) -> str | None:
-    ratio = m.get("completions_clipped_ratio")
+    ratio = m.get("truncated_rate")
     if ratio is None or ratio < 0.5:
         return None
     limit = recipe.grpo.max_completion_length

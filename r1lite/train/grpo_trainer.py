@@ -1,18 +1,18 @@
 """TRL's GRPOTrainer, plus: the log-prob gap of rollouts from a different sampler and its correction, r1lite's
-own count of groups without reward variance, DAPO's dynamic sampling, and a shuffled-reward control arm.
+own count of groups without reward variance, DAPO's dynamic sampling, and a matched reward control arm.
 
     >>> trainer = GRPOTrainer(model=..., rollout_func=make_rollout_func(settings), is_cap=2.0, ...)
     >>> trainer.train()      # logs rollout/logprob_gap and rollout/is_clipped every step
     >>> GRPOTrainer(..., dynamic_sampling_rounds=4)   # up to 4 extra draws per step to fill it with signal
-    >>> GRPOTrainer(..., reward_control="shuffle")    # the control: each step's rewards permuted
+    >>> GRPOTrainer(..., reward_control="shuffle")    # the control: each group's rewards permuted within it
 
 The control arm answers "did the reward do it?": small models gain from random or shuffled rewards
 surprisingly often (Shao et al., 2025, "Spurious Rewards"), through sharpening and the clipping bias
-alone. Shuffling each step's rewards across its completions keeps their distribution (so advantages,
-the loss scale and every other statistic look alike) and removes which completion earned which; a gain
-of the real arm over this control is the information the reward carried.
+alone. The control permutes each group's rewards among that group's own completions: every group keeps its
+multiset of rewards, hence its advantages, its no-signal status and dynamic sampling's choice of it; only which
+completion earned which is gone. A gain of the real arm over this control is the information the reward carried.
 
-Our rollout engine samples from a merged bf16 copy of the policy (or the 4-bit model under other
+Our rollout engine samples from a merged 16-bit copy of the policy (or the 4-bit model under other
 kernels), while TRL scores the NF4 + LoRA policy with fp32 norms: the two disagree a little on every
 token. TRL corrects that mismatch only when vLLM generates; with `rollout_func` it throws the
 sampler's log-probs away. Here, whenever the batch carries the sampler's log-probs
@@ -21,8 +21,8 @@ min(pi_train / pi_sampler, is_cap) (Yao et al., 2025, "truncated importance samp
 where TRL applies its vLLM correction, and the mean absolute log-prob gap is logged.
 
 Nothing is recomputed: the trainer's own log-probs come from the forward pass the loss already
-does. With `num_iterations == 1` (our recipes) the policy that sampled is the one being scored, so
-pi_train of that forward pass is the behaviour policy's probability under the trainer's kernels.
+does. With `num_iterations == 1` the policy that sampled is the one being scored, so pi_train of that
+forward pass is the behaviour policy's probability under the trainer's kernels.
 """
 
 from __future__ import annotations
@@ -36,12 +36,18 @@ from trl import GRPOTrainer as _TRLGRPOTrainer
 from r1lite.train.diagnostics import groups_without_signal
 
 
-def shuffle_rewards(rewards_per_func: torch.Tensor, seed: int) -> torch.Tensor:
-    """The rows (completions) of a [B, F] reward tensor in a seeded random order: every completion gets some
-    completion's rewards, all reward functions together, so the batch's rewards are the same multiset."""
+def shuffle_rewards(rewards_per_func: torch.Tensor, group: int, seed: int) -> torch.Tensor:
+    """The rows (completions) of a [B, F] reward tensor permuted within each run of `group` rows (one prompt's
+    completions, as TRL lays a batch out), seeded: every completion gets a groupmate's rewards, all reward functions
+    together, so each group keeps its multiset of rewards and only which completion earned which is lost.
+
+        >>> shuffle_rewards(torch.tensor([[1.], [0.], [0.], [5.], [5.], [6.]]), group=3, seed=0).flatten()
+        tensor([0., 1., 0., 5., 6., 5.])        # {1, 0, 0} and {5, 5, 6} stay in their groups
+    """
     generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(rewards_per_func.shape[0], generator=generator).to(rewards_per_func.device)
-    return rewards_per_func[order]
+    rows = rewards_per_func.shape[0]
+    order = torch.cat([start + torch.randperm(group, generator=generator) for start in range(0, rows, group)])
+    return rewards_per_func[order.to(rewards_per_func.device)]
 
 
 class GRPOTrainer(_TRLGRPOTrainer):
@@ -59,13 +65,14 @@ class GRPOTrainer(_TRLGRPOTrainer):
         groups of freshly drawn prompts, up to that many extra generation rounds per step (DAPO's dynamic
         sampling); the batch keeps its size whatever happens.
 
-        `reward_control`: "shuffle" trains on each scored batch's rewards permuted across its completions.
+        `reward_control`: "shuffle" trains on each scored batch's rewards permuted within each group.
         """
         super().__init__(*args, **kwargs)
         self.is_cap = is_cap
         self.dynamic_rounds = dynamic_sampling_rounds
         self.reward_control = reward_control
         self._signal: list[bool] = []  # per local group of the last scored batch: its rewards vary
+        self._rewards: torch.Tensor | None = None  # the last scored batch's [B, F] rewards, as the arm trains on them
         self._scored: tuple[int, int] = (-1, 0)  # (step, batches scored in it): seeds the control's permutation
 
     def _control_seed(self) -> int:
@@ -76,13 +83,14 @@ class GRPOTrainer(_TRLGRPOTrainer):
         return self.args.seed * 1_000_003 + self.state.global_step * 1_009 + self._scored[1]
 
     def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> torch.Tensor:
-        """TRL's rewards (gathered over processes), shuffled in the control arm, plus r1lite's share of groups
-        without reward variance."""
+        """TRL's rewards (gathered over processes), permuted within each group in the control arm, plus r1lite's share
+        of groups without reward variance, computed from the rewards the arm trains on."""
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         mode = "train" if self.model.training else "eval"
-        if self.reward_control == "shuffle" and mode == "train":
-            rewards_per_func = shuffle_rewards(rewards_per_func, self._control_seed())
         group = self.num_generations if mode == "train" else self.num_generations_eval
+        if self.reward_control == "shuffle" and mode == "train":
+            rewards_per_func = shuffle_rewards(rewards_per_func, group, self._control_seed())
+        self._rewards = rewards_per_func
         weights = self.reward_weights.to(rewards_per_func.device)
         rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)  # [B], as TRL sums them
         flat = groups_without_signal(rewards.tolist(), group)
@@ -109,23 +117,54 @@ class GRPOTrainer(_TRLGRPOTrainer):
         """
         group = self.num_generations
         want = len(inputs) // group
+        before = {key: len(values) for key, values in self._metrics["train"].items()}
         outputs: list[dict[str, Any]] = []
+        rewards: list[torch.Tensor] = []  # per round: this process's [groups x G, F] rewards, as trained on
         signal: list[tuple[int, int]] = []  # (round, group) of groups with reward variance
         spare: list[tuple[int, int]] = []
         batch = inputs
         for round_ in range(self.dynamic_rounds + 1):
             outputs.append(super()._generate_and_score_completions(batch))
+            rewards.append(self._local_rows(self._rewards, want * group))
             for g, varies in enumerate(self._signal):
                 (signal if varies else spare).append((round_, g))
             if round_ == self.dynamic_rounds or not self._any_process(len(signal) < want):
                 break
             batch = self._draw_prompts(want, round_)
-        drawn = len(outputs) * want
-        mode = "train"
-        self._metrics[mode]["r1lite/dynamic_sampling/kept"].append(min(len(signal), want) / drawn)
-        self._metrics[mode]["r1lite/dynamic_sampling/rounds"].append(float(len(outputs)))
         chosen = (signal + spare)[:want]
+        kept = torch.cat([rewards[r][g * group : (g + 1) * group] for r, g in chosen])
+        self._log_kept(before, self.accelerator.gather(kept), group)
+        drawn = len(outputs) * want
+        self._metrics["train"]["r1lite/dynamic_sampling/kept"].append(min(len(signal), want) / drawn)
+        self._metrics["train"]["r1lite/dynamic_sampling/discarded"].append(float(drawn - want))
+        self._metrics["train"]["r1lite/dynamic_sampling/rounds"].append(float(len(outputs)))
         return self._merge_groups(outputs, chosen, group)
+
+    def _local_rows(self, gathered: torch.Tensor, rows: int) -> torch.Tensor:
+        """This process's rows of a batch gathered over processes (each holds `rows` of them, in process order)."""
+        start = self.accelerator.process_index * rows
+        return gathered[start : start + rows]
+
+    def _log_kept(self, before: dict[str, int], kept: torch.Tensor, group: int) -> None:
+        """The step's reward metrics from the groups it trains on, not from every round drawn: TRL logged each
+        round's; those entries are replaced by one computed over `kept` ([kept groups x G, F], all processes)."""
+        weights = self.reward_weights.to(kept.device)
+        total = (kept * weights.unsqueeze(0)).nansum(dim=1)  # [N], as TRL sums them
+        flat = groups_without_signal(total.tolist(), group)
+        values = {
+            "reward": total.mean().item(),
+            "reward_std": total.std().item() if total.numel() > 1 else 0.0,
+            "frac_reward_zero_std": (total.view(-1, group).std(dim=1) < 1e-8).float().mean().item(),
+            "r1lite/groups_no_signal": sum(flat) / max(len(flat), 1),
+        }
+        for i, name in enumerate(self.reward_func_names):
+            column = kept[:, i][~torch.isnan(kept[:, i])]
+            values[f"rewards/{name}/mean"] = column.mean().item() if column.numel() else float("nan")
+            values[f"rewards/{name}/std"] = column.std().item() if column.numel() > 1 else 0.0
+        metrics = self._metrics["train"]
+        for key, value in values.items():
+            del metrics[key][before.get(key, 0) :]
+            metrics[key].append(value)
 
     def _any_process(self, flag: bool) -> bool:
         """True when `flag` holds on any process: every process must generate the same number of rounds."""

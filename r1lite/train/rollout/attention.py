@@ -1,11 +1,12 @@
-"""What one decode step computes: grouped-query attention over the cache slots written so far, logits in fp32.
+"""What one decode step computes: grouped-query attention over the cache's window, logits in fp32.
 
     >>> use_grouped_decode_attention(model)          # the model's SDPA layers call `grouped_decode_attention`
     >>> logits = last_logits(runner, fp32_head(runner), input_ids=..., attention_mask=..., **{cache_kwarg(m): c})
 
 Decode attention reads each K/V head once for its group of query heads (under `torch.compile` transformers' SDPA
-path would expand K/V to every query head: 8x the bytes per step on Qwen2.5-3B), and only over the slots some row
-has written. The logits of a half-precision head are folded in fp32, as TRL folds the trainer's.
+path would expand K/V to every query head: 8x the bytes per step on Qwen2.5-3B), over the slots the cache's window
+hands it (r1lite.train.rollout.buffers: those written so far). The logits of a half-precision head are folded in
+fp32, as TRL folds the trainer's.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ def grouped_decode_attention(
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    key, value, attention_mask = written_part(query, key, value, attention_mask)
     groups = getattr(module, "num_key_value_groups", 1)
     if query.shape[2] != 1 or groups == 1 or dropout:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
@@ -47,26 +47,6 @@ def grouped_decode_attention(
     grouped = query.reshape(batch, heads // groups, groups, dim)  # [B, Hkv, G, D]
     out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask, scale=scaling)
     return out.reshape(batch, heads, 1, value.shape[-1]).transpose(1, 2).contiguous(), None  # [B, 1, Hq, D]
-
-
-def written_part(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """K, V and mask cut after the last cache slot any row attends to, for an eager one-token step on CPU.
-
-    The static cache is as long as the longest completion; early in a rollout most of it is unwritten and
-    masked, yet attention reads all of it (on the CPU demo, over half of a decode step's attention). Masked
-    slots weigh exactly 0, so only rounding changes: SDPA blocks a shorter K/V differently (1 ulp of bf16, up
-    to ~1e-7 in fp32), which can flip a greedy near-tie (the demo's warm-up eval: 52 of 256 right, was 50).
-    Finding the cut reads the mask on the host: free on CPU, a sync per layer on CUDA, and a data-dependent
-    shape under compile, so both keep the whole cache.
-    """
-    eager_cpu = query.device.type == "cpu" and not torch.compiler.is_compiling()
-    if query.shape[2] != 1 or mask is None or mask.dtype != torch.bool or not eager_cpu:
-        return key, value, mask
-    used = mask.flatten(0, -2).any(dim=0).nonzero()  # slots some row attends to
-    end = int(used[-1]) + 1 if len(used) else mask.shape[-1]
-    return key[:, :, :end], value[:, :, :end], mask[..., :end]
 
 
 def use_grouped_decode_attention(model: Any) -> bool:

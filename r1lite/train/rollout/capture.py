@@ -60,8 +60,9 @@ def agrees(out: torch.Tensor, reference: torch.Tensor) -> bool:
     return (out.float() - reference.float()).abs().max().item() <= tolerance
 
 
-def verified_capture(step: Any, cache: Any, device: torch.device, backend: Any, on_fail: Any) -> Any:
-    """`step` captured, checked against itself run eagerly for its first VERIFY_STEPS calls.
+def verified_capture(step: Any, cache: Any, device: torch.device, backend: Any, on_fail: Any, key: Any) -> Any:
+    """`step` captured, checked against itself run eagerly for the first VERIFY_STEPS calls of each `key()` (a shape
+    and a generation of the buffers: a new shape is a new graph, and rebuilt buffers may sit at new addresses).
 
     Each checked call runs the captured step, puts the cache's write positions back, runs `step` eagerly on the
     same input (it writes the same K/V last, so the cache is eager's whatever the captured step did), synchronises
@@ -69,7 +70,7 @@ def verified_capture(step: Any, cache: Any, device: torch.device, backend: Any, 
     outlives the failed capture raises here, with the setting to change. `backend` None: CUDA graphs; a tracing
     backend ("aot_eager") lets CPU tests run the same path.
     """
-    # every state (batch size, engine) is one more compiled variant of `step`; allow plenty
+    # every shape (rows and window buckets) and every engine is one more compiled variant of `step`; allow plenty
     cfg = torch._dynamo.config
     limit = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
     setattr(cfg, limit, max(getattr(cfg, limit), 64))
@@ -77,32 +78,34 @@ def verified_capture(step: Any, cache: Any, device: torch.device, backend: Any, 
         compiled = torch.compile(step, mode="reduce-overhead", dynamic=False)
     else:
         compiled = torch.compile(step, backend=backend, dynamic=False)
-    checked, failed = [0], [False]
+    checked: dict[Any, int] = {}
+    failed = [False]
 
     def fall_back(why: str) -> None:
         failed[0] = True
         on_fail(why)
         synchronize(device)  # a CUDA error that outlives the capture surfaces here, not in a later step
 
-    def guarded(tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def guarded(*args: torch.Tensor) -> torch.Tensor:
         if failed[0]:
-            return step(tok, pos)
-        if checked[0] >= VERIFY_STEPS:
-            return compiled(tok, pos).clone()  # the graph's output buffer is reused by the next replay
+            return step(*args)
+        shape = key()
+        if checked.get(shape, 0) >= VERIFY_STEPS:
+            return compiled(*args).clone()  # the graph's output buffer is reused by the next replay
         rewind = rewinder(cache)
         try:
-            out = compiled(tok, pos).clone()
+            out = compiled(*args).clone()
             synchronize(device)
         except Exception as e:  # capture can fail on exotic layers, before or after writing the cache
             rewind()
             fall_back(f"failed ({type(e).__name__}: {str(e)[:200]})")
-            return step(tok, pos)
+            return step(*args)
         rewind()  # the eager step writes this token's K/V into the same slots, last: the cache holds eager's
-        reference = step(tok, pos)
+        reference = step(*args)
         if not agrees(out, reference):
             fall_back(f"disagreed with eager decoding (max logit difference {(out - reference).abs().max():.3g})")
             return reference
-        checked[0] += 1
+        checked[shape] = checked.get(shape, 0) + 1
         return reference
 
     return guarded

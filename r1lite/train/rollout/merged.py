@@ -1,10 +1,12 @@
 """The merged working copy: a plain dense model equal to the (dequantized 4-bit) base plus the LoRA deltas.
 
     >>> copy = merged_copy(peft_model, torch.bfloat16)     # decodes with plain matmuls, no per-step dequantization
-    >>> refresh_merged(copy, peft_model, torch.bfloat16)   # after an optimizer step: the adapted weights rewritten
+    >>> release(weights(copy)); fill(copy, peft_model, torch.bfloat16)   # freed for training, rebuilt for a rollout
 
 Built on the meta device and filled tensor by tensor (no random init, one tensor per tied parameter), so it costs
-exactly `param_bytes` and consumes no random numbers that seeded sampling relies on.
+exactly `param_bytes` and consumes no random numbers that seeded sampling relies on. Between rollouts the GRPO
+stage gives its storage back (r1lite.train.rollout.buffers.release) and `fill` rebuilds it from the 4-bit base and
+the current adapter: a merged 16-bit copy never sits beside the training step's activations.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import torch
 
 from r1lite.train.models import contiguous_head
+from r1lite.train.rollout.buffers import restore
 
 
 def _is_lora(module: Any) -> bool:
@@ -59,6 +62,16 @@ def merged_copy(model: Any, dtype: torch.dtype) -> Any:
     copy.tie_weights()  # a no-op for untied models
     _materialize(copy, device)
     copy.eval().requires_grad_(False)
+    fill(copy, model, dtype)
+    copy.generation_config = source.generation_config
+    contiguous_head(copy)  # frozen: a sliced prefill would copy the whole head per prompt
+    return copy
+
+
+def fill(copy: Any, model: Any, dtype: torch.dtype) -> None:
+    """Write every weight and buffer of the merged copy from `model` (restoring released storage first)."""
+    source = base_model_of(model)
+    restore(weights(copy))
     filled: set[int] = set()
     with torch.no_grad():
         for name, module in copy.named_modules():
@@ -69,9 +82,11 @@ def merged_copy(model: Any, dtype: torch.dtype) -> Any:
                 filled.add(id(param))
             for bname, buf in module.named_buffers(recurse=False):
                 buf.copy_(getattr(src, bname))
-    copy.generation_config = source.generation_config
-    contiguous_head(copy)  # frozen: a sliced prefill would copy the whole head per prompt
-    return copy
+
+
+def weights(copy: Any) -> list[torch.Tensor]:
+    """The merged copy's parameters and buffers: what `buffers.release` frees between rollouts."""
+    return [*copy.parameters(), *copy.buffers()]
 
 
 def _materialize(model: Any, device: torch.device) -> None:
@@ -90,15 +105,6 @@ def _materialize(model: Any, device: torch.device) -> None:
         for name, buf in list(module._buffers.items()):
             if buf is not None:
                 module._buffers[name] = torch.empty_like(buf, device=device)
-
-
-def refresh_merged(copy: Any, model: Any, dtype: torch.dtype) -> None:
-    """Rewrite the adapted weights of a merged copy in place (same tensors, so captured graphs stay valid)."""
-    source = base_model_of(model)
-    with torch.no_grad():
-        for name, module in source.named_modules():
-            if _is_lora(module):
-                copy.get_submodule(name).weight.copy_(_dense(module, "weight", dtype))
 
 
 def param_bytes(model: Any, dtype: torch.dtype) -> int:

@@ -40,13 +40,15 @@ def engine_for(model: Any, tokenizer: Any, settings: RolloutSettings) -> Rollout
 
 
 def release_engines(model: Any, pinned: bool = False) -> None:
-    """Free the buffers of the engines `engine_for` made for `model`, except the GRPO trainer's own unless `pinned`
-    (its trainer is done with it)."""
+    """Free the buffers of the engines `engine_for` made for `model`: the others are dropped; the GRPO trainer's own
+    gives its memory back and stays for the next rollout, unless `pinned` (its trainer is done with it)."""
     engines = model.__dict__.get(_ENGINES_ATTR, {})
     for key, engine in list(engines.items()):
         if pinned or not engine.pinned:
             engine.close()
             del engines[key]
+        else:
+            engine.release()
     if not engines:
         model.__dict__.pop(_ENGINES_ATTR, None)
 
@@ -54,14 +56,7 @@ def release_engines(model: Any, pinned: bool = False) -> None:
 def engine_tensors(model: Any) -> list[Any]:
     """What the engines `engine_for` made for `model` hold (merged copies, caches, masks): the buffers a
     memory measurement must count beside the model and optimizer (`r1lite.train.memtrack.PeakTensorBytes`)."""
-    held: list[Any] = []
-    for engine in model.__dict__.get(_ENGINES_ATTR, {}).values():
-        if engine._merged is not None:
-            held.append(engine._merged)
-        for state in engine._states.values():
-            held.append(state.mask)
-            held += [t for layer in state.cache.layers for t in (layer.keys, layer.values) if t is not None]
-    return held
+    return [t for engine in model.__dict__.get(_ENGINES_ATTR, {}).values() for t in engine.held()]
 
 
 def live_engines() -> int:
