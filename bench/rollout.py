@@ -1,16 +1,21 @@
-"""Rollout benchmark: stock TRL generation vs our engine, side by side in ONE process, same model and batch.
+"""Rollout benchmark: TRL's own generation, transformers' continuous batching and our engine, side by side on the
+same model and batch.
 
     python bench/rollout.py --shape tiny                                  # CPU smoke test (seconds)
     python bench/rollout.py --shape qwen2.5-3b --prompts 8 --generations 8 --tokens 256
+    python bench/rollout.py --model smollm2-135m-instruct --quant none --prompts 16 --generations 8 --tokens 96 \
+        --no-grad-ckpt --backends trl,trl-cb,engine --backend-timeout 900     # the CPU peers (README)
     python bench/rollout.py --suite                                      # the three GPU cases of the notes
 
-For each backend it builds a fresh GRPOTrainer on the same random-weight model (real architecture
-shapes, NF4 + LoRA r16 all-linear, gradient checkpointing, beta 0), runs `--steps` GRPO steps with
+For each backend it builds a fresh GRPOTrainer on the same model (random weights in a real architecture's
+shape, or `--model`; NF4 + LoRA r16 all-linear, gradient checkpointing, beta 0), runs `--steps` GRPO steps with
 EOS disabled (every completion is full length), and reports completion tokens/s during generation,
-steady-state GRPO step time (median after the first, warm-up step) and peak GPU memory. Prints one
-JSON object per case, and writes them to --out when given. Backends: `trl` (stock generation),
-`engine` (ours, decode step compiled on CUDA) and `engine-eager` (ours, not compiled), all through
-r1lite's GRPOTrainer (TRL's, plus the engine's importance-sampling correction) with fp32 adapters.
+steady-state GRPO step time (median after the first, warm-up step) and peak GPU memory. Backends: `trl` (TRL's
+generation: HF generate), `trl-cb` (TRL with transformers' continuous batching), `engine` (ours, decode step
+captured on CUDA) and `engine-eager` (ours, not captured), all through r1lite's GRPOTrainer (TRL's, plus the
+engine's importance-sampling correction) with fp32 adapters. Each backend runs in a process of its own (nothing
+one leaves behind, such as the engine's registered attention, meets the next), stopped after --backend-timeout
+seconds; the JSON (--out) is rewritten after every backend, so a run cut short keeps what finished.
 """
 
 from __future__ import annotations
@@ -28,13 +33,18 @@ from typing import Any
 
 import torch
 
+from r1lite.fileio import write_json
 
-def qwen2_config(name: str) -> dict[str, Any]:
-    """A Qwen2 config's fields for a shape from r1lite's planner table (one copy of the published shapes)."""
+
+def qwen_config(name: str) -> dict[str, Any]:
+    """A Qwen config's fields for a shape from r1lite's planner table (one copy of the published shapes); Qwen3's
+    per-head q/k norms make it a Qwen3 config."""
     from r1lite.plan.shapes import SHAPES as PLAN_SHAPES
 
     s = PLAN_SHAPES[f"qwen/{name}"]
     return dict(
+        model_type="qwen3" if s.qk_norm else "qwen2",
+        head_dim=s.d,
         hidden_size=s.hidden,
         intermediate_size=s.intermediate,
         num_hidden_layers=s.layers,
@@ -48,9 +58,11 @@ def qwen2_config(name: str) -> dict[str, Any]:
 
 
 SHAPES: dict[str, dict[str, Any]] = {
-    "qwen2.5-3b": qwen2_config("qwen2.5-3b"),
-    "qwen2.5-1.5b": qwen2_config("qwen2.5-1.5b"),
+    "qwen3-1.7b": qwen_config("qwen3-1.7b"),  # the consumer default's model
+    "qwen2.5-3b": qwen_config("qwen2.5-3b"),
+    "qwen2.5-1.5b": qwen_config("qwen2.5-1.5b"),
     "tiny": dict(
+        model_type="qwen2",
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -79,9 +91,12 @@ def word_tokenizer(vocab: int) -> Any:
 
 
 def build_model(shape: str, folder: Path, dtype: torch.dtype) -> Path:
-    from transformers import AutoModelForCausalLM, Qwen2Config
+    """Random weights in `shape`'s architecture, saved with a tokenizer that decodes every id."""
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen3Config
 
-    config = Qwen2Config(**SHAPES[shape], eos_token_id=None, bos_token_id=None, pad_token_id=0)
+    fields = dict(SHAPES[shape])
+    config_class = Qwen3Config if fields.pop("model_type") == "qwen3" else Qwen2Config
+    config = config_class(**fields, eos_token_id=None, bos_token_id=None, pad_token_id=0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -140,6 +155,7 @@ def run_backend(backend: str, model_dir: Path, args: argparse.Namespace) -> dict
         disable_tqdm=True,
         generation_kwargs={"eos_token_id": None, "suppress_tokens": None},
         seed=0,
+        use_transformers_continuous_batching=backend == "trl-cb",
     )
     rollout = None
     if backend.startswith("engine"):
@@ -224,9 +240,22 @@ def fresh_start() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def run_case(shape: str, prompts: int, generations: int, tokens: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_case(
+    shape: str, prompts: int, generations: int, tokens: int, args: argparse.Namespace, saved: Any = None
+) -> dict[str, Any]:
+    """Every backend on one case, each in its own process (`--isolate`, the default) or in this one; `saved(out)`
+    is called after each backend with the case as it stands."""
     case = argparse.Namespace(**{**vars(args), "prompts": prompts, "generations": generations, "tokens": tokens})
     cuda = torch.cuda.is_available()
+    out: dict[str, Any] = {
+        "shape": args.model or shape,
+        "weights": "pretrained" if args.model else "random (published shape)",
+        "batch": f"{prompts}x{generations}x{tokens}",
+        "quant": args.quant,
+        "steps": args.steps,
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "results": {},
+    }
     with tempfile.TemporaryDirectory() as d:
         if args.model:  # a real model (r1lite resolves names such as smollm2-135m-instruct, the offline one)
             from r1lite.train.models import resolve_model
@@ -234,27 +263,51 @@ def run_case(shape: str, prompts: int, generations: int, tokens: int, args: argp
             model_dir = Path(resolve_model(args.model))
         else:
             model_dir = build_model(shape, Path(d) / "model", torch.bfloat16 if cuda else torch.float32)
-        results = {}
         for backend in args.backends.split(","):
-            fresh_start()
-            results[backend] = run_backend(backend, model_dir, case)
+            if args.isolate:
+                out["results"][backend] = run_isolated(backend, model_dir, case, Path(d))
+            else:
+                fresh_start()
+                out["results"][backend] = run_backend(backend, model_dir, case)
+            _ratios(out)
+            if saved:
+                saved(out)
         fresh_start()
-    out: dict[str, Any] = {
-        "shape": args.model or shape,
-        "batch": f"{prompts}x{generations}x{tokens}",
-        "quant": args.quant,
-        "steps": args.steps,
-        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
-        "results": results,
-    }
-    if "trl" in results and "engine" in results:
-        out["throughput_ratio"] = round(
-            results["engine"]["completion_tokens_per_s"] / max(results["trl"]["completion_tokens_per_s"], 1e-9), 2
-        )
-        out["step_time_ratio"] = round(
-            results["trl"]["step_s_median"] / max(results["engine"]["step_s_median"], 1e-9), 2
-        )
     return out
+
+
+def run_isolated(backend: str, model_dir: Path, case: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """One backend in a child process of this script, stopped after `case.backend_timeout` seconds."""
+    import subprocess
+
+    part = work / f"{backend}.json"
+    command = [sys.executable, __file__, "--child-backend", backend, "--child-model", str(model_dir)]
+    command += ["--child-out", str(part), "--prompts", str(case.prompts), "--generations", str(case.generations)]
+    command += ["--tokens", str(case.tokens), "--steps", str(case.steps), "--micro-batch", str(case.micro_batch)]
+    command += ["--quant", case.quant, "--prompt-tokens", str(case.prompt_tokens), "--merge", case.merge]
+    command += [] if case.grad_ckpt else ["--no-grad-ckpt"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=case.backend_timeout)
+    except subprocess.TimeoutExpired:
+        return {"backend": backend, "error": f"did not finish in {case.backend_timeout:g} s"}
+    if part.is_file():
+        return json.loads(part.read_text())
+    return {"backend": backend, "error": f"exit {done.returncode}: {(done.stdout + done.stderr)[-400:]}"}
+
+
+def _ratios(out: dict[str, Any]) -> None:
+    """Our engine over each peer: completion tokens/s and step time, where both finished."""
+    results = out["results"]
+    ours = results.get("engine") or results.get("engine-eager")
+    for peer in ("trl", "trl-cb"):
+        theirs = results.get(peer)
+        if not ours or not theirs or "error" in ours or "error" in theirs:
+            continue
+        suffix = "" if peer == "trl" else "_vs_cb"
+        out["throughput_ratio" + suffix] = round(
+            ours["completion_tokens_per_s"] / max(theirs["completion_tokens_per_s"], 1e-9), 2
+        )
+        out["step_time_ratio" + suffix] = round(theirs["step_s_median"] / max(ours["step_s_median"], 1e-9), 2)
 
 
 def versions() -> dict[str, str]:
@@ -279,16 +332,29 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--backends", default="trl,engine")
     p.add_argument("--suite", action="store_true", help="run the three GPU cases of bench/NOTES.md")
     p.add_argument("--out", type=Path)
+    p.add_argument("--in-process", dest="isolate", action="store_false", help="every backend in this process")
+    p.add_argument("--backend-timeout", type=float, default=1800, help="seconds a backend's process may run")
+    p.add_argument("--child-backend", help=argparse.SUPPRESS)  # internal: one backend, in a child process
+    p.add_argument("--child-model", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.child_backend:
+        write_json(args.child_out, run_backend(args.child_backend, args.child_model, args))
+        return []
     cases = SUITE if args.suite else [(args.shape, args.prompts, args.generations, args.tokens)]
-    results = []
+    results: list[dict[str, Any]] = []
+
+    def saved(case: dict[str, Any]) -> None:
+        if args.out:
+            write_json(args.out, [*results, {**case, "versions": versions()}])
+
     for case in cases:
-        result = run_case(*case, args)
+        result = run_case(*case, args, saved)
         result["versions"] = versions()
         results.append(result)
         print(json.dumps(result), flush=True)
         if args.out:
-            args.out.write_text(json.dumps(results, indent=1) + "\n")
+            write_json(args.out, results)
     return results
 
 

@@ -23,12 +23,18 @@ def test_rollout_bench_smoke(tmp_path):
     sys.modules["bench_rollout"] = bench
     spec.loader.exec_module(bench)
     out = tmp_path / "r.json"
-    [result] = bench.main(["--shape", "tiny", "--steps", "2", "--tokens", "8", "--out", str(out)])
+    argv = ["--shape", "tiny", "--steps", "2", "--tokens", "8", "--out", str(out), "--in-process"]
+    [result] = bench.main(argv)
     assert set(result["results"]) == {"trl", "engine"}
     for backend in result["results"].values():
         assert backend["tokens_per_generation"] == 2 * 2 * 8  # EOS disabled: every completion full length
-        assert backend["completion_tokens_per_s"] > 0 and len(backend["step_s_all"]) == 2
-    assert result["throughput_ratio"] > 0 and out.is_file()
+        assert len(backend["step_s_all"]) == 2 and len(backend["generation_s_all"]) == 2  # each step timed
+    engine, trl = result["results"]["engine"], result["results"]["trl"]
+    ratio = engine["completion_tokens_per_s"] / trl["completion_tokens_per_s"]
+    assert result["throughput_ratio"] == round(ratio, 2) and engine["merged"] == 1.0  # the engine decoded merged
+    import json
+
+    assert json.loads(out.read_text())[0]["results"] == result["results"]
 
 
 def test_decode_bench_smoke(tmp_path):

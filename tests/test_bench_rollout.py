@@ -49,7 +49,7 @@ def test_each_backend_starts_after_the_previous_one_is_freed(monkeypatch):
         return {"completion_tokens_per_s": 1.0, "step_s_median": 1.0}
 
     monkeypatch.setattr(bench, "run_backend", run_backend)
-    bench.main(["--backends", "engine,trl", "--steps", "1"])
+    bench.main(["--backends", "engine,trl", "--steps", "1", "--in-process"])
     reset = ["dynamo_reset", "empty_cache", "reset_peak"]
     assert events == [*reset, "engine (0 earlier policies alive)", *reset, "trl (0 earlier policies alive)", *reset]
 
@@ -68,6 +68,40 @@ def test_each_backend_starts_from_the_same_gpu_memory(monkeypatch):
         return run(backend, model_dir, args)
 
     monkeypatch.setattr(bench, "run_backend", measured)
-    bench.main(["--shape", "tiny", "--steps", "2", "--tokens", "8", "--backends", "trl,engine,engine-eager"])
+    bench.main(
+        ["--shape", "tiny", "--steps", "2", "--tokens", "8", "--backends", "trl,engine,engine-eager", "--in-process"]
+    )
     assert len(seen) == 3 and seen[1][0] == seen[2][0], seen
     assert all(peak == allocated for allocated, peak in seen), seen
+
+
+def test_each_backend_runs_in_a_process_of_its_own_and_the_json_is_written_after_each(monkeypatch, tmp_path):
+    """By default a backend runs in a child process (the engine's registered attention never meets continuous
+    batching), one that outlives --backend-timeout is recorded as such, and --out holds every finished backend
+    as soon as it finishes (a run cut off keeps them)."""
+    import json
+    import subprocess
+
+    bench = load_bench()
+    monkeypatch.setattr(bench, "build_model", lambda shape, folder, dtype: folder)
+    monkeypatch.setattr(bench, "versions", lambda: {})
+    out, seen = tmp_path / "r.json", []
+
+    def child(command, **kwargs):
+        backend = command[command.index("--child-backend") + 1]
+        seen.append((backend, kwargs["timeout"], json.loads(out.read_text()) if out.is_file() else None))
+        if backend == "trl-cb":
+            raise subprocess.TimeoutExpired(command, kwargs["timeout"])
+        part = Path(command[command.index("--child-out") + 1])
+        rate = {"engine": 300.0, "trl": 100.0}[backend]
+        part.write_text(json.dumps({"backend": backend, "completion_tokens_per_s": rate, "step_s_median": 1e3 / rate}))
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", child)
+    [case] = bench.main(["--backends", "trl,trl-cb,engine", "--backend-timeout", "60", "--out", str(out)])
+    assert [b for b, _, _ in seen] == ["trl", "trl-cb", "engine"] and {t for _, t, _ in seen} == {60}
+    assert seen[1][2][0]["results"]["trl"]["completion_tokens_per_s"] == 100.0  # written before the next began
+    assert case["results"]["trl-cb"] == {"backend": "trl-cb", "error": "did not finish in 60 s"}
+    assert case["throughput_ratio"] == 3.0 and "throughput_ratio_vs_cb" not in case
+    assert case["weights"] == "random (published shape)"
+    assert json.loads(out.read_text())[0]["results"]["engine"]["completion_tokens_per_s"] == 300.0

@@ -42,7 +42,7 @@ from r1lite.plan.shapes import SHAPES, Shape
 from r1lite.plan.timing import Timing, TypicalLength, run_timing, typical_timing, with_captured
 
 PROMPT_TOKENS = 160  # a rendered Countdown prompt is ~140 Qwen tokens; chat templates add ~20
-COMPACT_PROMPT_TOKENS = 70  # data.prompt_format=compact, with SmolLM2's default system prompt
+COMPACT_PROMPT_TOKENS = 54  # data.prompt_format=compact in SmolLM2's template with an empty system turn (51-54)
 
 
 CHARS_PER_TOKEN = 3.5  # English prompt text in Qwen's and SmolLM2's tokenizers (Countdown's: ~560 chars, ~160 tokens)

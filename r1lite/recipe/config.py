@@ -50,7 +50,8 @@ class DataConfig(Section):
     prompt_format: Literal["base", "qwen-instruct", "chat", "compact"] = Field(
         "base",
         description="'base': TinyZero's base-model template; 'qwen-instruct': its ChatML one; "
-        "'chat': the model's own chat template; 'compact': a one-line question (for CPU runs)",
+        "'chat': the model's own chat template; 'compact': a one-line question in the chat template with an empty "
+        "system turn (for CPU runs: every prompt token is paid in prefill and training)",
     )
     dir: str = Field("", description="where train.jsonl, test.jsonl and manifest.json go; default data/<task>")
     settings: dict[str, Any] = Field({}, description="the task's settings, written as data.<task name>", exclude=True)

@@ -66,15 +66,25 @@ def fingerprints(recipe: Recipe) -> dict[str, str]:
     r["model"]["cpu_bf16"] = cpu_bf16(recipe.model, uses_cuda(recipe.model))
     fp: dict[str, str] = {"data": fingerprint(r["data"])}
     base = {"data": fp["data"], "model": r["model"], "quantization": r["quantization"]}
-    greedy_base = {"samples": False} if recipe.eval.pass_k and not samples_base(recipe) else {}
-    fp["eval_base"] = fingerprint({**base, "eval": r["eval"], **greedy_base})
+    sampled = eval_reads(recipe, sampled=bool(recipe.eval.pass_k))
+    fp["eval_base"] = fingerprint(
+        {**base, "eval": eval_reads(recipe, bool(recipe.eval.pass_k) and samples_base(recipe))}
+    )
     fp["sft"] = fingerprint({**base, "lora": r["lora"], "sft": r["sft"], "seed": r["seed"]})
-    fp["eval_warmup"] = fingerprint({"trained": fp["sft"], "eval": r["eval"]})
+    fp["eval_warmup"] = fingerprint({"trained": fp["sft"], "eval": sampled})
     sft = fp["sft"] if recipe.sft.enabled else None
     fp["grpo"] = fingerprint({**base, "sft": sft, "lora": r["lora"], "grpo": r["grpo"], "seed": r["seed"]})
     last = fp["grpo"] if recipe.grpo.enabled else fp["sft"] if recipe.sft.enabled else fp["eval_base"]
-    fp["eval_final"] = fingerprint({"trained": last, "eval": r["eval"]})
+    fp["eval_final"] = fingerprint({"trained": last, "eval": sampled})
     return fp
+
+
+def eval_reads(recipe: Recipe, sampled: bool) -> dict[str, Any]:
+    """What an eval's results depend on: the eval settings it uses (k and the temperature only when it samples; not
+    the declared metric, which changes what is claimed, not what is computed) and the backend that generates. So
+    `make demo`'s greedy base eval serves `-p cpu-rl`, whose base eval is greedy too."""
+    e = recipe.eval.model_dump(mode="json", exclude={"metric"} | (set() if sampled else {"pass_k", "temperature"}))
+    return {**e, "backend": recipe.grpo.rollout, "merge": recipe.grpo.rollout_merge}
 
 
 def problem_score(row: dict[str, Any], metric: str = "greedy") -> float:
