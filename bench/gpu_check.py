@@ -218,6 +218,7 @@ def run_rollout(args: argparse.Namespace, work: Path, limit_s: float, saved: Cal
     command = [sys.executable, str(ROOT / "bench" / "rollout.py"), "--shape", shape, "--prompts", str(prompts)]
     command += ["--generations", str(generations), "--tokens", str(tokens), "--steps", "2", "--merge", "auto"]
     command += ["--backends", ROLLOUT_BACKENDS, "--out", str(out), "--backend-timeout", str(max(limit_s, 1))]
+    command += ["--in-process"] if args.dry_run else []  # tiny shapes on CPU: three process starts cost more
     code, text = _run(command, limit_s, watch=out, on_change=lambda: saved(_read_case(out)))
     result = _read_case(out)
     if code is None:

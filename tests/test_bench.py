@@ -61,6 +61,15 @@ def _gpu_check():
     return check
 
 
+def _gpu_profile():
+    path = GPU_CHECK.parent / "gpu_profile.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu_profile", path)
+    profile = importlib.util.module_from_spec(spec)
+    sys.modules["bench_gpu_profile"] = profile
+    spec.loader.exec_module(profile)
+    return profile
+
+
 def test_gpu_check_starts_a_part_only_when_the_time_it_needs_remains(tmp_path, monkeypatch, capsys):
     """Within a 5 s budget only env fits: tests, rollout and every profile are skipped with their need, in the
     JSON that is written even so."""
@@ -77,7 +86,7 @@ def test_gpu_check_starts_a_part_only_when_the_time_it_needs_remains(tmp_path, m
 def test_gpu_check_judges_fit_from_peak_allocated_and_the_measured_context():
     """Fits = peak allocated x the plan's allocator factor + the CUDA context its process held <= the card; a cap
     at the card less the plan's context cannot tell that on its own."""
-    judge_fit, gib = _gpu_check().judge_fit, 2**30
+    judge_fit, gib = _gpu_profile().judge_fit, 2**30
     assert judge_fit(12 * gib, int(1.2 * gib), 15.6)  # 12.6 + 1.2
     assert not judge_fit(14 * gib, int(1.2 * gib), 15.6)  # 14.7 + 1.2: the allocator's share alone fits
     assert not judge_fit(13 * gib, int(2.0 * gib), 15.6)  # 13.65 + 2.0: a context larger than planned
@@ -90,40 +99,52 @@ def test_gpu_check_dry_run_writes_each_part_as_it_finishes(tmp_path):
     that finished, with the numbers the GPU run would fill in."""
     out = tmp_path / "gpu.json"
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
-    command = [sys.executable, str(GPU_CHECK), "--dry-run", "--profiles", "gpu-16gb-qwen3,gpu-16gb", "--out", str(out)]
+    command = [sys.executable, str(GPU_CHECK), "--dry-run", "--profiles", "gpu-16gb,gpu-24gb", "--out", str(out)]
     log = (tmp_path / "log").open("w")
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     seen: list[list[str]] = []
+    stages: list[list[str]] = []  # the first profile's stages as the JSON held them, stage by stage
+    backends: list[list[str]] = []  # the rollout's backends as the JSON held them while the part ran
     try:
         deadline = time.monotonic() + 1200
         while proc.poll() is None and time.monotonic() < deadline:
             if out.is_file():
-                names = [p["name"] for p in json.loads(out.read_text())["parts"]]  # never half a file
+                report = json.loads(out.read_text())  # never half a file
+                names = [p["name"] for p in report["parts"]]
                 if not seen or names != seen[-1]:
                     seen.append(names)
-                if "gpu-16gb-qwen3" in names:
+                done = list(report.get("rollout", {}).get("results", {}))
+                if done and (not backends or done != backends[-1]):
+                    backends.append(done)
+                current = list((report.get("profiles") or [{}])[0].get("stages", {}))
+                if current and (not stages or current != stages[-1]):
+                    stages.append(current)
+                if "gpu-16gb" in names:
                     break
-            time.sleep(0.2)
+            time.sleep(0.1)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # the check and the profile process it started
         proc.wait()
         log.close()
-    order = ["env", "tests", "rollout", "gpu-16gb-qwen3", "gpu-16gb"]
+    order = ["env", "tests", "rollout", "gpu-16gb", "gpu-24gb"]
     assert all(names == order[: len(names)] for names in seen), seen
     report = json.loads(out.read_text())
     tail = (tmp_path / "log").read_text()[-3000:]
     assert [p["name"] for p in report["parts"]][:4] == order[:4] and "finished" not in report, tail
     assert report["tests"]["exit_code"] in (0, 5) and report["tests"]["counts"].get("skipped", 0) >= 10
-    assert not report["tests"]["failed"]
-    assert [c["merge"] for c in report["rollout"]] == ["unmerged", "merged"]
-    assert all("results" in c for c in report["rollout"]), report["rollout"]
+    assert not report["tests"]["failed"] and "test_rollout.py" in report["tests"]["command"].split()[6]
+    assert backends[-1] == ["engine-eager", "trl", "engine"] and len(backends) >= 2  # eager first, each as it ended
+    assert report["rollout"]["weights"] == "random (published shape)"
+    assert all("completion_tokens_per_s" in r for r in report["rollout"]["results"].values()), report["rollout"]
+    assert stages[0] == ["eval"] and stages[1] == ["eval", "sft_step"]  # each stage reached the JSON as it ended
     [profile] = report["profiles"]
-    assert "error" not in profile, profile
+    assert "error" not in profile and profile["finished"], profile
     assert profile["model"] == "Qwen/Qwen3-1.7B-Base" and profile["card"] == "16 GB (RTX 4060 Ti)"
+    assert profile["weights"] == "random (published shape)"
     assert set(profile["stages"]) == {"eval", "sft_step", "grpo_rollout", "grpo_train", "grpo_periodic_eval"}
     assert profile["merge"]["engine"] == profile["merge"]["plan"]  # on CPU both follow the CPU rule
-    assert profile["step_s"] > 0 and profile["fits_card"] is None  # no CUDA: nothing measured to judge
+    assert profile["fits_card"] is None  # no CUDA: nothing measured to judge
 
 
 def test_reward_fuzzer_finds_no_exception(capsys):

@@ -112,3 +112,32 @@ def test_the_plain_cpu_head_scores_as_trls_fused_head(tiny, tmp_path):
     torch.testing.assert_close(ours[0], stock[0], atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(ours[1], stock[1], atol=2e-5, rtol=1e-5)
     assert ours[0][1, -4:].abs().sum() == 0 and ours[1][1, -4:].abs().sum() == 0
+
+
+def test_a_batch_for_several_updates_scores_its_old_log_probs_once_for_the_groups_it_keeps(tiny, tmp_path):
+    """With num_iterations 2 the batch carries the old policy's log-probs (the clipped ratio of the second update
+    compares against them): computed once, on the kept groups, not in every round for groups thrown away; equal to
+    TRL's own computation on those rows."""
+    from grpo_setup import grpo_trainer, tiny_policy
+    from peft import LoraConfig
+
+    model, tok = tiny_policy(tiny)
+    pool = [(FLAT, "flat")] * 20 + [(VARIED, "varied")] * 20
+    rows = [{"prompt": p, "kind": k} for p, k in pool]
+    config = dict(scale_rewards="none", num_iterations=2)
+    lora = LoraConfig(r=4, target_modules="all-linear")
+    t = grpo_trainer(
+        model, tok, tmp_path, kind_reward, rows, 16, 4, config, peft_config=lora, dynamic_sampling_rounds=8
+    )
+    calls, score = [], t._get_per_token_logps_and_entropies
+    t._get_per_token_logps_and_entropies = lambda *a, **k: (calls.append(a[1].shape), score(*a, **k))[1]
+    batch = [t.train_dataset[i] for i in (0, 1, 20, 21) for _ in range(4)]  # 2 flat groups: at least 2 rounds
+    torch.manual_seed(0)
+    out = t._generate_and_score_completions(batch)
+    assert t._metrics["train"]["r1lite/dynamic_sampling/rounds"][0] >= 2
+    assert len(calls) == 1 and calls[0][0] == 16  # one scoring pass, of the 16 rows kept
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+    mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+    with torch.no_grad():
+        fresh, _, _ = score(t.model, ids, mask, out["completion_ids"].size(1), 16)
+    torch.testing.assert_close(out["old_per_token_logps"], fresh)

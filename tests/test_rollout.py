@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from r1lite.train.rollout.engine import RolloutEngine, RolloutSettings
-from r1lite.train.rollout.sampling import sample
+from r1lite.train.rollout.sampling import Sampling, sample
 
 PROMPTS = [
     "Using the numbers [3, 5, 2], create",
@@ -715,18 +715,27 @@ def test_inverse_cdf_at_the_ends_of_its_uniform_draws_a_token_that_can_be_drawn(
     assert inverse_cdf(probs).tolist() == [4 if drawn == 0.0 else 2]
 
 
-def test_the_cpu_sampler_is_inverse_cdf_and_multinomial_is_kept_on_request():
-    """auto samples with inverse_cdf off CUDA (same seed, same tokens as calling it), multinomial where asked."""
-    from r1lite.train.rollout.sampling import inverse_cdf
-
-    logits = torch.randn(64, 500, generator=torch.Generator().manual_seed(1))
-    probs = torch.softmax(logits, -1)
-    auto, logp = sample(logits, RolloutSettings(), torch.Generator().manual_seed(3))
-    assert auto.tolist() == inverse_cdf(probs, torch.Generator().manual_seed(3)).tolist()
-    torch.testing.assert_close(logp, torch.log_softmax(logits, -1).gather(-1, auto[:, None]).squeeze(-1))
-    multi, _ = sample(logits, RolloutSettings(sampler="multinomial"), torch.Generator().manual_seed(3))
-    expected = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(3)).squeeze(-1)
-    assert multi.tolist() == expected.tolist()
+@pytest.mark.parametrize("temperature", [0.7, 1.0, 1.3])
+def test_samples_and_their_logprobs_follow_the_temperature_scaled_distribution(temperature):
+    """What the importance ratio needs: tokens drawn from softmax(logits / T), each reported with its log-prob under
+    that distribution (the quantity TRL recomputes); `multinomial` on request draws what torch.multinomial (and so
+    transformers' generate) draws under the same seed."""
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -3.0]]).repeat(40_000, 1)
+    settings = Sampling(temperature=temperature)
+    tokens, logp = sample(logits, settings, torch.Generator().manual_seed(3))
+    expected = torch.softmax(logits[0] / temperature, -1)
+    seen = torch.bincount(tokens, minlength=5).float() / len(tokens)
+    torch.testing.assert_close(seen, expected, atol=0.01, rtol=0)
+    torch.testing.assert_close(
+        logp, torch.log_softmax(logits / temperature, -1).gather(-1, tokens[:, None]).squeeze(-1)
+    )
+    multi, _ = sample(
+        logits[:64], Sampling(temperature=temperature, sampler="multinomial"), torch.Generator().manual_seed(3)
+    )
+    probs = torch.softmax(logits[:64] / temperature, -1)
+    assert (
+        multi.tolist() == torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(3)).squeeze(-1).tolist()
+    )
 
 
 def ending_early(monkeypatch, tok):

@@ -46,8 +46,10 @@ TRAIN_MFU = Figure(0.30, "assumed", "share of the card's dense bf16 TFLOP/s reac
 # An eager CPU step's operations cost more than a bare tensor add (the measured `op_us`): transformers' modules
 # and PEFT's layers around each kernel; training reaches a share of the measured GEMM rate (LoRA's thin products,
 # the optimizer, attention's math path)
-CPU_OP_FACTOR = Figure(6.0, "calibrated", "make demo's decode steps, 2-core AMD EPYC (Zen 1, fp32), 2026-12-07")
-CPU_TRAIN_SHARE = Figure(0.6, "calibrated", "make demo's SFT and GRPO steps, 2-core AMD EPYC (Zen 1, fp32), 2026-12-07")
+CPU_OP_FACTOR = Figure(11.0, "calibrated", "make demo's 8-row GRPO rollouts, 2-core AMD EPYC (Zen 1, fp32), 2026-12-07")
+CPU_TRAIN_SHARE = Figure(
+    0.57, "calibrated", "make demo's SFT and a cpu-rl GRPO update, 2-core AMD EPYC (Zen 1, fp32), 2026-12-07"
+)
 CPU_SAMPLING_ROUNDS = Figure(2.3, "measured", "rollouts per GRPO batch with dynamic sampling, cpu-rl, 2026-12-06")
 
 GENERATE_OPS = 40  # HF generate's own work per step (logits processors, stopping criteria, cache growth)

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 from trl import GRPOTrainer as _TRLGRPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
 
 from r1lite.train.diagnostics import groups_without_signal
 
@@ -113,7 +114,9 @@ class GRPOTrainer(_TRLGRPOTrainer):
         with TRL's own code (advantages within each group, as without dynamic sampling), and keeps each
         completion with the example it was scored against. After `dynamic_rounds` extra rounds, groups
         without signal fill what is left: their advantages are zero, so they add no gradient, and the
-        batch, the loss normalisation and the number of optimizer steps stay as configured.
+        batch, the loss normalisation and the number of optimizer steps stay as configured. The old policy's
+        log-probs a batch serving several updates needs (TRL's num_iterations) are computed once, for the groups
+        kept, not in every round for groups thrown away.
         """
         group = self.num_generations
         want = len(inputs) // group
@@ -122,15 +125,19 @@ class GRPOTrainer(_TRLGRPOTrainer):
         rewards: list[torch.Tensor] = []  # per round: this process's [groups x G, F] rewards, as trained on
         signal: list[tuple[int, int]] = []  # (round, group) of groups with reward variance
         spare: list[tuple[int, int]] = []
-        batch = inputs
-        for round_ in range(self.dynamic_rounds + 1):
-            outputs.append(super()._generate_and_score_completions(batch))
-            rewards.append(self._local_rows(self._rewards, want * group))
-            for g, varies in enumerate(self._signal):
-                (signal if varies else spare).append((round_, g))
-            if round_ == self.dynamic_rounds or not self._any_process(len(signal) < want):
-                break
-            batch = self._draw_prompts(want, round_)
+        batch, iterations = inputs, self.num_iterations
+        self.num_iterations = 1  # TRL then skips the old log-probs in each round (computed below, once)
+        try:
+            for round_ in range(self.dynamic_rounds + 1):
+                outputs.append(super()._generate_and_score_completions(batch))
+                rewards.append(self._local_rows(self._rewards, want * group))
+                for g, varies in enumerate(self._signal):
+                    (signal if varies else spare).append((round_, g))
+                if round_ == self.dynamic_rounds or not self._any_process(len(signal) < want):
+                    break
+                batch = self._draw_prompts(want, round_)
+        finally:
+            self.num_iterations = iterations
         chosen = (signal + spare)[:want]
         kept = torch.cat([rewards[r][g * group : (g + 1) * group] for r, g in chosen])
         self._log_kept(before, self.accelerator.gather(kept), group)
@@ -138,7 +145,21 @@ class GRPOTrainer(_TRLGRPOTrainer):
         self._metrics["train"]["r1lite/dynamic_sampling/kept"].append(min(len(signal), want) / drawn)
         self._metrics["train"]["r1lite/dynamic_sampling/discarded"].append(float(drawn - want))
         self._metrics["train"]["r1lite/dynamic_sampling/rounds"].append(float(len(outputs)))
-        return self._merge_groups(outputs, chosen, group)
+        merged = self._merge_groups(outputs, chosen, group)
+        if self.args.gradient_accumulation_steps % (self.args.steps_per_generation * self.num_iterations):
+            merged["old_per_token_logps"] = self._old_logps(merged)  # as TRL computes them, for the kept rows
+        return merged
+
+    def _old_logps(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The policy's log-probs of the batch's completions now, before the updates it serves (TRL's
+        old_per_token_logps): what the clipped ratio of the second and later updates compares against."""
+        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                self.model, ids, mask, batch["completion_ids"].size(1), self.args.per_device_train_batch_size
+            )
+        return logps
 
     def _local_rows(self, gathered: torch.Tensor, rows: int) -> torch.Tensor:
         """This process's rows of a batch gathered over processes (each holds `rows` of them, in process order)."""
