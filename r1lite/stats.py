@@ -57,8 +57,7 @@ def interval(values: Sequence[float], confidence: float = 0.95, seed: int = 0) -
     data = np.asarray(values, dtype=float)
     if data.size == 0:
         raise ValueError("no values to summarise")
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, data.size, size=(RESAMPLES, data.size))].mean(axis=1)
+    means = _resampled_means(data, np.random.default_rng(seed))
     return Interval(float(data.mean()), *_percentiles(means, confidence), data.size, confidence)
 
 
@@ -83,12 +82,26 @@ def nested_interval(runs: Sequence[Sequence[float]], confidence: float = 0.95, s
     if not data or any(r.size == 0 for r in data):
         raise ValueError("every run needs at least one value")
     rng = np.random.default_rng(seed)
-    estimates = np.empty(RESAMPLES)
     picks = rng.integers(0, len(data), size=(RESAMPLES, len(data)))
-    for b in range(RESAMPLES):
-        estimates[b] = np.mean([r[rng.integers(0, r.size, size=r.size)].mean() for r in (data[i] for i in picks[b])])
+    # slot j of resample b holds run picks[b, j] resampled over its problems: each run's resampled means are drawn
+    # for every slot (independent draws, as a loop would make them) and each slot keeps its picked run's
+    slots = np.empty((RESAMPLES, len(data)))
+    for j in range(len(data)):
+        means = np.stack([_resampled_means(r, rng) for r in data], axis=1)  # resamples x runs
+        slots[:, j] = means[np.arange(RESAMPLES), picks[:, j]]
     estimate = float(np.mean([r.mean() for r in data]))
-    return Interval(estimate, *_percentiles(estimates, confidence), sum(r.size for r in data), confidence)
+    return Interval(estimate, *_percentiles(slots.mean(axis=1), confidence), sum(r.size for r in data), confidence)
+
+
+def _resampled_means(values: object, rng: object, chunk: int = 1_000) -> object:
+    """RESAMPLES bootstrap means of `values` (1-d numpy), drawn in chunks so memory stays small."""
+    import numpy as np
+
+    out = np.empty(RESAMPLES)
+    for start in range(0, RESAMPLES, chunk):
+        picks = rng.integers(0, values.size, size=(min(chunk, RESAMPLES - start), values.size))
+        out[start : start + len(picks)] = values[picks].mean(axis=1)
+    return out
 
 
 def paired_runs_difference(
@@ -108,11 +121,14 @@ def paired_runs_difference(
     rng = np.random.default_rng(seed)
     n = left.shape[1]
     estimates = np.empty(RESAMPLES)
-    for r in range(RESAMPLES):
-        problems = rng.integers(0, n, size=n)
-        seeds_a = rng.integers(0, left.shape[0], size=left.shape[0])
-        seeds_b = rng.integers(0, right.shape[0], size=right.shape[0])
-        estimates[r] = left[np.ix_(seeds_a, problems)].mean() - right[np.ix_(seeds_b, problems)].mean()
+    for start in range(0, RESAMPLES, chunk := 500):  # chunks: a resample is seeds x problems values per side
+        size = min(chunk, RESAMPLES - start)
+        problems = rng.integers(0, n, size=(size, 1, n))
+        seeds_a = rng.integers(0, left.shape[0], size=(size, left.shape[0], 1))
+        seeds_b = rng.integers(0, right.shape[0], size=(size, right.shape[0], 1))
+        estimates[start : start + size] = left[seeds_a, problems].mean(axis=(1, 2)) - right[seeds_b, problems].mean(
+            axis=(1, 2)
+        )
     estimate = float(left.mean() - right.mean())
     return Interval(estimate, *_percentiles(estimates, confidence), n, confidence)
 

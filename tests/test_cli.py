@@ -48,7 +48,7 @@ def test_data_import_from_local_files(tmp_path):
     (tmp_path / "in.csv").write_text("nums,target\n" + "\n".join(f'"{r["nums"]}",{r["target"]}' for r in rows))
     for src in ("in.jsonl", "in.csv"):
         out = f"out-{src}"
-        result = invoke("data", "countdown", "--from", src, "--test-size", "5", "--out", out)
+        result = invoke("data", "countdown", "--from", src, "--test-size", "5", "--validation-size", "0", "--out", out)
         assert result.exit_code == 0, result.output
         m = read_json(tmp_path / out / "manifest.json")
         assert m["import"] == {"read": 29, "duplicates": 1, "unsolvable": 1}
@@ -63,7 +63,12 @@ def test_data_import_from_parquet(tmp_path):
         pa.table({"target": [i + 5 for i in range(4, 20)], "nums": [[i, 2, 3] for i in range(4, 20)]}),
         tmp_path / "t.parquet",
     )
-    assert invoke("data", "countdown", "--from", "t.parquet", "--test-size", "4", "--out", "p").exit_code == 0
+    assert (
+        invoke(
+            "data", "countdown", "--from", "t.parquet", "--test-size", "4", "--validation-size", "0", "--out", "p"
+        ).exit_code
+        == 0
+    )
     assert len(read_jsonl(tmp_path / "p/train.jsonl")) == 12
 
 
@@ -79,7 +84,18 @@ def test_data_import_from_a_hub_dataset(tmp_path):
     import datasets
 
     datasets.Dataset.from_list(_hub_rows()).to_parquet("me/countdown-problems/data/train-00000-of-00001.parquet")
-    result = invoke("data", "countdown", "--from", "hf:me/countdown-problems", "--test-size", "5", "--out", "h")
+    result = invoke(
+        "data",
+        "countdown",
+        "--from",
+        "hf:me/countdown-problems",
+        "--test-size",
+        "5",
+        "--validation-size",
+        "0",
+        "--out",
+        "h",
+    )
     assert result.exit_code == 0, result.output
     m = read_json(tmp_path / "h/manifest.json")
     assert m["import"] == {"read": 29, "duplicates": 1, "unsolvable": 1}
@@ -97,7 +113,9 @@ def test_data_import_from_a_dataset_saved_with_save_to_disk(tmp_path):
     import datasets
 
     datasets.Dataset.from_list(_hub_rows()).save_to_disk("saved")
-    result = invoke("data", "countdown", "--from", "hf:saved", "--test-size", "5", "--out", "s")
+    result = invoke(
+        "data", "countdown", "--from", "hf:saved", "--test-size", "5", "--validation-size", "0", "--out", "s"
+    )
     assert result.exit_code == 0, result.output
     assert read_json(tmp_path / "s/manifest.json")["import"] == {"read": 29, "duplicates": 1, "unsolvable": 1}
 

@@ -121,6 +121,7 @@ def fake_control_sweep(root: Path, arms: dict[str, list[tuple[float, float]]], p
             final = {"accuracy": right / problems, "avg@4": hits / problems / 4, "format_rate": 1.0, "mean_length": 9}
             effect = {"estimate": 0.05, "low": 0.01, "high": 0.09, "n": problems}
             summary = {"final": final, "metric": "avg@4", "cost": {"total": {"seconds": 60.0, "usd": 0.0}}}
+            summary["grpo_steps"] = {"trained": 12 - 2 * seed * (arm == "shuffle"), "planned": 12}
             write_json(root / name / "summary.json", {**summary, "changes_sampled": {"final_vs_warmup": effect}})
     vary = {"grpo.reward_control": ["none", "shuffle"]}
     manifest = {"name": root.name, "recipe": "countdown", "profile": "cpu-rl", "vary": vary, "seeds": [0, 1]}
@@ -136,7 +137,9 @@ def test_the_report_pairs_each_real_arm_with_its_control_in_the_declared_metric(
     assert "| real arm avg@4 | control arm avg@4 |" in sampled[0]
     assert "+10.0 pt" in sampled[2] and sampled[2].rstrip(" |").endswith("*")
     assert "+0.0 pt" in greedy[2] and not greedy[2].rstrip(" |").endswith("*")
-    assert headline(manifest, results)[0].startswith("avg@4 (declared metric), real arm vs control arm")
+    top = headline(manifest, results)
+    assert top[0].startswith("avg@4 (declared metric) on the test split, real arm vs control arm")
+    assert "| 12/12 12/12, 12/12 10/12 |" in top[3]  # steps trained of planned, per seed: unlike arms show
     md = build_sweep_report(tmp_path / "s").with_suffix(".md").read_text()
     assert md.index("### avg@4 (declared metric)") < md.index("### accuracy")
     assert "## Real arm vs control arm" in md and "+5.0 pt [+1.0, +9.0] *" in md  # each run's own effect

@@ -200,9 +200,10 @@ def test_the_prompts_every_stage_renders_end_in_think_and_ask_the_problem(fmt, c
             f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
             "<|im_start|>assistant\nLet me solve this step by step.\n<think>"
         )
-    else:
+    else:  # an empty system turn keeps the template's default system prompt out
         assert prompt == (
-            f"<|im_start|>user\nMake {ex['target']} from {ex['nums']} with + - * /, each number once. Answer in "
+            f"<|im_start|>system\n<|im_end|>\n<|im_start|>user\nMake {ex['target']} from {ex['nums']} with + - * /, "
+            "each number once. Answer in "
             "<answer></answer>.<|im_end|>\n<|im_start|>assistant\n<think>"
         )
 

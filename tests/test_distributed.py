@@ -78,33 +78,57 @@ def test_vllm_mode_reaches_trl():
     assert args.use_vllm and args.vllm_mode == "server"
 
 
-def _run(tmp: Path, model: Path, processes: int) -> Path:
+# Loaded by every process the two-process run starts (PYTHONPATH): each DDP wrapper says how it was built
+DDP_PROBE = """
+import torch.nn.parallel as parallel
+
+_init = parallel.DistributedDataParallel.__init__
+
+
+def _init_and_say(self, *args, **kwargs):
+    _init(self, *args, **kwargs)
+    print(f"DistributedDataParallel find_unused_parameters={self.find_unused_parameters}", flush=True)
+
+
+parallel.DistributedDataParallel.__init__ = _init_and_say
+"""
+
+
+def _sets(model: Path) -> list[str]:
     from test_pipeline import tiny_overrides  # the pipeline tests' tiny run
 
-    sets = tiny_overrides(
+    return tiny_overrides(
         str(model),
         "grpo.rollout=trl",
         # every completion full length, so token counts compare across process counts
         'grpo.trl={"generation_kwargs": {"eos_token_id": null, "suppress_tokens": null}}',
     )
-    cli = ["-m", "r1lite", "--quiet", "run", "countdown", "-p", "cpu", *[x for s in sets for x in ("--set", s)]]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
-    command = (launcher if processes > 1 else [sys.executable]) + cli
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    tmp.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return tmp / "runs" / "countdown-cpu"
 
 
 @pytest.mark.slow
-def test_two_processes_run_one_run(tmp_path):
+def test_two_processes_run_one_run(tmp_path, monkeypatch):
     """torchrun with 2 processes (gloo on CPU): one copy of each file, one metrics line per step, the same
-    global batch as one process, and an adapter that loads."""
+    global batch as one process (run here, in this process), an adapter that loads, and every DDP wrapper built
+    without the unused-parameter search (a backward through DDP then raises if a parameter got no gradient)."""
     from r1lite.train.tiny import build_tiny_model
 
     model = build_tiny_model(tmp_path / "model")
-    one, two = _run(tmp_path / "one", model, 1), _run(tmp_path / "two", model, 2)
+    cli = ["-m", "r1lite", "--quiet", "run", "countdown", "-p", "cpu", *[x for s in _sets(model) for x in ("--set", s)]]
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "sitecustomize.py").write_text(DDP_PROBE)
+    pythonpath = os.pathsep.join([str(tmp_path / "probe"), *sys.path])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    (two := tmp_path / "two").mkdir()
+    done = subprocess.run(launcher + cli, cwd=two, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("DistributedDataParallel find_unused_parameters=False") == 4, done.stdout  # SFT, GRPO
+    assert "find_unused_parameters=True" not in done.stdout
+    (one := tmp_path / "one").mkdir()
+    monkeypatch.chdir(one)  # the same run in one process
+    alone = runner.invoke(app, cli[2:])
+    assert alone.exit_code == 0, alone.output
+    one, two = one / "runs/countdown-cpu", two / "runs/countdown-cpu"
     grpo_one = [r for r in read_jsonl(one / "grpo/metrics.jsonl") if "loss" in r]
     grpo_two = [r for r in read_jsonl(two / "grpo/metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in grpo_two] == [1, 2]  # written once, by the main process
@@ -138,40 +162,3 @@ def test_trainers_skip_ddp_unused_parameter_search(tmp_path):
     grpo = trainer_args(recipe, tmp_path, on_cuda=False, backend="engine")
     sft = SFTConfig(output_dir=str(tmp_path / "sft"), **trainer_defaults(recipe, on_cuda=False))
     assert grpo.ddp_find_unused_parameters is False and sft.ddp_find_unused_parameters is False
-
-
-DDP_SCRIPT = """
-import sys
-from datasets import Dataset
-from trl import SFTConfig, SFTTrainer
-from r1lite.train.models import load_model, load_tokenizer, lora_config, trainer_defaults
-from r1lite.recipe.load import load_recipe
-
-path = sys.argv[1]
-recipe = load_recipe("countdown", "cpu", [f"model.name={path}"])
-args = SFTConfig(output_dir="out", max_steps=1, save_strategy="no", **trainer_defaults(recipe, on_cuda=False))
-trainer = SFTTrainer(
-    model=load_model(path, recipe.model, recipe.quantization),
-    args=args,
-    train_dataset=Dataset.from_list([{"prompt": "Try 4 * 5", "completion": " = 20"}] * 4),
-    processing_class=load_tokenizer(path),
-    peft_config=lora_config(recipe.lora),
-)
-trainer.train()  # a backward through DDP: with find_unused_parameters=False an unused parameter would raise
-wrapped = trainer.model_wrapped
-print(f"{type(wrapped).__name__} find_unused_parameters={wrapped.find_unused_parameters}")
-"""
-
-
-@pytest.mark.slow
-def test_the_ddp_wrapper_does_not_search_for_unused_parameters(tmp_path):
-    """Two processes (gloo on CPU) train one LoRA step: DDP wraps the model without the unused-parameter search."""
-    from r1lite.train.tiny import build_tiny_model
-
-    model = build_tiny_model(tmp_path / "model")
-    (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "ddp.py", str(model)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(launcher, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert done.stdout.count("DistributedDataParallel find_unused_parameters=False") == 2, done.stdout

@@ -22,7 +22,7 @@ from r1lite.tasks.registry import load_task, task_class
 from r1lite.tasks.rg import VERIFIED
 
 runner = CliRunner()
-README = Path(__file__).resolve().parent.parent / "README.md"
+TASKS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "tasks.md"  # the page that documents tasks
 
 
 def invoke(*args: str, **kw):
@@ -43,18 +43,21 @@ def _fh(path: Path) -> str:
 
 # Computed with the code before the task interface (commit 3a95ce9); any change in data files,
 # manifests, prompts, SFT traces, GRPO prompts or eval rows for the same recipe shows up here.
+# Changed on purpose since (2026-12-07): the manifests (they record the validation split) and the compact
+# prompt (an empty system turn, which keeps a template's default system prompt out); data files unchanged
+# with no validation split.
 PINNED = {
-    "data-base": ["11a2cddf93bdaa51", "e296c54798483fdf", "1e7b40cae046f64e"],
-    "data-cpu": ["7fdbfa0e35a5aed5", "d517d0f4eb14028a", "bab0ff1192c9408e"],
-    "import": ["500c114d333668e7", "e53803de18e1016e", "09d76878dcf5a218"],
+    "data-base": ["11a2cddf93bdaa51", "e296c54798483fdf", "f3db6386ea8cf7ed"],
+    "data-cpu": ["7fdbfa0e35a5aed5", "d517d0f4eb14028a", "37690f6a87e37556"],
+    "import": ["500c114d333668e7", "e53803de18e1016e", "8435f068baa826e2"],
     "sft-base": "1c01159fbc29998f",
     "grpo-base": "2428b18445736bc0",
     "sft-qwen-instruct": "2b38aecf3e4aa016",
     "grpo-qwen-instruct": "5ff8a3db3403707f",
     "sft-chat": "53bcf4ab7e9020e2",
     "grpo-chat": "576aabf1a7f83374",
-    "sft-compact": "2585f25beca992c4",
-    "grpo-compact": "5922c41353d183f4",
+    "sft-compact": "c853a79d334156de",
+    "grpo-compact": "172bc674d0e72b5b",
     "eval-rows": "73b388aaf67c5f8f",
 }
 
@@ -64,8 +67,8 @@ def test_countdown_outputs_are_unchanged(tmp_path):
     from r1lite.stages.evaluate import score
     from r1lite.train.tiny import build_tokenizer
 
-    base_sets = ["data.train_size=300", "data.test_size=50", "data.dir=d1"]
-    cpu_sets = ["data.train_size=200", "data.test_size=40", "data.dir=d2"]
+    base_sets = ["data.train_size=300", "data.test_size=50", "data.validation_size=0", "data.dir=d1"]
+    cpu_sets = ["data.train_size=200", "data.test_size=40", "data.validation_size=0", "data.dir=d2"]
     got = {}
     for key, profile, sets in [("data-base", None, base_sets), ("data-cpu", "cpu", cpu_sets)]:
         root = data.run(load_recipe("countdown", profile, sets).data)
@@ -73,7 +76,13 @@ def test_countdown_outputs_are_unchanged(tmp_path):
     rng = random.Random(3)
     rows = [{"nums": [rng.randint(1, 30) for _ in range(3)], "target": rng.randint(1, 60)} for _ in range(400)]
     (tmp_path / "imp.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
-    imported = ["data.source=imp.jsonl", "data.test_size=20", "data.train_size=30", "data.dir=d3"]
+    imported = [
+        "data.source=imp.jsonl",
+        "data.test_size=20",
+        "data.validation_size=0",
+        "data.train_size=30",
+        "data.dir=d3",
+    ]
     root = data.run(load_recipe("countdown", "cpu", imported).data)
     got["import"] = [_fh(root / f) for f in ("train.jsonl", "test.jsonl", "manifest.json")]
     tok = build_tokenizer()
@@ -216,14 +225,14 @@ def test_recipe_errors_name_the_task_and_the_fix(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 
-def test_readme_lists_exactly_the_verified_reasoning_gym_tasks():
-    text = README.read_text(encoding="utf-8")
+def test_the_tasks_page_lists_exactly_the_verified_reasoning_gym_tasks():
+    text = TASKS_PAGE.read_text(encoding="utf-8")
     block = text.split("<!-- verified reasoning-gym tasks -->", 1)[1].split("\n\n", 1)[0]
     assert sorted(re.findall(r"`([a-z0-9_]+)`", block)) == sorted(VERIFIED)
 
 
 def test_entries_generated_outside_r1lite_score_through_the_cli(tmp_path):
-    """For every task the README lists: the entry's own answer scores 1.0, another answer less."""
+    """For every task docs/tasks.md lists: the entry's own answer scores 1.0, another answer less."""
     import reasoning_gym
 
     failures = []
@@ -270,12 +279,25 @@ def test_reasoning_gym_data_is_seeded_disjoint_and_imports(tmp_path):
     manifest = read_json(a / "manifest.json")
     assert manifest["task"] == "rg:knights_knaves" and manifest["params"]["n_people"] == 3
     # the files are reasoning-gym entries: they import back as they are
-    r = invoke("data", "rg:knights_knaves", "--from", str(a / "train.jsonl"), "--test-size", "10", "--out", "c")
+    r = invoke(
+        "data",
+        "rg:knights_knaves",
+        "--from",
+        str(a / "train.jsonl"),
+        "--test-size",
+        "10",
+        "--validation-size",
+        "0",
+        "--out",
+        "c",
+    )
     assert r.exit_code == 0, r.output
     assert read_jsonl(Path("c/test.jsonl"))[0] in train
     flat = [{**e, "metadata": json.dumps(e["metadata"])} for e in train]  # as a table would store it
     Path("flat.jsonl").write_text("".join(json.dumps(e) + "\n" for e in flat))
-    r = invoke("data", "rg:knights_knaves", "--from", "flat.jsonl", "--test-size", "10", "--out", "d")
+    r = invoke(
+        "data", "rg:knights_knaves", "--from", "flat.jsonl", "--test-size", "10", "--validation-size", "0", "--out", "d"
+    )
     assert r.exit_code == 0, r.output
     assert read_jsonl(Path("d/test.jsonl")) == read_jsonl(Path("c/test.jsonl"))
     Path("bad.jsonl").write_text('{"question": "q", "answer": "a"}\n')
@@ -327,7 +349,7 @@ def _expressions(draw):
 def test_countdown_reward_agrees_with_reasoning_gyms_verifier(case, hit):
     """Same right/wrong on expressions of digits, + - * / and parentheses, each given number once or not.
 
-    Where the rules differ, and why, is in the README: reasoning-gym parses with sympy and so accepts
+    Where the rules differ, and why, is in docs/tasks.md: reasoning-gym parses with sympy and so accepts
     `**` and names; we accept only the Countdown operators. Its wrong answers score 0.05 or 0.01, ours 0.1.
     It compares with `np.isclose` (relative tolerance 1e-5), we within 1e-5 absolute, so near misses
     on large targets are left out here and pinned in the next test.
@@ -375,28 +397,28 @@ def test_where_the_countdown_verifiers_differ():
 
 
 # ----------------------------------------------------------------------------------------------
-# The README's own task, end to end
+# docs/tasks.md's own task, end to end
 # ----------------------------------------------------------------------------------------------
 
 
-def readme_block(marker: str) -> str:
-    """The fenced block that follows `<!-- marker -->` in the README."""
-    text = README.read_text(encoding="utf-8")
+def page_block(marker: str) -> str:
+    """The fenced block that follows `<!-- marker -->` in docs/tasks.md."""
+    text = TASKS_PAGE.read_text(encoding="utf-8")
     after = text.split(f"<!-- {marker} -->", 1)[1]
     return after.split("```", 2)[1].split("\n", 1)[1]
 
 
-def test_readme_example_task_is_about_thirty_lines():
-    assert 25 <= len(readme_block("add_task.py").splitlines()) <= 40
+def test_the_tasks_page_example_task_is_about_thirty_lines():
+    assert 25 <= len(page_block("add_task.py").splitlines()) <= 40
 
 
 @pytest.mark.slow
-def test_readme_example_task_runs_end_to_end(tmp_path):
+def test_the_tasks_page_example_task_runs_end_to_end(tmp_path):
     from r1lite.train.tiny import build_tiny_model
 
     tiny = build_tiny_model(tmp_path / "m")
-    (tmp_path / "add_task.py").write_text(readme_block("add_task.py"))
-    (tmp_path / "add.yaml").write_text(readme_block("add.yaml"))
+    (tmp_path / "add_task.py").write_text(page_block("add_task.py"))
+    (tmp_path / "add.yaml").write_text(page_block("add.yaml"))
     sets = [f"model.name={tiny}", "data.train_size=40", "data.test_size=4", "sft.examples=8", "grpo.max_steps=2"]
     sets += ["eval.examples=4", "eval.max_new_tokens=8", "grpo.max_completion_length=8", "tracking.wandb=disabled"]
     r = invoke("run", "add.yaml", *[x for s in sets for x in ("--set", s)])

@@ -17,7 +17,10 @@ def data(
     source: Annotated[str | None, typer.Option("--from", help="local .parquet/.jsonl/.csv, or hf:DATASET")] = None,
     out: Annotated[str | None, typer.Option("--out", help="output folder (default: data.dir of the recipe)")] = None,
     train_size: Annotated[int | None, typer.Option(min=1, help="training problems")] = None,
-    test_size: Annotated[int | None, typer.Option(min=1, help="held-out problems")] = None,
+    test_size: Annotated[int | None, typer.Option(min=1, help="held-out problems for claims")] = None,
+    validation_size: Annotated[
+        int | None, typer.Option(min=0, help="held-out problems for choices (0: none; small imports)")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="generator / shuffle seed")] = None,
     force: Annotated[bool, typer.Option("--force", help="rewrite even when the data is up to date")] = False,
     recipe: Annotated[
@@ -26,7 +29,7 @@ def data(
     profile: ProfileOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Write data/<task>/{train,test}.jsonl and manifest.json: seeded, de-duplicated, train and test disjoint."""
+    """Write data/<task>/{train,validation,test}.jsonl and manifest.json: seeded, de-duplicated, splits disjoint."""
     from r1lite.fileio import check_writable
     from r1lite.recipe.load import task_recipe
     from r1lite.stages import data as stage
@@ -34,5 +37,6 @@ def data(
     if out:
         check_writable(Path(out) / "manifest.json", "--out")
     flags = {"source": source, "dir": out, "train_size": train_size, "test_size": test_size, "seed": seed}
+    flags["validation_size"] = validation_size
     overrides = [*(set_ or []), *(f"data.{k}={v}" for k, v in flags.items() if v is not None)]
     stage.run(task_recipe(task, recipe, profile, overrides).data, force=force)

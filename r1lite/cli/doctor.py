@@ -90,7 +90,11 @@ def _card_line(gpu_name: str | None) -> str:
 
 def doctor() -> None:
     """Check versions, GPU and free memory, the offline model and W&B; print a fix for each problem."""
-    table = Table("check", "status", "found", "fix")
+    table, todo = Table("check", "status", "found", "fix"), []
     for item, ok, found, fix in checks():
         table.add_row(item, "[green]ok[/]" if ok else "[yellow]!![/]", found, fix)
+        if not ok and fix:
+            todo.append(f"{item}: {fix}")
     console.print(table)
+    for line in todo:  # unwrapped, so a narrow terminal still gives a command that copies whole
+        console.print(line, soft_wrap=True, markup=False, highlight=False)

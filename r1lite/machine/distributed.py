@@ -58,6 +58,15 @@ def pin_device() -> None:
         torch.cuda.set_device(local_rank())
 
 
+def process_state(**kwargs: Any) -> Any:
+    """accelerate's process state, created once: on a machine without CUDA it must be told so (`cpu=True`), or it
+    sees no accelerator, takes the run for a single process and every barrier returns at once."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available(), **kwargs)
+
+
 def start(timeout_minutes: float) -> None:
     """Open the run's process group once, with a timeout that covers the longest wait at a barrier.
 
@@ -66,17 +75,13 @@ def start(timeout_minutes: float) -> None:
     """
     if world_size() == 1:
         return
-    from accelerate import PartialState
-
-    PartialState(timeout=timedelta(minutes=timeout_minutes))
+    process_state(timeout=timedelta(minutes=timeout_minutes))
 
 
 def wait_for_everyone() -> None:
     """A barrier across the run's processes (a no-op for one process)."""
     if world_size() > 1:
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
+        process_state().wait_for_everyone()
 
 
 def shard(items: list[Any]) -> list[Any]:

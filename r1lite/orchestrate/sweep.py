@@ -352,7 +352,7 @@ def _launch_slurm(sweep: Sweep, runs: list[SweepRun], options: dict[str, Any]) -
     """Each run as a SLURM job through submitit, with the GPU and time the plan asks for; waits for all.
 
     `options`: submitit executor parameters (e.g. slurm_partition); `cluster: local` runs the jobs with
-    submitit's local executor (no SLURM needed, which is how the tests run it).
+    submitit's local executor, `cluster: debug` in this process (no SLURM needed; the tests use the latter).
     """
     try:
         import submitit
@@ -371,7 +371,7 @@ def _launch_slurm(sweep: Sweep, runs: list[SweepRun], options: dict[str, Any]) -
         hours = plan.run_hours or 1.0
         gpus = 1 if recipe.model.device != "cpu" else 0
         params = {"timeout_min": int(max(10, hours * 60 * 1.5)), "name": f"r1lite-{sweep.name}-{run.name}"}
-        if cluster != "local":
+        if cluster not in ("local", "debug"):
             params.update({"gpus_per_node": gpus, "tasks_per_node": 1, "cpus_per_task": 4})
         executor.update_parameters(**{**params, **options})
         jobs.append((run, executor.submit(run_local, sweep, run)))

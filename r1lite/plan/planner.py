@@ -343,14 +343,25 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def auto_fit(recipe: Any, card: Card, headroom: float = HEADROOM, gpus: int = 1) -> tuple[Any, dict[str, Any]]:
+def auto_fit(
+    recipe: Any, card: Card, headroom: float = HEADROOM, gpus: int = 1, stage: str | None = None
+) -> tuple[Any, dict[str, Any]]:
     """The recipe with the largest micro-batch, eval batch and SFT batch (merged decoding if possible) that fit.
 
     Only memory knobs move: the GRPO batch per step, completion length and learning schedule stay as
     the recipe says (SFT keeps its effective batch through gradient accumulation). Returns the adjusted
-    recipe and the settings changed (none when it already fits).
+    recipe and the settings changed (none when it already fits). With `stage` (a pipeline stage: `grpo`,
+    `sft`, `eval_base`, ...) only that stage's planned peak must fit: what ran out of memory is what must shrink,
+    however much room another stage leaves.
     """
-    if make_plan(recipe, card, gpus, verdicts=False).fits(headroom=headroom):
+
+    def fits(candidate: Any) -> bool:
+        plan = make_plan(candidate, card, gpus, verdicts=False)
+        if stage is None:
+            return bool(plan.fits(headroom=headroom))
+        return stage_peak_gib(plan, stage) <= card.gib * (1 - headroom)
+
+    if fits(recipe):
         return recipe, {}
     g, e, s = recipe.grpo, recipe.eval, recipe.sft
     total = g.prompts_per_step * g.num_generations
@@ -368,12 +379,18 @@ def auto_fit(recipe: Any, card: Card, headroom: float = HEADROOM, gpus: int = 1)
                 ),
             }
         )
-        if make_plan(candidate, card, gpus, verdicts=False).fits(headroom=headroom):
+        if fits(candidate):
             return candidate, _changes(recipe, candidate)
     raise R1liteError(
         f"no micro-batch, merge mode or eval batch makes {recipe.model.name} fit {card.name} ({card.gib:.1f} GiB); "
         "lower grpo.max_completion_length or grpo.prompts_per_step x grpo.num_generations, or use a smaller model"
     )
+
+
+def stage_peak_gib(plan: Plan, stage: str) -> float:
+    """The planned peak of a pipeline stage (`grpo`, `sft`, `eval_base`, ...): the largest of its planned parts."""
+    family = "eval" if stage.startswith("eval") else "sft" if stage == "sft" else stage
+    return max((s.peak_gib(plan.on_cuda) for name, s in plan.stages.items() if name.startswith(family)), default=0.0)
 
 
 def _changes(before: Any, after: Any) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from r1lite.errors import R1liteError
 from r1lite.fileio import write_json
 from r1lite.machine.distributed import world_size
 from r1lite.plan import hardware, planner
+from r1lite.plan.memory import HEADROOM
 from r1lite.runs.rundir import Run
 
 
@@ -57,9 +58,10 @@ def out_of_memory(recipe: Any, stage: str, run_dir: Path | None) -> OutOfMemory:
         with contextlib.suppress(R1liteError):
             predicted = planner.make_plan(recipe, card, gpus=world_size(), verdicts=False)
             planned = predicted.peak_gib
-            # the plan underestimated this run: ask it for settings that fit a card with 15 % less memory
-            smaller = hardware.Card(card.name, card.gib * 0.85)
-            _, fix = planner.auto_fit(recipe, smaller, gpus=world_size())
+            # the plan underestimated this stage: ask it for settings with which the stage needs 15 % less than
+            # the card, or than the plan gave it where that was less (another stage may be the run's peak)
+            room = min(card.gib, planner.stage_peak_gib(predicted, stage) / (1 - HEADROOM))
+            _, fix = planner.auto_fit(recipe, hardware.Card(card.name, room * 0.85), gpus=world_size(), stage=stage)
     if run_dir is not None and fix:
         write_json(Run(run_dir).oom_file, {"stage": stage, "settings": fix})
     measured = f"measured peak {peak:.1f} GiB" if peak is not None else "peak not measured"

@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 
 from r1lite import ui
 from r1lite.errors import R1liteError
-from r1lite.machine.distributed import world_size
+from r1lite.machine.distributed import process_state, world_size
 
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
@@ -116,9 +116,8 @@ def synced(flag: bool) -> bool:
         return flag
     import torch
     import torch.distributed as dist
-    from accelerate import PartialState
 
-    value = torch.tensor([float(flag)], device=PartialState().device)
+    value = torch.tensor([float(flag)], device=process_state().device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 

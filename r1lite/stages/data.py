@@ -122,7 +122,7 @@ def _import(cfg: DataConfig, task: Any) -> tuple[dict[str, list[dict[str, Any]]]
         raise DataError(
             f"{cfg.source}: only {len(kept)} distinct usable problems, not enough for a test split of "
             f"{cfg.test_size} and a validation split of {cfg.validation_size}; lower data.test_size or "
-            "data.validation_size"
+            "data.validation_size (r1lite data: --test-size, --validation-size 0)"
         )
     splits = split_rows(kept, cfg.test_size, cfg.validation_size)
     splits["train"] = splits["train"][: cfg.train_size]
