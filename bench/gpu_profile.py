@@ -302,10 +302,12 @@ def _decisions(root: Path, plan: Any) -> dict[str, Any]:
 
 
 def _longest_prompt(recipe: Any, model_dir: Path) -> int:
-
-    task = recipe.data.make_task()
-    prompts = [task.render_prompt(e, recipe.data.prompt_format) for e in data.load_split(recipe.data, "train")[:64]]
-    return max(len(ids) for ids in load_tokenizer(str(model_dir))(text=prompts)["input_ids"])
+    """The longest of the profile's first 64 training prompts, in tokens: what the plan is asked to hold."""
+    data.run(recipe.data)  # before the stages: the plan comes first (measure_stages then reuses the files)
+    task, tokenizer = recipe.data.make_task(), load_tokenizer(str(model_dir))
+    examples = data.load_split(recipe.data, "train")[:64]
+    prompts = [task.render_prompt(e, recipe.data.prompt_format, tokenizer) for e in examples]
+    return max(len(ids) for ids in tokenizer(text=prompts)["input_ids"])
 
 
 def _this_gpu_card() -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import json
 import os
 import signal
@@ -139,7 +140,10 @@ def test_gpu_check_dry_run_writes_each_part_as_it_finishes(tmp_path):
     assert backends[-1] == ["engine-eager", "trl", "engine"] and len(backends) >= 2  # eager first, each as it ended
     assert report["rollout"]["weights"] == "random (published shape)"
     assert all("completion_tokens_per_s" in r for r in report["rollout"]["results"].values()), report["rollout"]
-    assert stages[0] == ["eval"] and stages[1] == ["eval", "sft_step"]  # each stage reached the JSON as it ended
+    # stages reached the JSON as they ended (the check forwards the profile's file once a second: tiny stages
+    # may share a forward, so some intermediate states, never the order, can be missed)
+    assert stages and stages[0][0] == "eval" and len(stages[0]) < 5, stages  # on disk before the profile ended
+    assert all(a == b[: len(a)] for a, b in itertools.pairwise(stages)), stages  # grown in order
     [profile] = report["profiles"]
     assert "error" not in profile and profile["finished"], profile
     assert profile["model"] == "Qwen/Qwen3-1.7B-Base" and profile["card"] == "16 GB (RTX 4060 Ti)"

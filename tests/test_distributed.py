@@ -45,6 +45,28 @@ def test_dry_run_prints_the_accelerate_command_and_the_split():
     assert bad.exit_code == 2 and "use --gpus 2 or --gpus 4" in bad.output
 
 
+def test_a_launch_gives_the_workers_time_to_checkpoint(monkeypatch):
+    """`--gpus N` execs `accelerate launch` with TORCH_ELASTIC_SHUTDOWN_TIMEOUT at 15 minutes: torch elastic's 30 s
+    default would kill a worker that a forwarded SIGTERM asked to finish its step and write a checkpoint."""
+    import os
+
+    launched = {}
+
+    def execv(path, args):
+        launched.update(path=path, args=args, timeout=os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT"))
+        raise SystemExit(0)
+
+    monkeypatch.delenv("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", raising=False)
+    monkeypatch.setattr(os, "execv", execv)
+    result = runner.invoke(app, ["run", "countdown", "-p", "gpu-24gb", "--gpus", "2"])
+    assert result.exit_code == 0, result.output
+    assert launched["timeout"] == "900" and launched["path"].endswith("accelerate")
+    assert launched["args"][1:3] == ["launch", "--config_file"] and "--num_processes" in launched["args"]
+    monkeypatch.setenv("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "60")  # a user's own value stays
+    runner.invoke(app, ["run", "countdown", "-p", "gpu-24gb", "--gpus", "2"])
+    assert launched["timeout"] == "60"
+
+
 @pytest.mark.parametrize(
     ("name", "kind", "stage"), [("ddp", "MULTI_GPU", None), ("zero2", "DEEPSPEED", 2), ("zero3", "DEEPSPEED", 3)]
 )

@@ -159,6 +159,27 @@ def test_try_streams_the_trained_answer_in_the_runs_prompt_format(tiny, monkeypa
     assert "a right answer: " in r.output
 
 
+def test_a_run_trained_on_a_gpu_is_tried_on_a_machine_without_one(tiny, tmp_path):
+    """A run directory copied from a GPU machine (model.device: cuda, its attention kernel): `r1lite try` says it
+    runs on the CPU and answers as the same run trained here does."""
+    import yaml
+
+    from r1lite.recipe.load import read_yaml
+
+    _, run = tiny
+    gpu_run = tmp_path / "from-a-gpu"
+    shutil.copytree(run, gpu_run)
+    config = read_yaml(gpu_run / "config.yaml")
+    config["model"].update(device="cuda", attn_implementation="sdpa")
+    (gpu_run / "config.yaml").write_text(yaml.safe_dump(config))
+    args = ["--nums", "3,5,7", "--target", "22", "--max-new-tokens", str(MAX_NEW)]
+    here, there = cli("try", str(run), *args), runner.invoke(app, ["try", str(gpu_run), *args])  # not quiet
+    assert there.exit_code == 0, there.output
+    assert "no CUDA GPU here: the model runs on the CPU" in there.output
+    answer = here.output[here.output.index("problem:") :]  # the problem, the answer, its scores
+    assert "a right answer" in answer and answer in there.output
+
+
 def _scripted(monkeypatch, completion: str) -> None:
     """Generation replaced by a fixed completion (streamed in two pieces): what is scored is then known."""
 
@@ -383,6 +404,7 @@ def test_a_4bit_run_merges_into_the_dequantized_weights_it_trained_against(tmp_p
     """The adapter learned on NF4 weights: merged into them (dequantized) it computes what the 4-bit model
     did; merged into the original weights it carries the quantization error too."""
     import torch
+    from transformers import AutoModelForCausalLM
 
     from r1lite.train.models import load_for_inference
     from r1lite.train.tiny import build_tiny_model
@@ -403,6 +425,16 @@ def test_a_4bit_run_merges_into_the_dequantized_weights_it_trained_against(tmp_p
     info = ex.export(run, tmp_path / "out", merged=True)
     assert info["merged_into"] == "dequantized nf4" and info["dtype"] == "float32"
     assert "quantization_config" not in json.loads((tmp_path / "out/config.json").read_text())
+    # `--merge-into original` from the command line: the base's own weights, which the export records
+    args = ["export", str(run.root), "--out", str(tmp_path / "orig"), "--merged", "--merge-into", "original"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "orig" / ex.EXPORT_INFO).read_text())["merged_into"] == "original"
+    with torch.no_grad():
+        logits = AutoModelForCausalLM.from_pretrained(tmp_path / "orig")(ids).logits
+    assert (logits - want).abs().max().item() > gap["trained"]  # the original weights, not the dequantized ones
+    r = runner.invoke(app, ["export", str(run.root), "--out", str(tmp_path / "x"), "--merge-into", "original"])
+    assert r.exit_code == 2 and "--merge-into go with --merged" in r.output
 
 
 # ----------------------------------------------------------------------------------------------

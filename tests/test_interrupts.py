@@ -312,7 +312,7 @@ def test_a_full_disk_stops_with_the_path_and_replaces_no_good_file(tmp_path, mon
 @pytest.mark.slow
 def test_chaos_short():
     """bench/chaos.py in short: the tiny pipeline killed 3 times (SIGTERM or SIGKILL), continued each time, ends
-    with the adapters, evals and metrics of the uninterrupted run. The full bench (20 kills) is in the README."""
+    with the adapters, evals and metrics of the uninterrupted run. The full bench (40 kills) is in docs/runs.md."""
     import importlib.util
 
     path = Path(__file__).resolve().parent.parent / "bench" / "chaos.py"
