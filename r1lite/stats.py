@@ -18,6 +18,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the functions import numpy themselves
+    import numpy as np
 
 RESAMPLES = 10_000
 
@@ -93,8 +97,8 @@ def nested_interval(runs: Sequence[Sequence[float]], confidence: float = 0.95, s
     return Interval(estimate, *_percentiles(slots.mean(axis=1), confidence), sum(r.size for r in data), confidence)
 
 
-def _resampled_means(values: object, rng: object, chunk: int = 1_000) -> object:
-    """RESAMPLES bootstrap means of `values` (1-d numpy), drawn in chunks so memory stays small."""
+def _resampled_means(values: np.ndarray, rng: np.random.Generator, chunk: int = 1_000) -> np.ndarray:
+    """RESAMPLES bootstrap means of `values` (1-d), drawn in chunks so memory stays small."""
     import numpy as np
 
     out = np.empty(RESAMPLES)
