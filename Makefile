@@ -64,9 +64,9 @@ demo: $(STAMP)
 	$(VENV)/bin/r1lite run countdown --profile cpu $(ARGS)
 
 # Does GRPO itself teach the model, and is it the reward that does? The cpu-rl profile beside its control arm
-# (each step's rewards shuffled), one seed: the demo's warm-up (copied when `make demo` ran first), then both
-# arms (12 GRPO steps each), then real - control in the declared metric (avg@4) with a paired 95 % interval:
-# ~40 min, 5.3 GB on 2 cores.
+# (each group's rewards permuted among its own completions), one seed: the demo's warm-up (copied when `make demo`
+# ran first), then both arms (12 GRPO steps each), then real - control in the declared metric (avg@4, test split)
+# with a paired 95 % interval. `r1lite plan countdown -p cpu-rl` prices it for this machine (two runs).
 demo-rl: $(STAMP)
 	$(VENV)/bin/r1lite sweep recipes/sweeps/demo-rl.yaml --seeds 1 $(ARGS)
 	$(VENV)/bin/r1lite sweep report demo-rl

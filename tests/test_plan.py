@@ -13,7 +13,7 @@ from r1lite.cli.main import app
 from r1lite.errors import R1liteError
 from r1lite.plan.hardware import CARDS, Card, card_by_name, card_for_profile
 from r1lite.plan.memory import CUDA_CONTEXT_GIB, GIB, HEADROOM
-from r1lite.plan.planner import auto_fit, make_plan, shape_for
+from r1lite.plan.planner import auto_fit, make_plan, shape_for, stage_peak_gib
 from r1lite.recipe.load import load_recipe, profiles_of
 
 runner = CliRunner()
@@ -196,6 +196,23 @@ def test_shapes_from_a_local_config_and_a_clear_error_for_unknown_models(tmp_pat
     assert shape_for("Qwen/Qwen2.5-3B").params == pytest.approx(3.09e9, rel=0.01)  # the published 3.09B
     with pytest.raises(R1liteError, match="does not know the shape of 'someone/else'"):
         shape_for("someone/else")
+
+
+def test_an_out_of_memory_fix_shrinks_the_stage_that_ran_out_on_the_real_card(tmp_path, monkeypatch):
+    """GRPO ran out on a 16 GB card: the settings saved for --auto-fit take 15 % off GRPO's planned peak as the run
+    will plan it, on that card. Planned on a smaller imaginary card instead, the merge decision flips there by itself
+    and the fix asks only for a smaller micro-batch, which leaves the merged rollout on the real card above it."""
+    from r1lite.plan import hardware
+    from r1lite.runs import failures
+
+    recipe, card = load_recipe("countdown", "gpu-16gb"), card_by_name("RTX 4060 Ti")
+    monkeypatch.setattr(hardware, "detected_card", lambda vram_gib=None: card)
+    failures.out_of_memory(recipe, "grpo", tmp_path)
+    fix = json.loads((tmp_path / "oom.json").read_text())["settings"]
+    fitted = load_recipe("countdown", "gpu-16gb", [f"{k}={v}" for k, v in fix.items()])
+    before, after = make_plan(recipe, card, verdicts=False), make_plan(fitted, card, verdicts=False)
+    assert stage_peak_gib(after, "grpo") <= 0.85 * stage_peak_gib(before, "grpo"), fix
+    assert set(fix) <= {"grpo.micro_batch_size", "grpo.rollout_merge"}  # GRPO's knobs only: the eval was not at fault
 
 
 def test_auto_fit_changes_only_memory_knobs_and_fits_with_headroom():

@@ -1,4 +1,4 @@
-"""What the README promises that no other test checks: pass@k and avg@k inside the eval stage, and a sweep that runs
+"""What the docs promise that no other test checks: pass@k and avg@k inside the eval stage, and a sweep that runs
 K runs at once (`--parallel K`)."""
 
 from __future__ import annotations

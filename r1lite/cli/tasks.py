@@ -35,7 +35,7 @@ def list_() -> None:
             doc = (DATASETS[name][0].__doc__ or "").strip().splitlines()
             table.add_row(f"rg:{name}", "reasoning-gym", "yes" if name in VERIFIED else "no", doc[0] if doc else "")
     console.print(table)
-    console.print("your own: data.task: path/to/my_task.py (a Task subclass; see the README)", markup=False)
+    console.print("your own: data.task: path/to/my_task.py (a Task subclass; see docs/tasks.md)", markup=False)
 
 
 @app.command("show")

@@ -344,22 +344,28 @@ def _divisors(n: int) -> list[int]:
 
 
 def auto_fit(
-    recipe: Any, card: Card, headroom: float = HEADROOM, gpus: int = 1, stage: str | None = None
+    recipe: Any,
+    card: Card,
+    headroom: float = HEADROOM,
+    gpus: int = 1,
+    stage: str | None = None,
+    stage_gib: float | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """The recipe with the largest micro-batch, eval batch and SFT batch (merged decoding if possible) that fit.
 
     Only memory knobs move: the GRPO batch per step, completion length and learning schedule stay as
     the recipe says (SFT keeps its effective batch through gradient accumulation). Returns the adjusted
     recipe and the settings changed (none when it already fits). With `stage` (a pipeline stage: `grpo`,
-    `sft`, `eval_base`, ...) only that stage's planned peak must fit: what ran out of memory is what must shrink,
-    however much room another stage leaves.
+    `sft`, `eval_base`, ...) and `stage_gib`, that stage's planned peak on `card` must come under `stage_gib`: what
+    ran out of memory is what must shrink, however much room another stage leaves, planned on the real card (a
+    smaller imaginary one could change the merge decision the run will make).
     """
 
     def fits(candidate: Any) -> bool:
         plan = make_plan(candidate, card, gpus, verdicts=False)
-        if stage is None:
+        if stage is None or stage_gib is None:
             return bool(plan.fits(headroom=headroom))
-        return stage_peak_gib(plan, stage) <= card.gib * (1 - headroom)
+        return stage_peak_gib(plan, stage) <= stage_gib
 
     if fits(recipe):
         return recipe, {}

@@ -250,9 +250,9 @@ class GRPOConfig(Section):
     )
     reward_control: Literal["none", "shuffle"] = Field(
         "none",
-        description="shuffle: a control arm, each step's rewards permuted across that step's completions (the same "
-        "rewards, no information about which completion earned which); a gain it also shows is not the reward's "
-        "doing (r1lite sweep --control runs both arms)",
+        description="shuffle: a control arm, each group's rewards permuted among its own completions (the same "
+        "rewards and advantages, no information about which completion earned which); a gain it also shows is not "
+        "the reward's doing (r1lite sweep --control runs both arms)",
     )
     eval_every: int = Field(50, ge=0, description="steps between held-out evals; 0: off")
     eval_examples: int = Field(64, ge=1, description="held-out problems per periodic eval")

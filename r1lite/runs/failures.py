@@ -59,9 +59,9 @@ def out_of_memory(recipe: Any, stage: str, run_dir: Path | None) -> OutOfMemory:
             predicted = planner.make_plan(recipe, card, gpus=world_size(), verdicts=False)
             planned = predicted.peak_gib
             # the plan underestimated this stage: ask it for settings with which the stage needs 15 % less than
-            # the card, or than the plan gave it where that was less (another stage may be the run's peak)
-            room = min(card.gib, planner.stage_peak_gib(predicted, stage) / (1 - HEADROOM))
-            _, fix = planner.auto_fit(recipe, hardware.Card(card.name, room * 0.85), gpus=world_size(), stage=stage)
+            # the card offers, or than the plan gave it where that was less (another stage may be the run's peak)
+            room = min(card.gib * (1 - HEADROOM), planner.stage_peak_gib(predicted, stage))
+            _, fix = planner.auto_fit(recipe, card, gpus=world_size(), stage=stage, stage_gib=room * 0.85)
     if run_dir is not None and fix:
         write_json(Run(run_dir).oom_file, {"stage": stage, "settings": fix})
     measured = f"measured peak {peak:.1f} GiB" if peak is not None else "peak not measured"
