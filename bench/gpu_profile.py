@@ -86,12 +86,7 @@ def capped(card: Any) -> Any:
         yield share * total / GIB
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
-        _free()
-
-
-def _free() -> None:
-
-    free_memory()
+        free_memory()
 
 
 def build_model(name: str, shape: Any, folder: Path, dry_run: bool) -> Path:
@@ -107,18 +102,11 @@ def build_model(name: str, shape: Any, folder: Path, dry_run: bool) -> Path:
     if (folder / "config.json").is_file():
         return folder
     tok = build_tokenizer()
+    fields = shape.qwen_config()
+    del fields["model_type"]  # the architecture follows the model's name (the dry run's tiny shape has no q/k norms)
     config_class = Qwen3Config if "qwen3" in name.lower() else Qwen2Config
     config = config_class(
-        vocab_size=shape.vocab,
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.kv_heads,
-        head_dim=shape.d,
-        tie_word_embeddings=shape.tied,
-        rope_theta=1e6,
-        max_position_embeddings=32768,
+        **fields,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         bos_token_id=None,
@@ -128,7 +116,7 @@ def build_model(name: str, shape: Any, folder: Path, dry_run: bool) -> Path:
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     del model
-    _free()
+    free_memory()
     return folder
 
 
@@ -225,16 +213,16 @@ def measure_stages(recipe: Any, meter: Meter, after: Any) -> tuple[dict[str, int
     evaluate_stage.run(recipe, root, label="base")
     measured["eval"] = meter.peak()
     after(measured, probe, root)
-    _free()
+    free_memory()
     meter.reset()
     adapter = sft.run(recipe, root)
     measured["sft_step"] = meter.peak()
     after(measured, probe, root)
-    _free()
+    free_memory()
     meter.reset()
     with probe.installed() as steps:
         grpo.run(recipe, root, adapter, callbacks=[steps])
-    _free()
+    free_memory()
     measured.update(probe.peaks)
     after(measured, probe, root)
     return measured, probe, root

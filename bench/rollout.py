@@ -41,20 +41,7 @@ def qwen_config(name: str) -> dict[str, Any]:
     per-head q/k norms make it a Qwen3 config."""
     from r1lite.plan.shapes import SHAPES as PLAN_SHAPES
 
-    s = PLAN_SHAPES[f"qwen/{name}"]
-    return dict(
-        model_type="qwen3" if s.qk_norm else "qwen2",
-        head_dim=s.d,
-        hidden_size=s.hidden,
-        intermediate_size=s.intermediate,
-        num_hidden_layers=s.layers,
-        num_attention_heads=s.heads,
-        num_key_value_heads=s.kv_heads,
-        vocab_size=s.vocab,
-        tie_word_embeddings=s.tied,
-        rope_theta=1e6,
-        max_position_embeddings=32768,
-    )
+    return PLAN_SHAPES[f"qwen/{name}"].qwen_config()
 
 
 SHAPES: dict[str, dict[str, Any]] = {

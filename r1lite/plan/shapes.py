@@ -82,6 +82,23 @@ class Shape:
             source=source,
         )
 
+    def qwen_config(self) -> dict[str, Any]:
+        """The fields of a Qwen config in this shape, the way back from `from_config` (Qwen3's per-head q/k norms
+        make it a Qwen3 config): what the benchmarks build random-weight models from."""
+        return dict(
+            model_type="qwen3" if self.qk_norm else "qwen2",
+            head_dim=self.d,
+            hidden_size=self.hidden,
+            intermediate_size=self.intermediate,
+            num_hidden_layers=self.layers,
+            num_attention_heads=self.heads,
+            num_key_value_heads=self.kv_heads,
+            vocab_size=self.vocab,
+            tie_word_embeddings=self.tied,
+            rope_theta=1e6,
+            max_position_embeddings=32768,
+        )
+
 
 _QWEN = "published config.json on the Hugging Face hub"
 SHAPES: dict[str, Shape] = {
